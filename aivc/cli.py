@@ -1,0 +1,337 @@
+"""The ``aivc`` command line.
+
+Every command takes ``--lake PATH`` (default ``$AIVC_LAKE``, else ``./lake``), ``--json``
+(machine-readable output on stdout) and ``--debug`` (show tracebacks). Exit codes: 0 ok,
+1 rejected/invalid/failed, 2 usage error.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from aivc.errors import AivcError
+
+app = typer.Typer(
+    name="aivc",
+    help="AI Virtual Cells: validated single-cell lake, versioned Universal Representations, virtual instruments.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+LakeOpt = Annotated[Optional[str], typer.Option("--lake", help="Lake folder (default $AIVC_LAKE, else ./lake).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")]
+
+
+def _print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def _console():  # noqa: ANN202
+    from rich.console import Console
+
+    return Console()
+
+
+def _err_console():  # noqa: ANN202
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def run_command(json_mode: bool, debug: bool, body: Callable[[], int | None]) -> None:
+    """Run a command body; turn errors into one line (or JSON) and an exit code."""
+    try:
+        code = body() or 0
+    except AivcError as exc:
+        if debug:
+            traceback.print_exc()
+        if json_mode:
+            _print_json({"status": "error", "errors": [exc.to_dict()]})
+        else:
+            _err_console().print(f"[bold red]error[/] [{exc.code}] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(exc.exit_code) from None
+    except typer.Exit:
+        raise
+    except KeyboardInterrupt:
+        _err_console().print("interrupted; the lake is unchanged by the unfinished command")
+        raise typer.Exit(130) from None
+    except Exception as exc:  # noqa: BLE001 - last line of defence, never a raw traceback
+        if debug:
+            traceback.print_exc()
+        msg = f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} (run with --debug for the traceback)"
+        if json_mode:
+            _print_json({"status": "error", "errors": [{"code": "INTERNAL", "where": "", "message": msg}]})
+        else:
+            _err_console().print(f"[bold red]error[/] {msg}", highlight=False, soft_wrap=True)
+        raise typer.Exit(3) from None
+    raise typer.Exit(code)
+
+
+@app.command()
+def init(lake: LakeOpt = None, json_: JsonOpt = False, debug: DebugOpt = False) -> None:
+    """Create a lake (idempotent)."""
+
+    def body() -> int:
+        from aivc.store.lake import Lake
+
+        lk = Lake.init(lake)
+        info = lk.info()
+        if json_:
+            _print_json({"status": "ok", "lake": str(lk.root), **info})
+        else:
+            _console().print(f"lake ready at {lk.root} (format {info['schema_version']})")
+        return 0
+
+    run_command(json_, debug, body)
+
+
+def _print_findings(result: dict[str, Any]) -> None:
+    con = _console()
+    for e in result.get("errors", []):
+        con.print(f"[red]error[/]   [{e['code']}] {e['where']}: {e['message']}", highlight=False, soft_wrap=True)
+    for w in result.get("warnings", [])[:20]:
+        con.print(f"[yellow]warning[/] [{w['code']}] {w['where']}: {w['message']}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def validate(
+    data: Annotated[str, typer.Argument(help="AnnData .h5ad or .zarr file.")],
+    manifest: Annotated[str, typer.Option("--manifest", "-m", help="Manifest YAML.")],
+    report_dir: Annotated[Optional[str], typer.Option("--report-dir", help="Where to write report.json/html (default ./aivc-reports/<submission>).")] = None,
+    chunk_rows: Annotated[int, typer.Option("--chunk-rows", help="Rows of X read at a time.")] = 4096,
+    lake: LakeOpt = None,
+    json_: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Validate and harmonize a submission (dry run: nothing is written to any lake)."""
+
+    def body() -> int:
+        from aivc.ingest.report import write_report
+        from aivc.ingest.submission import SubmitResult, validate_submission
+        from aivc.progress import make_progress
+
+        progress = make_progress(json_)
+        prepared = validate_submission(data, manifest, chunk_rows=chunk_rows, progress=progress)
+        progress.close()
+        try:
+            rep = prepared.report
+            out = Path(report_dir) if report_dir else Path("aivc-reports") / rep.submission_id
+            json_path, html_path = write_report(rep, out)
+            res = SubmitResult(
+                "valid" if rep.valid else "rejected",
+                rep.dataset_id,
+                None,
+                prepared.data.n_obs if prepared.data else 0,
+                len(prepared.genes.gene_ids) if prepared.genes else 0,
+                str(json_path),
+                rep.errors,
+                rep.warnings,
+                rep.submission_id,
+            ).to_dict()
+        finally:
+            prepared.close()
+        if json_:
+            _print_json(res)
+        else:
+            _print_findings(res)
+            verdict = "[green]valid[/]" if rep.valid else f"[red]invalid[/] ({len(rep.errors)} errors)"
+            _console().print(f"{res['dataset_id']}: {verdict}; {res['n_cells']} cells, {res['n_genes']} genes mapped; report: {html_path}", highlight=False)
+        return 0 if rep.valid else 1
+
+    run_command(json_, debug, body)
+
+
+@app.command()
+def submit(
+    data: Annotated[str, typer.Argument(help="AnnData .h5ad or .zarr file.")],
+    manifest: Annotated[str, typer.Option("--manifest", "-m", help="Manifest YAML.")],
+    report_dir: Annotated[Optional[str], typer.Option("--report-dir", help="Where a rejected submission's report goes (default ./aivc-reports/<submission>).")] = None,
+    wait: Annotated[float, typer.Option("--wait", help="Seconds to wait for another writer to finish.")] = 600.0,
+    chunk_rows: Annotated[int, typer.Option("--chunk-rows", help="Rows of X read and written at a time.")] = 4096,
+    lake: LakeOpt = None,
+    json_: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Validate, harmonize and commit a dataset version into the lake."""
+
+    def body() -> int:
+        from aivc.ingest.submission import submit as do_submit
+        from aivc.progress import make_progress
+        from aivc.store.lake import Lake
+
+        lk = Lake.open(lake)
+        progress = make_progress(json_)
+        try:
+            result = do_submit(lk, data, manifest, report_dir=report_dir, chunk_rows=chunk_rows, progress=progress, wait=wait)
+        finally:
+            progress.close()
+        res = result.to_dict()
+        if json_:
+            _print_json(res)
+        else:
+            _print_findings(res)
+            if result.status == "rejected":
+                _console().print(f"[red]rejected[/]: {len(result.errors)} errors; nothing was written to the lake; report: {result.report}", highlight=False)
+            else:
+                _console().print(f"[green]{result.status}[/] {result.dataset_id}@{result.version}: {result.n_cells} cells x {result.n_genes} genes; report: {result.report}", highlight=False)
+        return 1 if result.status == "rejected" else 0
+
+    run_command(json_, debug, body)
+
+
+@app.command()
+def datasets(
+    all_versions: Annotated[bool, typer.Option("--all", help="List every version, not only current ones.")] = True,
+    lake: LakeOpt = None,
+    json_: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """List datasets and their versions."""
+
+    def body() -> int:
+        from aivc.store.catalog import Catalog
+        from aivc.store.lake import Lake
+
+        cat = Catalog(Lake.open(lake))
+        current = {v.ref for v in cat.current()}
+        rows = [
+            {
+                "id": v.dataset_id,
+                "version": v.version,
+                "title": v.title,
+                "organism": v.organism,
+                "n_cells": v.n_cells,
+                "n_genes": v.n_genes,
+                "access": v.access + (f" until {v.embargo_until}" if v.embargo_until else ""),
+                "committed_at": v.committed_at,
+                "current": v.ref in current,
+            }
+            for v in cat.all_versions()
+            if all_versions or v.ref in current
+        ]
+        if json_:
+            _print_json(rows)
+            return 0
+        from rich.table import Table
+
+        t = Table(title=f"datasets ({len(current)} current)")
+        for c in ("id", "version", "title", "organism", "n_cells", "n_genes", "access", "committed_at", "current"):
+            t.add_column(c)
+        for r in rows:
+            t.add_row(*(("*" if r[c] else "") if c == "current" else str(r[c]) for c in r))
+        _console().print(t)
+        return 0
+
+    run_command(json_, debug, body)
+
+
+@app.command()
+def export(
+    dataset: Annotated[str, typer.Argument(help="DATASET or DATASET@VERSION.")],
+    out: Annotated[str, typer.Option("-o", "--out", help="Output .h5ad path.")],
+    lake: LakeOpt = None,
+    json_: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Export a committed dataset version as a CELLxGENE-schema AnnData (.h5ad)."""
+
+    def body() -> int:
+        from aivc.store.export import export_h5ad
+        from aivc.store.lake import Lake
+
+        res = export_h5ad(Lake.open(lake), dataset, out)
+        if json_:
+            _print_json({"status": "ok", **res})
+        else:
+            _console().print(f"exported {res['dataset_id']}@{res['version']}: {res['n_cells']} cells x {res['n_genes']} genes -> {res['path']}", highlight=False)
+        return 0
+
+    run_command(json_, debug, body)
+
+
+@app.command()
+def sql(
+    query: Annotated[str, typer.Argument(help="One read-only SQL statement (DuckDB dialect).")],
+    limit: Annotated[int, typer.Option("--limit", help="Maximum rows to print.")] = 1000,
+    lake: LakeOpt = None,
+    json_: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Run SQL over the lake's views: datasets, cells, genes, dataset_genes, cells_all_versions."""
+
+    def body() -> int:
+        from aivc.store.lake import Lake
+        from aivc.store.sql import query as run_query
+
+        res = run_query(Lake.open(lake), query, limit=limit)
+        if json_:
+            _print_json({"columns": res.columns, "rows": res.to_dicts()})
+            return 0
+        from rich.table import Table
+
+        t = Table()
+        for c in res.columns:
+            t.add_column(c)
+        for r in res.rows:
+            t.add_row(*(str(x) for x in r))
+        _console().print(t)
+        return 0
+
+    run_command(json_, debug, body)
+
+
+@app.command()
+def recover(lake: LakeOpt = None, json_: JsonOpt = False, debug: DebugOpt = False) -> None:
+    """Remove what interrupted writes left behind (also done before every write)."""
+
+    def body() -> int:
+        from aivc.store.lake import Lake
+        from aivc.store.recovery import recover as do_recover
+
+        lk = Lake.open(lake)
+        with lk.write_lock():
+            removed = do_recover(lk)
+        if json_:
+            _print_json({"status": "ok", "removed": removed})
+        else:
+            _console().print(f"removed {len(removed)} leftovers of interrupted writes" if removed else "nothing to recover")
+        return 0
+
+    run_command(json_, debug, body)
+
+
+@app.command()
+def demo(
+    workdir: Annotated[Optional[str], typer.Option("--workdir", help="Where demo submissions are written (default: a folder beside the lake).")] = None,
+    lake: LakeOpt = None,
+    json_: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Run the main job end to end on real PBMC data (scanpy's pbmc68k_reduced)."""
+
+    def body() -> int:
+        from aivc.demo import run_demo
+
+        summary = run_demo(lake, workdir=workdir, json_mode=json_)
+        if json_:
+            _print_json(summary)
+        return 0
+
+    run_command(json_, debug, body)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

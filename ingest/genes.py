@@ -1,0 +1,150 @@
+"""Map submitted gene identifiers (symbols or Ensembl ids) to the organism's reference ids."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from aivc.errors import Finding
+from aivc.ingest.findings import Decision
+from aivc.store.reference import MITO_PREFIX, gene_reference
+
+_ENSEMBL = re.compile(r"^(ENS[A-Z]*G\d{11})(\.\d+)?(_PAR_Y)?$")
+
+
+@dataclass
+class GeneMapping:
+    """Result of mapping the submitted var to reference genes.
+
+    ``keep_cols`` are positions in the submitted var that are committed, in the order of
+    ``gene_ids`` (their reference ids) and ``symbols``.
+    """
+
+    keep_cols: np.ndarray
+    gene_ids: list[str]
+    symbols: list[str]
+    mito_cols: np.ndarray
+    n_submitted: int
+    findings: list[Finding] = field(default_factory=list)
+    decisions: list[Decision] = field(default_factory=list)
+    n_unmapped: int = 0
+    n_ambiguous: int = 0
+
+    @property
+    def mapped_fraction(self) -> float:
+        return len(self.gene_ids) / self.n_submitted if self.n_submitted else 0.0
+
+
+def _organism_case(symbol: str, organism_name: str) -> str:
+    if organism_name == "homo_sapiens":
+        return symbol.upper()
+    return symbol[:1].upper() + symbol[1:].lower()
+
+
+def _list(values: list[str], n: int = 10) -> str:
+    shown = ", ".join(repr(v) for v in values[:n])
+    return shown + (f" and {len(values) - n} more" if len(values) > n else "")
+
+
+def map_genes(
+    var: pd.DataFrame,
+    *,
+    organism_name: str,
+    id_type: str,
+    column: str | None,
+    min_mapped_fraction: float,
+    where: str = "var",
+) -> GeneMapping:
+    """Map submitted identifiers to reference gene ids; report unmapped/ambiguous ones."""
+    ref = gene_reference(organism_name)
+    if column is None:
+        submitted = pd.Index(var.index.astype(str))
+        src = f"{where}.index"
+    else:
+        if column not in var.columns:
+            f = Finding("GENES_COLUMN_MISSING", f"{where}[{column!r}]", f"gene id column {column!r} not in {where}; columns are {list(var.columns)[:20]}")
+            return GeneMapping(np.array([], dtype=np.int64), [], [], np.array([], dtype=np.int64), len(var), [f])
+        submitted = pd.Index(var[column].astype(str))
+        src = f"{where}[{column!r}]"
+    findings: list[Finding] = []
+    dup = submitted[submitted.duplicated()].unique().tolist()
+    if dup:
+        first = int(np.flatnonzero(submitted.duplicated())[0])
+        findings.append(Finding("VAR_DUPLICATE_IDS", f"{src} position {first}", f"{len(dup)} gene identifiers occur more than once: {_list(dup)}; gene ids must be unique"))
+
+    resolved: list[str | None] = []
+    hows: list[str] = []
+    ambiguous: list[str] = []
+    if id_type == "ensembl":
+        known = set(ref.index)
+        looks = submitted.str.match(_ENSEMBL.pattern)
+        if len(submitted) and looks.mean() < 0.5:
+            findings.append(Finding("GENES_WRONG_ID_TYPE", src, f"manifest says genes.id_type is 'ensembl' but {int((~looks).sum())} of {len(submitted)} ids do not look like Ensembl ids (e.g. {submitted[int(np.argmax(~looks))]!r}); use id_type: symbol"))
+        for s in submitted:
+            m = _ENSEMBL.match(s)
+            gid = m.group(1) if m and not m.group(3) else None
+            ok = gid is not None and gid in known
+            resolved.append(gid if ok else None)
+            hows.append("ensembl_unversioned" if ok and m.group(2) else "ensembl")
+    else:
+        by_symbol = ref.groupby("symbol", sort=False)["gene_id"].agg(list).to_dict()
+        looks = submitted.str.match(_ENSEMBL.pattern)
+        if len(submitted) and looks.mean() > 0.5:
+            findings.append(Finding("GENES_WRONG_ID_TYPE", src, f"manifest says genes.id_type is 'symbol' but {int(looks.sum())} of {len(submitted)} ids look like Ensembl ids (e.g. {submitted[int(np.argmax(looks))]!r}); use id_type: ensembl"))
+        for s in submitted:
+            ids = by_symbol.get(s)
+            how = "symbol"
+            if ids is None:
+                ids = by_symbol.get(_organism_case(s, organism_name))
+                how = "symbol_case"
+            if ids is None:
+                resolved.append(None)
+            elif len(ids) > 1:
+                resolved.append(None)
+                ambiguous.append(s)
+            else:
+                resolved.append(ids[0])
+            hows.append(how)
+
+    keep = [i for i, g in enumerate(resolved) if g is not None]
+    gene_ids = [resolved[i] for i in keep]  # type: ignore[misc]
+    seen: dict[str, int] = {}
+    twice: list[str] = []
+    for i in keep:
+        g = resolved[i]
+        if g in seen:
+            twice.append(f"{submitted[seen[g]]!r} and {submitted[i]!r} -> {g}")
+        else:
+            seen[g] = i  # type: ignore[index]
+    if twice:
+        findings.append(Finding("GENES_MAPPED_TWICE", src, f"{len(twice)} reference genes are named by more than one submitted feature: {_list(twice, 5)}; merge or drop the duplicates"))
+    unmapped = [submitted[i] for i, g in enumerate(resolved) if g is None and submitted[i] not in ambiguous]
+    if ambiguous:
+        findings.append(Finding("GENES_AMBIGUOUS", src, f"{len(ambiguous)} symbols name several reference genes and were not committed: {_list(ambiguous)}; submit Ensembl ids to disambiguate", "warning"))
+    if unmapped:
+        findings.append(Finding("GENES_UNMAPPED", src, f"{len(unmapped)} of {len(submitted)} identifiers are not in the {organism_name} reference and were not committed: {_list(unmapped)}", "warning"))
+    frac = len(keep) / len(submitted) if len(submitted) else 0.0
+    if len(submitted) and frac < min_mapped_fraction:
+        findings.append(Finding("GENES_LOW_MAPPED_FRACTION", src, f"only {frac:.1%} of genes map to the {organism_name} reference (minimum {min_mapped_fraction:.0%}, set by qc.min_mapped_fraction); check genes.id_type and the organism"))
+    symbols = ref.loc[gene_ids, "symbol"].tolist() if gene_ids else []
+    prefix = MITO_PREFIX.get(organism_name, "MT-")
+    mito = np.array([keep[j] for j, s in enumerate(symbols) if s.startswith(prefix)], dtype=np.int64)
+    decisions = [
+        Decision("genes", str(submitted[i]), str(resolved[i]), symbols[j], hows[i])  # type: ignore[arg-type]
+        for j, i in enumerate(keep)
+        if hows[i] in ("symbol_case", "ensembl_unversioned")
+    ][:500]
+    return GeneMapping(
+        keep_cols=np.asarray(keep, dtype=np.int64),
+        gene_ids=gene_ids,
+        symbols=symbols,
+        mito_cols=mito,
+        n_submitted=len(submitted),
+        findings=findings,
+        decisions=decisions,
+        n_unmapped=len(unmapped),
+        n_ambiguous=len(ambiguous),
+    )

@@ -1,0 +1,453 @@
+"""The submission lifecycle: validate and harmonize (dry run), then commit atomically.
+
+``validate_submission`` reads the manifest and the data (streaming the matrix once),
+and returns a :class:`Prepared` with the full :class:`ValidationReport`. It never
+touches a lake. ``submit`` validates, then under the lake's write lock recovers any
+interrupted write, recognises identical resubmissions, appends the cells to the
+organism's SOMA experiment at one timestamp and publishes the version by writing its
+catalog record last.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from aivc.errors import Finding, ManifestError, UsageError
+from aivc.ingest.findings import ValidationReport
+from aivc.ingest.genes import GeneMapping, map_genes
+from aivc.ingest.manifest import Manifest, load_manifest
+from aivc.ingest.matrix import MatrixChecker
+from aivc.ingest.readers import SubmittedData, UnreadableDataError, open_anndata
+from aivc.progress import NullProgress, Progress
+from aivc.store import soma_io
+from aivc.store.catalog import Catalog, DatasetVersion
+from aivc.store.lake import Lake, utcnow
+from aivc.store.recovery import recover
+
+DEFAULT_CHUNK_ROWS = 4096
+#: Crash points for fault-injection tests (``AIVC_FAULT=<point>`` makes the process exit
+#: abruptly there, as a kill would).
+FAULT_POINTS = ("after_soma_write", "after_artifacts", "before_record")
+
+
+def _fault(point: str) -> None:
+    if os.environ.get("AIVC_FAULT") == point:
+        os._exit(97)
+
+
+def new_submission_id() -> str:
+    import datetime as dt
+
+    return f"sub-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+
+
+@dataclass
+class Prepared:
+    """A validated (or rejected) submission, ready to commit when ``report.valid``."""
+
+    manifest: Manifest | None
+    data: SubmittedData | None
+    report: ValidationReport
+    obs: pd.DataFrame | None = None  # harmonized standard fields, index = submitted barcodes
+    genes: GeneMapping | None = None
+    content_hash: str | None = None
+    chunk_rows: int = DEFAULT_CHUNK_ROWS
+
+    def close(self) -> None:
+        if self.data is not None:
+            self.data.close()
+
+
+@dataclass
+class SubmitResult:
+    status: Literal["committed", "unchanged", "rejected", "valid"]
+    dataset_id: str | None
+    version: int | None
+    n_cells: int
+    n_genes: int
+    report: str | None
+    errors: list[Finding] = field(default_factory=list)
+    warnings: list[Finding] = field(default_factory=list)
+    submission_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "dataset_id": self.dataset_id,
+            "version": self.version,
+            "n_cells": self.n_cells,
+            "n_genes": self.n_genes,
+            "report": self.report,
+            "submission_id": self.submission_id,
+            "errors": [{"code": f.code, "where": f.where, "message": f.message} for f in self.errors],
+            "warnings": [{"code": f.code, "where": f.where, "message": f.message} for f in self.warnings],
+        }
+
+
+# -- validation ------------------------------------------------------------------------
+def _structure_findings(data: SubmittedData) -> list[Finding]:
+    out: list[Finding] = []
+    n_rows, n_cols = data.counts.shape
+    if n_rows != data.n_obs or n_cols != data.n_vars:
+        out.append(
+            Finding(
+                "MATRIX_SHAPE_MISMATCH",
+                data.counts.path,
+                f"matrix is {n_rows} x {n_cols} but obs has {data.n_obs} rows and var has {data.n_vars}; they must agree",
+            )
+        )
+    if data.n_obs == 0 or data.n_vars == 0:
+        out.append(Finding("DATASET_EMPTY", data.counts.path, f"the dataset has {data.n_obs} cells and {data.n_vars} genes; nothing to submit"))
+    idx = data.obs.index.astype(str)
+    dup = idx.duplicated()
+    if dup.any():
+        first = int(np.flatnonzero(dup)[0])
+        out.append(
+            Finding(
+                "OBS_DUPLICATE_IDS",
+                f"obs.index row {first}",
+                f"{int(dup.sum())} cell ids occur more than once, first {idx[first]!r}; cell ids must be unique",
+            )
+        )
+    empty = idx == ""
+    if empty.any():
+        out.append(Finding("OBS_EMPTY_ID", f"obs.index row {int(np.flatnonzero(empty)[0])}", "cell ids must not be empty"))
+    return out
+
+
+def _obsm_findings(data: SubmittedData) -> list[Finding]:
+    out: list[Finding] = []
+    for key in data.obsm_keys:
+        try:
+            arr = data.read_obsm(key)
+        except Exception as exc:  # noqa: BLE001 - any unreadable embedding is a finding
+            out.append(Finding("OBSM_UNREADABLE", f"obsm[{key!r}]", f"cannot read this embedding ({type(exc).__name__})"))
+            continue
+        if arr.ndim != 2 or arr.shape[0] != data.n_obs or arr.shape[1] < 1:
+            out.append(Finding("OBSM_BAD_SHAPE", f"obsm[{key!r}]", f"embedding shape {arr.shape} must be (n_cells={data.n_obs}, d>=1)"))
+        elif not np.issubdtype(arr.dtype, np.number):
+            out.append(Finding("OBSM_BAD_DTYPE", f"obsm[{key!r}]", f"embedding dtype {arr.dtype} is not numeric"))
+        elif not np.isfinite(arr).all():
+            row = int(np.flatnonzero(~np.isfinite(arr).all(axis=1))[0])
+            out.append(Finding("OBSM_NOT_FINITE", f"obsm[{key!r}] row {row} ({data.obs.index[row]!r})", "embedding has NaN or infinite values"))
+    return out
+
+
+def validate_submission(
+    data_path: str | Path,
+    manifest_path: str | Path,
+    *,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    progress: Progress | None = None,
+    submission_id: str | None = None,
+) -> Prepared:
+    """Validate and harmonize a submission without writing anything.
+
+    Raises
+    ------
+    UsageError
+        If the data or manifest file does not exist.
+    """
+    progress = progress or NullProgress()
+    report = ValidationReport(submission_id or new_submission_id(), str(data_path), str(manifest_path))
+    if not Path(manifest_path).is_file():
+        raise UsageError(f"manifest file not found: {manifest_path}", where=str(manifest_path))
+    if not Path(data_path).exists():
+        raise UsageError(f"data file not found: {data_path}", where=str(data_path))
+    try:
+        manifest = load_manifest(manifest_path)
+    except ManifestError as exc:
+        report.add(Finding(exc.code, exc.where, exc.message))
+        return Prepared(None, None, report)
+    report.dataset_id = manifest.dataset_id
+    source, layer = manifest.counts_source
+    try:
+        data = open_anndata(data_path, source, layer)
+    except UnreadableDataError as exc:
+        report.add(Finding(exc.code, exc.where, exc.message))
+        return Prepared(manifest, None, report)
+    prepared = Prepared(manifest, data, report, chunk_rows=chunk_rows)
+    structural = _structure_findings(data)
+    report.extend(structural)
+    where_var = "raw.var" if source == "raw" else "var"
+    genes = map_genes(
+        data.var,
+        organism_name=manifest.organism_name,
+        id_type=manifest.genes.id_type,
+        column=manifest.genes.column,
+        min_mapped_fraction=manifest.qc.min_mapped_fraction,
+        where=where_var,
+    )
+    prepared.genes = genes
+    report.extend(genes.findings)
+    report.decisions.extend(genes.decisions)
+
+    from aivc.ingest.obs_fields import harmonize_obs
+
+    progress.phase("harmonizing cell metadata")
+    obs_result = harmonize_obs(data.obs, manifest)
+    report.extend(obs_result.findings)
+    report.decisions.extend(obs_result.decisions)
+    prepared.obs = obs_result.frame
+    report.extend(_obsm_findings(data))
+
+    fatal = any(f.code in ("MATRIX_SHAPE_MISMATCH", "DATASET_EMPTY") for f in structural)
+    if not fatal:
+        checker = MatrixChecker(
+            cell_ids=data.obs.index.astype(str),
+            gene_names=pd.Index(data.var.index.astype(str)),
+            keep_cols=genes.keep_cols,
+            mito_cols=genes.mito_cols,
+            where=data.counts.path.replace("/", "."),
+        )
+        progress.phase("checking counts", total=data.n_obs)
+        for start, chunk in data.iter_chunks(chunk_rows):
+            checker.update(start, chunk)
+            progress.advance(chunk.shape[0])
+        report.extend(checker.findings())
+        qc = checker.qc_frame()
+        report.qc = qc
+        if not any(f.code.startswith("MATRIX_") and f.code != "MATRIX_EMPTY_CELLS" for f in report.errors):
+            from aivc.ingest.qc import run_expectations
+
+            progress.phase("data-quality expectations")
+            meta = obs_result.frame.reindex(qc.index) if obs_result.frame is not None else None
+            frame = qc if meta is None else pd.concat([qc, meta], axis=1)
+            qc_findings, results = run_expectations(
+                frame, n_genes_total=data.n_vars, max_pct_mito=manifest.qc.max_pct_mito
+            )
+            report.extend(qc_findings)
+            report.expectations = results
+        prepared.content_hash = _content_hash(manifest, checker.content_hash, obs_result.frame, genes, data)
+        report.summary.update(
+            {
+                "nnz": int(checker.nnz),
+                "total_counts": float(checker.n_counts.sum()),
+                "median_counts_per_cell": float(np.median(checker.n_counts)) if data.n_obs else 0.0,
+                "content_hash": prepared.content_hash,
+            }
+        )
+    report.summary.update(
+        {
+            "dataset_id": manifest.dataset_id,
+            "title": manifest.title,
+            "organism": manifest.organism,
+            "access": manifest.access,
+            "counts_source": manifest.counts,
+            "n_cells": data.n_obs,
+            "n_genes_submitted": data.n_vars,
+            "n_genes_mapped": len(genes.gene_ids),
+            "mapped_fraction": round(genes.mapped_fraction, 4),
+            "n_genes_unmapped": genes.n_unmapped,
+            "n_genes_ambiguous": genes.n_ambiguous,
+            "obsm": list(data.obsm_keys),
+        }
+    )
+    return prepared
+
+
+def _content_hash(manifest: Manifest, matrix_hash: str, obs: pd.DataFrame, genes: GeneMapping, data: SubmittedData) -> str:
+    h = hashlib.sha256()
+    h.update(manifest.canonical_json().encode())
+    h.update(matrix_hash.encode())
+    h.update("\x00".join(genes.gene_ids).encode())
+    h.update("\x00".join(data.obs.index.astype(str)).encode())
+    h.update(pd.util.hash_pandas_object(obs.astype(str), index=False).to_numpy().tobytes())
+    extra = data.obs.drop(columns=[c for c in data.obs.columns if c in obs.columns], errors="ignore")
+    if extra.shape[1]:
+        h.update(",".join(map(str, extra.columns)).encode())
+        h.update(pd.util.hash_pandas_object(extra.astype(str), index=False).to_numpy().tobytes())
+    for key in data.obsm_keys:
+        h.update(key.encode())
+        h.update(np.ascontiguousarray(data.read_obsm(key), dtype=np.float64).tobytes())
+    return h.hexdigest()
+
+
+# -- commit ----------------------------------------------------------------------------
+def _lake_obs(prepared: Prepared, version: int) -> pd.DataFrame:
+    assert prepared.manifest is not None and prepared.obs is not None and prepared.data is not None
+    m = prepared.manifest
+    qc = prepared.report.qc
+    assert qc is not None
+    barcodes = prepared.data.obs.index.astype(str)
+    frame = prepared.obs.copy()
+    frame.index = pd.Index([f"{m.dataset_id}@{version}:{b}" for b in barcodes], name="obs_id")
+    frame.insert(0, "dataset_id", m.dataset_id)
+    frame.insert(1, "dataset_version", np.int32(version))
+    frame.insert(2, "barcode", np.asarray(barcodes, dtype=object))
+    frame.insert(3, "organism_ontology_term_id", m.organism)
+    frame["n_counts"] = qc["n_counts"].to_numpy(dtype=np.float64)
+    frame["n_genes"] = qc["n_genes"].to_numpy(dtype=np.int64)
+    frame["pct_mito"] = qc["pct_mito"].to_numpy(dtype=np.float64)
+    for c in soma_io.OBS_STRING_COLUMNS:
+        frame[c] = frame[c].astype(str).astype(object)
+    frame["is_primary_data"] = frame["is_primary_data"].astype(bool)
+    cols = ["dataset_id", "dataset_version", "barcode", *[c for c in soma_io.OBS_STRING_COLUMNS if c not in ("dataset_id", "barcode")], "is_primary_data", "n_counts", "n_genes", "pct_mito"]
+    return frame[cols]
+
+
+def _lake_var(prepared: Prepared) -> pd.DataFrame:
+    assert prepared.genes is not None and prepared.manifest is not None
+    from aivc.store.reference import gene_reference
+
+    ref = gene_reference(prepared.manifest.organism_name).loc[prepared.genes.gene_ids]
+    var = pd.DataFrame(
+        {
+            "feature_name": ref["symbol"].astype(str).to_numpy(dtype=object),
+            "feature_biotype": np.full(len(ref), "gene", dtype=object),
+            "feature_reference": np.full(len(ref), prepared.manifest.organism, dtype=object),
+        },
+        index=pd.Index(prepared.genes.gene_ids, name="gene_id"),
+    )
+    return var
+
+
+def _write_artifacts(staging: Path, prepared: Prepared, obs: pd.DataFrame, obs_joinids: np.ndarray, var: pd.DataFrame, var_joinids: np.ndarray) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    assert prepared.data is not None and prepared.genes is not None and prepared.manifest is not None
+    cells = obs.reset_index()
+    cells.insert(1, "soma_joinid", obs_joinids)
+    pq.write_table(pa.Table.from_pandas(cells, preserve_index=False), staging / "cells.parquet")
+    submitted_ids = prepared.data.var.index.astype(str)[prepared.genes.keep_cols]
+    genes = pd.DataFrame(
+        {
+            "gene_id": var.index.to_numpy(dtype=object),
+            "soma_joinid": var_joinids,
+            "feature_name": var["feature_name"].to_numpy(),
+            "submitted_id": np.asarray(submitted_ids, dtype=object),
+            "submitted_position": prepared.genes.keep_cols,
+        }
+    )
+    pq.write_table(pa.Table.from_pandas(genes, preserve_index=False), staging / "genes.parquet")
+    extra = prepared.data.obs.copy()
+    extra.index = extra.index.astype(str)
+    extra.index.name = "barcode"
+    for c in extra.columns:
+        if isinstance(extra[c].dtype, pd.CategoricalDtype) or extra[c].dtype == object:
+            extra[c] = extra[c].astype(str).where(extra[c].notna(), None)
+    pq.write_table(pa.Table.from_pandas(extra.reset_index(), preserve_index=False), staging / "obs_submitted.parquet")
+    if prepared.data.obsm_keys:
+        (staging / "obsm").mkdir()
+        for key in prepared.data.obsm_keys:
+            arr = prepared.data.read_obsm(key).astype(np.float32)
+            flat = pa.array(arr.reshape(-1))
+            vec = pa.FixedSizeListArray.from_arrays(flat, arr.shape[1])
+            pq.write_table(pa.table({"obs_id": obs.index.to_numpy(dtype=object), "vector": vec}), staging / "obsm" / f"{key}.parquet")
+    shutil.copyfile(prepared.report.manifest_path, staging / "manifest.yaml")
+
+
+def submit(
+    lake: Lake,
+    data_path: str | Path,
+    manifest_path: str | Path,
+    *,
+    report_dir: str | Path | None = None,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    progress: Progress | None = None,
+    wait: float = 600.0,
+) -> SubmitResult:
+    """Validate, harmonize and commit a submission into ``lake``.
+
+    A rejected submission writes its report to ``report_dir`` (default
+    ``./aivc-reports/<submission_id>``) and leaves the lake untouched.
+    """
+    from aivc.ingest.report import write_report
+
+    progress = progress or NullProgress()
+    prepared = validate_submission(data_path, manifest_path, chunk_rows=chunk_rows, progress=progress)
+    report = prepared.report
+    try:
+        n_cells = prepared.data.n_obs if prepared.data else 0
+        n_genes = len(prepared.genes.gene_ids) if prepared.genes else 0
+        if not report.valid:
+            out = Path(report_dir) if report_dir else Path("aivc-reports") / report.submission_id
+            json_path, _ = write_report(report, out)
+            return SubmitResult("rejected", report.dataset_id, None, n_cells, n_genes, str(json_path), report.errors, report.warnings, report.submission_id)
+        assert prepared.manifest is not None and prepared.data is not None and prepared.genes is not None
+        manifest = prepared.manifest
+        catalog = Catalog(lake)
+        with lake.write_lock(wait=wait, on_wait=lambda: progress.note("waiting for another writer to finish...")):
+            recover(lake)
+            versions = catalog.versions(manifest.dataset_id)
+            if versions and versions[-1].content_hash == prepared.content_hash:
+                last = versions[-1]
+                rep = lake.root / "submissions" / last.submission_id / "report.json"
+                return SubmitResult("unchanged", last.dataset_id, last.version, last.n_cells, last.n_genes, str(rep), [], report.warnings, last.submission_id)
+            version = catalog.next_version(manifest.dataset_id)
+            record = _commit(lake, catalog, prepared, version, progress)
+        rep = lake.root / "submissions" / record.submission_id / "report.json"
+        return SubmitResult("committed", record.dataset_id, record.version, record.n_cells, record.n_genes, str(rep), [], report.warnings, record.submission_id)
+    finally:
+        prepared.close()
+
+
+def _commit(lake: Lake, catalog: Catalog, prepared: Prepared, version: int, progress: Progress) -> DatasetVersion:
+    from aivc.ingest.report import write_report
+
+    assert prepared.manifest is not None and prepared.data is not None and prepared.genes is not None
+    manifest, data, genes, report = prepared.manifest, prepared.data, prepared.genes, prepared.report
+    obs = _lake_obs(prepared, version)
+    var = _lake_var(prepared)
+    uri = lake.soma_uri(manifest.organism_name)
+    hw = catalog.high_water(manifest.organism_name)
+    ts = soma_io.write_timestamp(hw)
+    staging = lake.new_staging()
+    artifacts = staging / "artifacts"
+    artifacts.mkdir()
+    report_dir = staging / "report"
+    report.summary["version"] = version
+    write_report(report, report_dir)
+    keep = genes.keep_cols
+
+    def chunks():  # noqa: ANN202
+        for start, chunk in data.iter_chunks(prepared.chunk_rows):
+            yield start, chunk[:, keep]
+
+    progress.phase("writing to the lake", total=data.n_obs)
+    result = soma_io.append_dataset(uri, obs, var, chunks(), timestamp=ts, progress=progress.advance)
+    _fault("after_soma_write")
+    _write_artifacts(artifacts, prepared, obs, result.obs_joinids, var, result.var_joinids)
+    _fault("after_artifacts")
+    sub_dir = lake.root / "submissions" / report.submission_id
+    sub_dir.parent.mkdir(parents=True, exist_ok=True)
+    os.rename(report_dir, sub_dir)
+    high_water = max(soma_io.now_ms(), ts)
+    record = DatasetVersion(
+        dataset_id=manifest.dataset_id,
+        version=version,
+        title=manifest.title,
+        description=manifest.description,
+        license=manifest.license,
+        access=manifest.access,
+        embargo_until=manifest.embargo_until.isoformat() if manifest.embargo_until else None,
+        organism=manifest.organism,
+        organism_name=manifest.organism_name,
+        n_cells=int(data.n_obs),
+        n_genes=len(genes.gene_ids),
+        nnz=int(result.nnz),
+        content_hash=str(prepared.content_hash),
+        submission_id=report.submission_id,
+        committed_at=utcnow(),
+        soma_timestamp=ts,
+        soma_high_water=high_water,
+        obs_joinid_min=int(result.obs_joinids.min()),
+        obs_joinid_max=int(result.obs_joinids.max()),
+        artifacts=f"catalog/datasets/{manifest.dataset_id}/v{version:06d}",
+        obsm_keys=tuple(data.obsm_keys),
+        extra={"contact": manifest.contact, "citation": manifest.citation, "n_genes_submitted": data.n_vars},
+    )
+    _fault("before_record")
+    catalog.commit(record, artifacts)
+    shutil.rmtree(staging, ignore_errors=True)
+    return record

@@ -1,0 +1,110 @@
+"""Export a committed dataset version as an AnnData following the CELLxGENE schema 7.x.
+
+The cells come back in their submitted order with their exact raw counts (float32 CSR
+in ``X``), the harmonized standard fields as ontology term ids, the submitter's other
+obs columns and ``obsm`` embeddings, and ``var`` indexed by reference Ensembl ids (only
+the genes this dataset measured).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from aivc.store import soma_io
+from aivc.store.catalog import Catalog
+from aivc.store.lake import Lake
+
+TERM_COLUMNS = (
+    "assay_ontology_term_id",
+    "cell_type_ontology_term_id",
+    "development_stage_ontology_term_id",
+    "disease_ontology_term_id",
+    "self_reported_ethnicity_ontology_term_id",
+    "sex_ontology_term_id",
+    "tissue_ontology_term_id",
+)
+CATEGORICAL_COLUMNS = (*TERM_COLUMNS, "tissue_type", "suspension_type", "donor_id")
+#: obs columns the CELLxGENE tooling adds itself; submitter columns with these names are
+#: exported with an ``author_`` prefix.
+RESERVED_OBS = (
+    "assay",
+    "cell_type",
+    "development_stage",
+    "disease",
+    "self_reported_ethnicity",
+    "sex",
+    "tissue",
+    "organism",
+    "organism_ontology_term_id",
+    "observation_joinid",
+    "is_primary_data",
+    "tissue_type",
+    "suspension_type",
+    "donor_id",
+    *TERM_COLUMNS,
+)
+
+
+def load_version_anndata(lake: Lake, ref: str):  # noqa: ANN201 - AnnData
+    """The committed cells of ``ref`` (``DATASET[@VERSION]``) as an in-memory AnnData."""
+    import anndata as ad
+    import pyarrow.parquet as pq
+
+    catalog = Catalog(lake)
+    v = catalog.get(ref)
+    art = catalog.artifacts_path(v)
+    cells = pq.read_table(art / "cells.parquet").to_pandas()
+    genes = pq.read_table(art / "genes.parquet").to_pandas()
+    X = soma_io.read_rows(
+        lake.soma_uri(v.organism_name),
+        v.soma_high_water,
+        cells["soma_joinid"].to_numpy(dtype=np.int64),
+        genes["soma_joinid"].to_numpy(dtype=np.int64),
+    )
+    obs = pd.DataFrame(index=pd.Index(cells["barcode"].astype(str).to_numpy(), name=None))
+    for c in CATEGORICAL_COLUMNS:
+        obs[c] = pd.Categorical(cells[c].astype(str).to_numpy())
+    obs["is_primary_data"] = cells["is_primary_data"].astype(bool).to_numpy()
+    submitted = pq.read_table(art / "obs_submitted.parquet").to_pandas().set_index("barcode")
+    submitted.index = submitted.index.astype(str)
+    for c in submitted.columns:
+        name = f"author_{c}" if c in RESERVED_OBS or c in obs.columns else c
+        col = submitted[c].reindex(obs.index)
+        if col.dtype == object:
+            col = pd.Categorical(col)
+        obs[name] = col.to_numpy() if not isinstance(col, pd.Categorical) else col
+    var = pd.DataFrame(
+        {"feature_is_filtered": np.zeros(len(genes), dtype=bool)},
+        index=pd.Index(genes["gene_id"].astype(str).to_numpy()),
+    )
+    adata = ad.AnnData(X=X, obs=obs, var=var)
+    for key in v.obsm_keys:
+        tbl = pq.read_table(art / "obsm" / f"{key}.parquet")
+        vec = tbl.column("vector").combine_chunks()
+        dim = vec.type.list_size
+        arr = vec.values.to_numpy(zero_copy_only=False).reshape(-1, dim)
+        adata.obsm[key if key.startswith("X_") else f"X_{key}"] = arr.astype(np.float64)
+    adata.uns["title"] = v.title
+    adata.uns["organism_ontology_term_id"] = v.organism
+    adata.uns["aivc"] = {"dataset_id": v.dataset_id, "version": v.version, "content_hash": v.content_hash, "license": v.license}
+    return adata, v
+
+
+def export_h5ad(lake: Lake, ref: str, out: str | Path) -> dict[str, Any]:
+    """Write ``ref`` to ``out`` (atomically: a temporary file renamed into place)."""
+    adata, v = load_version_anndata(lake, ref)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        adata.write_h5ad(tmp, compression="gzip")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return {"dataset_id": v.dataset_id, "version": v.version, "n_cells": adata.n_obs, "n_genes": adata.n_vars, "path": str(out)}

@@ -1,0 +1,213 @@
+"""TileDB-SOMA experiments of the lake: timestamped appends, pinned reads, rollback.
+
+Every append of a submission writes all its TileDB fragments at one timestamp ``T``
+chosen above the lake's committed high-water mark. aivc readers open experiments at the
+committed high-water mark (``tiledb_timestamp``), so fragments of a write that was not
+committed (a killed process) are invisible to them; :func:`rollback_uncommitted` deletes
+those fragments under the write lock so plain ``tiledbsoma`` readers never see them
+either. Registration (``register_anndatas`` -> ``prepare_experiment`` ->
+``from_anndata``) writes obs and var; X is then written in row chunks directly into
+``ms/RNA/X/counts`` so memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+MEASUREMENT = "RNA"
+X_LAYER = "counts"
+_FRAGMENT_NAME = re.compile(r"^__(\d+)_(\d+)_[0-9a-f]{32}")
+
+#: obs columns of every lake experiment, in order (the obs index is ``obs_id``).
+OBS_STRING_COLUMNS: tuple[str, ...] = (
+    "dataset_id",
+    "barcode",
+    "organism_ontology_term_id",
+    "assay_ontology_term_id",
+    "cell_type_ontology_term_id",
+    "development_stage_ontology_term_id",
+    "disease_ontology_term_id",
+    "self_reported_ethnicity_ontology_term_id",
+    "sex_ontology_term_id",
+    "tissue_ontology_term_id",
+    "tissue_type",
+    "suspension_type",
+    "donor_id",
+    "assay",
+    "cell_type",
+    "development_stage",
+    "disease",
+    "self_reported_ethnicity",
+    "sex",
+    "tissue",
+)
+VAR_STRING_COLUMNS: tuple[str, ...] = ("feature_name", "feature_biotype", "feature_reference")
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def write_timestamp(high_water: int | None) -> int:
+    """A write timestamp strictly above the committed high-water mark."""
+    t = now_ms()
+    return max(t, (high_water or 0) + 1)
+
+
+def _context(timestamp: int | None):  # noqa: ANN202 - tiledbsoma type
+    import tiledbsoma
+
+    return tiledbsoma.SOMATileDBContext(timestamp=timestamp) if timestamp is not None else tiledbsoma.SOMATileDBContext()
+
+
+def exists(uri: str) -> bool:
+    import tiledbsoma
+
+    return Path(uri).exists() and tiledbsoma.Experiment.exists(uri)
+
+
+def open_experiment(uri: str, high_water: int):  # noqa: ANN201
+    """Open an experiment for reading at the committed state."""
+    import tiledbsoma
+
+    return tiledbsoma.Experiment.open(uri, "r", tiledb_timestamp=high_water)
+
+
+@dataclass(frozen=True)
+class AppendResult:
+    obs_joinids: np.ndarray
+    var_joinids: np.ndarray
+    timestamp: int
+    nnz: int
+
+
+def append_dataset(
+    uri: str,
+    obs: pd.DataFrame,
+    var: pd.DataFrame,
+    chunks: Iterable[tuple[int, sp.csr_matrix]],
+    *,
+    timestamp: int,
+    progress: Callable[[int], None] | None = None,
+) -> AppendResult:
+    """Append cells to the experiment at ``uri`` (created if absent), all at ``timestamp``.
+
+    Parameters
+    ----------
+    obs
+        Indexed by ``obs_id`` (lake-unique), with the lake's obs columns.
+    var
+        Indexed by ``gene_id`` (reference ids), columns ``VAR_STRING_COLUMNS``; the order
+        of its rows is the column order of the chunks.
+    chunks
+        ``(row_start, csr)`` blocks of raw counts, rows in ``obs`` order.
+    """
+    import anndata as ad
+    import pyarrow as pa
+    import tiledbsoma
+    import tiledbsoma.io as sio
+
+    ctx = _context(timestamp)
+    skeleton = ad.AnnData(
+        X=sp.csr_matrix((len(obs), len(var)), dtype=np.float32),
+        obs=obs,
+        var=var,
+    )
+    existing = exists(uri)
+    rd = sio.register_anndatas(
+        uri if existing else None,
+        [skeleton],
+        measurement_name=MEASUREMENT,
+        obs_field_name="obs_id",
+        var_field_name="gene_id",
+        context=ctx,
+    )
+    if existing:
+        rd.prepare_experiment(uri, context=ctx)
+    sio.from_anndata(
+        uri,
+        skeleton,
+        MEASUREMENT,
+        registration_mapping=rd,
+        context=ctx,
+        X_layer_name=X_LAYER,
+        obs_id_name="obs_id",
+        var_id_name="gene_id",
+    )
+    mapping = rd.id_mappings_for_anndata(skeleton, measurement_name=MEASUREMENT)
+    obs_j = np.asarray(mapping.obs_axis.data, dtype=np.int64)
+    var_j = np.asarray(mapping.var_axes[MEASUREMENT].data, dtype=np.int64)
+    nnz = 0
+    with tiledbsoma.SparseNDArray.open(f"{uri}/ms/{MEASUREMENT}/X/{X_LAYER}", "w", context=ctx) as X:
+        for start, chunk in chunks:
+            coo = chunk.tocoo()
+            keep = coo.data != 0
+            table = pa.Table.from_pydict(
+                {
+                    "soma_dim_0": pa.array(obs_j[coo.row[keep] + start]),
+                    "soma_dim_1": pa.array(var_j[coo.col[keep]]),
+                    "soma_data": pa.array(coo.data[keep].astype(np.float32)),
+                }
+            )
+            if table.num_rows:
+                X.write(table)
+            nnz += table.num_rows
+            if progress is not None:
+                progress(chunk.shape[0])
+    return AppendResult(obs_j, var_j, timestamp, nnz)
+
+
+def rollback_uncommitted(uri: str, high_water: int | None) -> list[str]:
+    """Delete every TileDB fragment, commit, schema and metadata file written after
+    ``high_water`` (the last committed timestamp) under ``uri``.
+
+    With ``high_water`` None (nothing ever committed for this experiment) the whole
+    experiment folder is removed. Returns the paths removed (relative to ``uri``).
+    """
+    root = Path(uri)
+    if not root.exists():
+        return []
+    if high_water is None:
+        shutil.rmtree(root)
+        return ["."]
+    removed: list[str] = []
+    for path in sorted(root.rglob("__*"), key=lambda p: len(p.parts), reverse=True):
+        m = _FRAGMENT_NAME.match(path.name)
+        if m and int(m.group(1)) > high_water and path.exists():
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+            removed.append(str(path.relative_to(root)))
+    # arrays or groups created after high_water now have no schema/group entries: drop them
+    for marker in list(root.rglob("__schema")):
+        array = marker.parent
+        if not any(_FRAGMENT_NAME.match(p.name) for p in marker.iterdir()):
+            shutil.rmtree(array)
+            removed.append(str(array.relative_to(root)))
+    return removed
+
+
+def read_var(uri: str, high_water: int) -> pd.DataFrame:
+    with open_experiment(uri, high_water) as exp:
+        return exp.ms[MEASUREMENT].var.read().concat().to_pandas()
+
+
+def read_rows(uri: str, high_water: int, obs_joinids: np.ndarray, var_joinids: np.ndarray) -> sp.csr_matrix:
+    """Raw counts for the given cells and genes, as CSR in the order given."""
+    import tiledbsoma
+
+    with open_experiment(uri, high_water) as exp:
+        X = exp.ms[MEASUREMENT].X[X_LAYER]
+        tbl = X.read(coords=(obs_joinids, var_joinids)).tables().concat()
+    rows = pd.Index(obs_joinids).get_indexer(tbl["soma_dim_0"].to_numpy())
+    cols = pd.Index(var_joinids).get_indexer(tbl["soma_dim_1"].to_numpy())
+    data = tbl["soma_data"].to_numpy()
+    _ = tiledbsoma  # imported for side effects of open
+    return sp.csr_matrix((data, (rows, cols)), shape=(len(obs_joinids), len(var_joinids)), dtype=np.float32)

@@ -190,7 +190,7 @@ def submit(
 
 @app.command()
 def datasets(
-    all_versions: Annotated[bool, typer.Option("--all", help="List every version, not only current ones.")] = True,
+    current_only: Annotated[bool, typer.Option("--current-only", help="List only the current version of each dataset.")] = False,
     lake: LakeOpt = None,
     json_: JsonOpt = False,
     debug: DebugOpt = False,
@@ -216,7 +216,7 @@ def datasets(
                 "current": v.ref in current,
             }
             for v in cat.all_versions()
-            if all_versions or v.ref in current
+            if not current_only or v.ref in current
         ]
         if json_:
             _print_json(rows)

@@ -83,6 +83,7 @@ class LakeError(AivcError):
 
 
 class LakeNotFoundError(LakeError):
+    exit_code = 2
     code = "LAKE_NOT_FOUND"
 
 

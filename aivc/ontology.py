@@ -40,6 +40,10 @@ _OBO_REF = re.compile(r"^(?:obo\.|https?://purl\.obolibrary\.org/obo/)([A-Za-z][
 
 MatchHow = Literal["label", "synonym"]
 
+#: Similarity (0..1, mean of trigram Dice and difflib ratio) below which a term is not offered
+#: as a "closest" suggestion; unrelated strings score ~0.1-0.2, typos and plurals ~0.6-0.9.
+MIN_SIMILARITY = 0.3
+
 
 def normalize_text(text: str) -> str:
     """Case-fold and collapse whitespace: the key used for label and synonym matching.
@@ -116,46 +120,63 @@ class LabelMatch:
 class _FuzzyIndex:
     """Character-trigram index over label and synonym strings for "closest term" suggestions.
 
-    Candidates are ranked first by trigram Dice overlap (vectorised with numpy), then the best
-    few are re-scored with :class:`difflib.SequenceMatcher`.
+    Built with numpy (a sorted posting list per trigram), so MONDO's ~100k strings index in
+    well under a second. Candidates are ranked by trigram Dice overlap, then the best few are
+    re-scored with :class:`difflib.SequenceMatcher`.
     """
 
     def __init__(self, texts: list[str], ids: list[str]) -> None:
         self.texts = texts
         self.ids = ids
-        postings: dict[str, list[int]] = {}
-        sizes = np.empty(len(texts), dtype=np.float64)
-        for i, text in enumerate(texts):
-            grams = _trigrams(text)
-            sizes[i] = len(grams)
-            for g in grams:
-                bucket = postings.get(g)
-                if bucket is None:
-                    postings[g] = [i]
-                else:
-                    bucket.append(i)
-        self._postings = postings
-        self._arrays: dict[str, np.ndarray] = {}
-        self._sizes = sizes
+        if not texts:
+            texts = [""]  # one empty text keeps the arrays well-formed; search() returns nothing
+        padded = [f"  {t} " for t in texts]
+        lens = np.fromiter((len(t) for t in padded), dtype=np.int64, count=len(padded))
+        n_grams = lens - 2
+        chars = np.frombuffer("".join(padded).encode("utf-32-le"), dtype=np.uint32)
+        # Re-code the characters present onto a small alphabet so that (text, trigram) packs
+        # into one int64 and a single sort both groups and de-duplicates the postings.
+        present = np.flatnonzero(np.bincount(chars))
+        self._alphabet = np.full(int(present[-1]) + 1 if len(present) else 1, -1, dtype=np.int64)
+        self._alphabet[present] = np.arange(len(present), dtype=np.int64)
+        self._base = len(present) + 1  # the last code is for characters never seen
+        if self._base**3 * len(padded) >= 2**62:  # pragma: no cover - would need ~thousands of distinct characters
+            raise OverflowError("trigram index too large for int64 keys")
+        small = self._alphabet[chars]
+        first = np.repeat(np.cumsum(lens) - lens, n_grams)
+        first += np.arange(len(first), dtype=np.int64) - np.repeat(np.cumsum(n_grams) - n_grams, n_grams)
+        codes = (small[first] * self._base + small[first + 1]) * self._base + small[first + 2]
+        owner = np.repeat(np.arange(len(padded), dtype=np.int64), n_grams)
+        width = len(padded)
+        pairs = _sorted_unique(codes * width + owner)  # by trigram, then text; duplicates gone
+        codes, self._owners = np.divmod(pairs, width)
+        new_gram = np.ones(len(codes), dtype=bool)
+        new_gram[1:] = codes[1:] != codes[:-1]
+        self._starts = np.flatnonzero(new_gram)
+        self._grams = codes[self._starts]
+        self._ends = np.append(self._starts[1:], len(codes))
+        self._sizes = np.bincount(self._owners, minlength=width).astype(np.float64)
 
-    def _posting(self, gram: str) -> np.ndarray | None:
-        arr = self._arrays.get(gram)
-        if arr is None:
-            lst = self._postings.get(gram)
-            if lst is None:
-                return None
-            arr = np.asarray(lst, dtype=np.int64)
-            self._arrays[gram] = arr
-        return arr
+    def _codes(self, text: str) -> np.ndarray:
+        chars = np.frombuffer(f"  {text} ".encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
+        small = np.full(len(chars), self._base - 1, dtype=np.int64)
+        known = chars < len(self._alphabet)
+        small[known] = self._alphabet[chars[known]]
+        small[small < 0] = self._base - 1
+        return _sorted_unique((small[:-2] * self._base + small[1:-1]) * self._base + small[2:])
 
     def search(self, query: str, k: int = 40) -> list[tuple[float, str, str]]:
         """Return up to ``k`` ``(score, term_id, text)`` candidates for a normalized query."""
-        grams = _trigrams(query)
-        arrays = [a for a in (self._posting(g) for g in grams) if a is not None]
-        if not arrays or not self.texts:
+        if not self.texts:
             return []
-        hits = np.bincount(np.concatenate(arrays), minlength=len(self.texts)).astype(np.float64)
-        dice = 2.0 * hits / (len(grams) + self._sizes)
+        qcodes = self._codes(query)
+        slot = np.searchsorted(self._grams, qcodes).clip(0, len(self._grams) - 1)
+        slot = slot[self._grams[slot] == qcodes]
+        if len(slot) == 0:
+            return []
+        owners = np.concatenate([self._owners[s:e] for s, e in zip(self._starts[slot], self._ends[slot], strict=True)])
+        hits = np.bincount(owners, minlength=len(self.texts)).astype(np.float64)
+        dice = 2.0 * hits / (len(qcodes) + self._sizes)
         k = min(k, len(self.texts))
         top = np.argpartition(-dice, k - 1)[:k]
         out: list[tuple[float, str, str]] = []
@@ -168,9 +189,14 @@ class _FuzzyIndex:
         return out
 
 
-def _trigrams(text: str) -> set[str]:
-    padded = f"  {text} "
-    return {padded[i : i + 3] for i in range(len(padded) - 2)}
+def _sorted_unique(values: np.ndarray) -> np.ndarray:
+    # np.sort + adjacent compare: numpy 2.x's np.unique can be ~20x slower on large int arrays.
+    values = np.sort(values)
+    if len(values) == 0:
+        return values
+    keep = np.ones(len(values), dtype=bool)
+    keep[1:] = values[1:] != values[:-1]
+    return values[keep]
 
 
 @dataclass
@@ -410,12 +436,13 @@ class Ontologies:
             return LabelMatch(None, None)
         prefixes = tuple(dict.fromkeys(ontologies))
         indexes = [self._index(p) for p in prefixes]
-        for how, table in (("label", "labels"), ("synonym", "synonyms")):
-            found = sorted({t for ix in indexes for t in getattr(ix, table).get(key, ())})
+        hows: tuple[MatchHow, MatchHow] = ("label", "synonym")
+        for how in hows:
+            found = sorted({t for ix in indexes for t in (ix.labels if how == "label" else ix.synonyms).get(key, ())})
             if len(found) == 1:
-                return LabelMatch(found[0], how)  # type: ignore[arg-type]
+                return LabelMatch(found[0], how)
             if found:
-                return LabelMatch(None, None, tuple(found), self.closest(text, prefixes, n=max(n_closest, 0)))
+                return LabelMatch(None, None, tuple(found), self.closest(text, prefixes, n=n_closest))
         return LabelMatch(None, None, (), self.closest(text, prefixes, n=n_closest))
 
     def closest(self, text: str, ontologies: tuple[str, ...], n: int = 3) -> tuple[tuple[str, str], ...]:
@@ -432,7 +459,7 @@ class Ontologies:
             scored.extend(self._fuzzy(prefix).search(key))
         best: dict[str, float] = {}
         for score, term_id, _text in scored:
-            if score > best.get(term_id, -1.0):
+            if score >= MIN_SIMILARITY and score > best.get(term_id, -1.0):
                 best[term_id] = score
         ranked = sorted(best.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
         return tuple((term_id, self.label(term_id)) for term_id, _ in ranked)

@@ -165,7 +165,13 @@ def parse_manifest(data: dict[str, Any], source: str = "manifest") -> Manifest:
     if errors:
         e = errors[0]
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise ManifestError(f"{e.message}{more}", where=f"{source}: {_path_of(e)}")
+        where = _path_of(e)
+        if e.validator == "required" and isinstance(e.instance, dict):
+            missing = [k for k in e.validator_value if k not in e.instance]
+            if missing:
+                prefix = "" if where == "(top level)" else where + "/"
+                where = f"{prefix}{missing[0]} (missing)"
+        raise ManifestError(f"{e.message}{more}", where=f"{source}: {where}")
     try:
         return Manifest.model_validate(data)
     except Exception as exc:  # pydantic.ValidationError

@@ -65,7 +65,7 @@ class MatrixChecker:
     _nonint: _First = field(default_factory=_First)
     _toolarge: _First = field(default_factory=_First)
     _bad_dtype: str | None = None
-    _hash: "hashlib._Hash" = field(default_factory=lambda: hashlib.sha256())
+    _hashes: list["hashlib._Hash"] = field(default_factory=lambda: [hashlib.sha256() for _ in range(4)])
 
     def __post_init__(self) -> None:
         n = len(self.cell_ids)
@@ -74,7 +74,7 @@ class MatrixChecker:
         self.mito_counts = np.zeros(n, dtype=np.float64)
         self._mito_mask = np.zeros(len(self.gene_names), dtype=bool)
         self._mito_mask[self.mito_cols] = True
-        self._hash.update(np.asarray(self.keep_cols, dtype=np.int64).tobytes())
+        self._hashes[0].update(np.asarray(self.keep_cols, dtype=np.int64).tobytes())
 
     def update(self, start: int, chunk: sp.csr_matrix) -> None:
         """Check rows ``start : start + chunk.shape[0]``."""
@@ -115,13 +115,14 @@ class MatrixChecker:
             )
         kept = chunk[:, self.keep_cols]
         kept.sort_indices()
-        self._hash.update(np.diff(kept.indptr).astype(np.int64).tobytes())
-        self._hash.update(kept.indices.astype(np.int64).tobytes())
-        self._hash.update(kept.data.astype(np.float32).tobytes())
+        # one hash per stream, so the digest does not depend on the chunk size
+        self._hashes[1].update(np.diff(kept.indptr).astype(np.int64).tobytes())
+        self._hashes[2].update(kept.indices.astype(np.int64).tobytes())
+        self._hashes[3].update(kept.data.astype(np.float32).tobytes())
 
     @property
     def content_hash(self) -> str:
-        return self._hash.hexdigest()
+        return hashlib.sha256("".join(h.hexdigest() for h in self._hashes).encode()).hexdigest()
 
     def qc_frame(self) -> pd.DataFrame:
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -173,7 +174,7 @@ class MatrixChecker:
             return Finding(
                 "MATRIX_NORMALIZED",
                 f"{self.where} (all {totals.size} cells)",
-                f"every cell sums to about {np.median(totals):.6g} (coefficient of variation {cv:.2g}): "
+                f"every cell sums to about {float(f'{np.median(totals):.2g}'):g} (median {np.median(totals):.6g}, coefficient of variation {cv:.2g}): "
                 "this is a normalized matrix, not raw counts; point 'counts' at the raw counts",
             )
         return None

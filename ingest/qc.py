@@ -35,6 +35,7 @@ import os
 import string
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
@@ -111,7 +112,7 @@ def run_expectations(
         findings.extend(plan.missing_findings())
     gx_results = _validate(qc, planned)
     for plan, suite_results in zip(planned, gx_results, strict=True):
-        rows: list[tuple[int, Finding | None, dict[str, Any]]] = list(plan.missing_rows)
+        rows: list[_Row] = list(plan.missing_rows)
         for r in suite_results:
             finding, row = _convert(plan.name, r, plan.parameters)
             rows.append((int(r.expectation_config.meta.get(_INDEX_KEY, 0)), finding, row))
@@ -122,15 +123,18 @@ def run_expectations(
     return findings, results
 
 
+_Row = tuple[int, "Finding | None", dict[str, Any]]
+
+
+@dataclass
 class _Plan:
     """One suite ready to run: parameters resolved, expectations on missing columns set aside."""
 
-    def __init__(self, name: str, suite: dict[str, Any], parameters: dict[str, Any]) -> None:
-        self.name = name
-        self.suite = suite
-        self.parameters = parameters
-        self.missing: dict[str, int] = {}
-        self.missing_rows: list[tuple[int, Finding | None, dict[str, Any]]] = []
+    name: str
+    suite: dict[str, Any]
+    parameters: dict[str, Any]
+    missing: dict[str, int] = field(default_factory=dict)  # column -> expectations needing it
+    missing_rows: list[_Row] = field(default_factory=list)
 
     def missing_findings(self) -> list[Finding]:
         return [
@@ -146,36 +150,32 @@ class _Plan:
 
 def _plan(suite: dict[str, Any], columns: set[str], given: Mapping[str, Any]) -> _Plan:
     name = str(suite.get("name", "suite"))
-    declared: dict[str, Any] = suite.get("meta", {}).get("parameters", {})
+    meta = {k: v for k, v in suite.get("meta", {}).items() if k != "great_expectations_version"}
+    declared: dict[str, Any] = meta.get("parameters", {})
     parameters = {k: (v or {}).get("default") for k, v in declared.items()}
     parameters.update({k: v for k, v in given.items() if k in declared})
     unset = sorted(k for k, v in parameters.items() if v is None)
     if unset:
         raise ValueError(f"suite '{name}' needs parameter(s) {', '.join(unset)}")
-    runnable: list[dict[str, Any]] = []
-    plan = _Plan(name, {}, parameters)
+    plan = _Plan(name, {"name": name, "expectations": [], "meta": meta}, parameters)
     for i, exp in enumerate(suite.get("expectations", [])):
         exp = copy.deepcopy(exp)
         exp.setdefault("meta", {})[_INDEX_KEY] = i
-        absent = [c for c in _columns(exp.get("kwargs", {})) if c not in columns]
+        kwargs = exp.get("kwargs", {})
+        absent = [c for c in _columns(kwargs) if c not in columns]
         if not absent:
-            runnable.append(exp)
+            plan.suite["expectations"].append(exp)
             continue
         for col in absent:
             plan.missing[col] = plan.missing.get(col, 0) + 1
-        row = _row(name, exp["type"], exp.get("kwargs", {}), exp["meta"], _severity(exp.get("severity")), parameters)
+        row = _row(name, exp["type"], kwargs, exp["meta"], _severity(exp.get("severity")), parameters)
         row.update(success=False, observed=f"column missing: {', '.join(absent)}")
         plan.missing_rows.append((i, None, row))
-    plan.suite = {
-        "name": name,
-        "expectations": runnable,
-        "meta": {k: v for k, v in suite.get("meta", {}).items() if k != "great_expectations_version"},
-    }
     return plan
 
 
 def _validate(qc: pd.DataFrame, plans: Sequence[_Plan]) -> list[list[ExpectationValidationResult]]:
-    """Validate every planned suite against one in-memory batch of ``qc``."""
+    """Validate each planned suite against an in-memory batch of the columns it uses."""
     with _quiet_gx():
         import great_expectations as gx
         from great_expectations.data_context.types.base import ProgressBarsConfig
@@ -184,16 +184,18 @@ def _validate(qc: pd.DataFrame, plans: Sequence[_Plan]) -> list[list[Expectation
         context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
         asset = context.data_sources.add_pandas("aivc_qc").add_dataframe_asset("cells")
         batch_definition = asset.add_batch_definition_whole_dataframe("all_cells")
-        # A named index makes GX report offending rows as dicts instead of labels.
-        frame = qc.copy(deep=False)
-        frame.index = frame.index.rename(None)
-        batch = batch_definition.get_batch(batch_parameters={"dataframe": frame})
         result_format = {"result_format": "SUMMARY", "partial_unexpected_count": _PARTIAL_COUNT}
         out: list[list[ExpectationValidationResult]] = []
         for plan in plans:
             if not plan.suite["expectations"]:
                 out.append([])
                 continue
+            # Only the suite's own columns: GX copies the whole frame for every row filter.
+            columns = list(dict.fromkeys(c for e in plan.suite["expectations"] for c in _columns(e["kwargs"])))
+            frame = qc[columns]
+            # A named index makes GX report offending rows as dicts instead of labels.
+            frame.index = frame.index.rename(None)
+            batch = batch_definition.get_batch(batch_parameters={"dataframe": frame})
             suite = gx.ExpectationSuite(**plan.suite)
             res = batch.validate(suite, result_format=result_format, expectation_parameters=plan.parameters)
             out.append(list(res.results))

@@ -288,7 +288,7 @@ def _hist(ax: Axes, values: np.ndarray, name: str, *, log: bool = False) -> None
         bins = 60 if hi > lo else 1
     ax.hist(values, bins=bins, color="#0969da", alpha=0.85)
     median = float(np.median(values))
-    ax.axvline(median, color="#cf222e", linestyle="--", linewidth=1, label=f"median {median:.4g}")
+    ax.axvline(median, color="#cf222e", linestyle="--", linewidth=1, label=f"median {_num(median)}")
     ax.legend(loc="upper right", fontsize=8)
     ax.set_xlabel(name + (f" ({skipped} cells with 0 not shown)" if skipped else ""))
     ax.set_ylabel("cells")
@@ -339,7 +339,9 @@ def _num(value: Any) -> str:
     if isinstance(value, (int, np.integer)):
         return f"{int(value):,}"
     v = float(value)
-    return f"{v:,.0f}" if v.is_integer() and abs(v) >= 1000 else f"{v:.4g}"
+    if not math.isfinite(v):
+        return "n/a"
+    return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}"
 
 
 def _text(value: Any) -> str:

@@ -134,8 +134,10 @@ def check_statement(sql: str) -> None:
     for st in statements:
         kind = st.type.name
         if kind not in ALLOWED_STATEMENTS:
+            words = st.query.strip().split()
+            shown = words[0].upper() if words else kind
             raise SqlError(
-                f"{kind} statements are not allowed: the lake is queried read-only (SELECT only)",
+                f"{shown} statements are not allowed: the lake is queried read-only (SELECT only)",
                 where="sql",
                 code="SQL_REFUSED",
             )

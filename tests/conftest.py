@@ -1,0 +1,128 @@
+"""Shared fixtures: small real-gene synthetic submissions, the real PBMC demo data, lakes."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import yaml
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+
+
+def lake_snapshot(root: Path) -> dict[str, str]:
+    """Every file under ``root`` (relative path -> sha256) and every folder (-> 'dir')."""
+    snap: dict[str, str] = {}
+    for p in sorted(root.rglob("*")):
+        rel = str(p.relative_to(root))
+        snap[rel] = "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+    return snap
+
+
+def base_manifest(dataset_id: str = "synth-a", **over: Any) -> dict[str, Any]:
+    m: dict[str, Any] = {
+        "dataset_id": dataset_id,
+        "title": "Synthetic test dataset",
+        "description": "Poisson counts over real human genes",
+        "license": "CC-BY-4.0",
+        "access": "public",
+        "organism": "NCBITaxon:9606",
+        "counts": "X",
+        "genes": {"id_type": "symbol"},
+        "obs": {
+            "assay": {"value": "EFO:0009922"},
+            "cell_type": {"column": "label", "label_map": {"Bcell": "B cell", "Tcell": "T cell"}},
+            "development_stage": {"value": "unknown"},
+            "disease": {"value": "PATO:0000461"},
+            "self_reported_ethnicity": {"value": "unknown"},
+            "sex": {"column": "sex"},
+            "tissue": {"value": "UBERON:0000178"},
+            "tissue_type": {"value": "tissue"},
+            "suspension_type": {"value": "cell"},
+            "donor_id": {"column": "donor"},
+            "is_primary_data": {"value": True},
+        },
+    }
+    m.update(over)
+    return m
+
+
+@pytest.fixture(scope="session")
+def human_genes() -> pd.DataFrame:
+    from aivc.store.reference import gene_reference
+
+    ref = gene_reference("homo_sapiens")
+    pc = ref[(ref["gene_type"] == "protein_coding") & ~ref["symbol"].duplicated(keep=False)]
+    mito = ref[ref["symbol"].str.startswith("MT-") & ~ref["symbol"].duplicated(keep=False)].head(5)
+    genes = pd.concat([pc.iloc[:: max(1, len(pc) // 115)].head(115), mito])
+    return genes
+
+
+def make_adata(genes: pd.DataFrame, n_cells: int = 60, seed: int = 0):  # noqa: ANN201
+    import anndata as ad
+
+    rng = np.random.default_rng(seed)
+    means = rng.gamma(0.6, 2.0, size=len(genes))
+    counts = rng.poisson(means[None, :] * rng.uniform(0.5, 1.5, size=(n_cells, 1))).astype(np.float32)
+    counts[:, 0] += 1  # no empty cells
+    obs = pd.DataFrame(
+        {
+            "label": rng.choice(["Bcell", "Tcell"], size=n_cells),
+            "sex": rng.choice(["PATO:0000383", "PATO:0000384"], size=n_cells),
+            "donor": rng.choice(["d1", "d2"], size=n_cells),
+            "batch": rng.choice(["b1", "b2"], size=n_cells),
+        },
+        index=[f"cell-{i:04d}" for i in range(n_cells)],
+    )
+    var = pd.DataFrame(index=pd.Index(genes["symbol"].to_numpy(), dtype=object))
+    adata = ad.AnnData(X=sp.csr_matrix(counts), obs=obs, var=var)
+    adata.obsm["X_umap"] = rng.normal(size=(n_cells, 2)).astype(np.float32)
+    return adata
+
+
+@pytest.fixture
+def write_submission(tmp_path: Path, human_genes: pd.DataFrame) -> Callable[..., tuple[Path, Path]]:
+    """Write ``(h5ad, manifest)``; ``mutate(adata)`` and ``manifest`` overrides customise it."""
+    counter = iter(range(10_000))
+
+    def _write(
+        mutate: Callable[[Any], Any] | None = None,
+        manifest: dict[str, Any] | None = None,
+        n_cells: int = 60,
+        seed: int = 0,
+        **over: Any,
+    ) -> tuple[Path, Path]:
+        i = next(counter)
+        adata = make_adata(human_genes, n_cells=n_cells, seed=seed)
+        if mutate is not None:
+            out = mutate(adata)
+            adata = adata if out is None else out
+        h5 = tmp_path / f"sub{i}.h5ad"
+        mf = tmp_path / f"sub{i}.yaml"
+        adata.write_h5ad(h5)
+        mf.write_text(yaml.safe_dump(manifest if manifest is not None else base_manifest(**over), sort_keys=False))
+        return h5, mf
+
+    return _write
+
+
+@pytest.fixture
+def lake(tmp_path: Path):  # noqa: ANN201
+    from aivc.store.lake import Lake
+
+    return Lake.init(tmp_path / "lake")
+
+
+@pytest.fixture(scope="session")
+def pbmc_files(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[Path, Path]]:
+    from aivc.demo import build_pbmc_submissions
+
+    return build_pbmc_submissions(tmp_path_factory.mktemp("pbmc"))

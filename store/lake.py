@@ -97,7 +97,7 @@ class Lake:
             return lake
         if root.exists() and any(root.iterdir()):
             raise LakeError(f"folder exists, is not empty and is not an aivc lake: {root}", where=str(root))
-        for sub in ("soma", "catalog/datasets", "submissions", "features", "predictions", "models", "images", "molecules"):
+        for sub in ("soma", "catalog/datasets", "catalog/.staging", "submissions", "features", "predictions", "models", "images", "molecules"):
             (root / sub).mkdir(parents=True, exist_ok=True)
         (root / LOCK_NAME).touch()
         write_json_atomic(

@@ -450,4 +450,5 @@ def _commit(lake: Lake, catalog: Catalog, prepared: Prepared, version: int, prog
     _fault("before_record")
     catalog.commit(record, artifacts)
     shutil.rmtree(staging, ignore_errors=True)
+    staging.with_name(f"{staging.name}.owner").unlink(missing_ok=True)
     return record

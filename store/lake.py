@@ -21,6 +21,7 @@ import fcntl
 import json
 import os
 import shutil
+import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -146,9 +147,29 @@ class Lake:
         return self.root / "catalog" / ".staging"
 
     def new_staging(self) -> Path:
+        """A fresh folder for a write in progress, marked with its owner process."""
         p = self.staging_dir / uuid.uuid4().hex
         p.mkdir(parents=True)
+        self.staging_dir.joinpath(f"{p.name}.owner").write_text(f"{socket.gethostname()} {os.getpid()}")
         return p
+
+    def _owner_alive(self, folder: Path) -> bool:
+        marker = folder.with_name(f"{folder.name}.owner")
+        try:
+            host, pid = marker.read_text().split()
+        except (OSError, ValueError):
+            return False
+        if host != socket.gethostname():
+            return True  # cannot tell: leave another machine's write alone
+        if int(pid) == os.getpid():
+            return False
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
 
     # -- writers' lock ---------------------------------------------------------------
     @contextlib.contextmanager
@@ -190,8 +211,14 @@ class Lake:
         removed: list[str] = []
         if self.staging_dir.exists():
             for p in self.staging_dir.iterdir():
-                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-                removed.append(str(p.relative_to(self.root)))
+                if p.is_dir():
+                    if self._owner_alive(p):
+                        continue  # a write in progress in another live process
+                    shutil.rmtree(p, ignore_errors=True)
+                    p.with_name(f"{p.name}.owner").unlink(missing_ok=True)
+                    removed.append(str(p.relative_to(self.root)))
+                elif p.suffix == ".owner" and not p.with_suffix("").exists():
+                    p.unlink(missing_ok=True)
         for tmp in self.catalog_dir.rglob(".*.tmp"):
             tmp.unlink(missing_ok=True)
             removed.append(str(tmp.relative_to(self.root)))

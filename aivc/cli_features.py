@@ -1,0 +1,162 @@
+"""CLI for the feature store: ``aivc features list|show|import`` and ``aivc embed pca``."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Optional
+
+import typer
+
+features_app = typer.Typer(help="Versioned Universal Representations (embeddings) in the feature store.", no_args_is_help=True)
+embed_app = typer.Typer(help="Compute URs over the lake and publish them as embedding versions.", no_args_is_help=True)
+
+LakeOpt = Annotated[Optional[str], typer.Option("--lake", help="Lake folder (default $AIVC_LAKE, else ./lake).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")]
+
+
+def _summary(v: Any) -> dict[str, Any]:
+    return {
+        "ref": v.ref,
+        "entity": v.entity,
+        "name": v.name,
+        "version": v.version,
+        "dim": v.dim,
+        "n_rows": v.n_rows,
+        "normalization": v.normalization,
+        "source": v.source,
+        "created_at": v.created_at,
+        "sql_view": v.view_name,
+    }
+
+
+@features_app.command("list")
+def list_(lake: LakeOpt = None, json_: JsonOpt = False, debug: DebugOpt = False) -> None:
+    """List embedding versions."""
+    from aivc.cli import _console, _print_json, run_command
+
+    def body() -> int:
+        from aivc.embeddings.store import list_versions
+        from aivc.store.lake import Lake
+
+        rows = [_summary(v) for v in list_versions(Lake.open(lake))]
+        if json_:
+            _print_json(rows)
+            return 0
+        from rich.table import Table
+
+        t = Table(title="embedding versions")
+        for c in ("ref", "dim", "n_rows", "source", "created_at", "sql_view"):
+            t.add_column(c)
+        for r in rows:
+            src = r["source"].get("model") or r["source"].get("method") or r["source"].get("file") or r["source"].get("kind")
+            t.add_row(r["ref"], str(r["dim"]), str(r["n_rows"]), str(src), r["created_at"], r["sql_view"])
+        _console().print(t)
+        return 0
+
+    run_command(json_, debug, body)
+
+
+@features_app.command("show")
+def show(
+    ref: Annotated[str, typer.Argument(help="ENTITY:NAME[@VERSION], e.g. cell:pca@1.")],
+    lake: LakeOpt = None,
+    json_: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Show one embedding version's record: source, lineage, metrics."""
+    from aivc.cli import _console, _print_json, run_command
+
+    def body() -> int:
+        from aivc.embeddings.store import get_version
+        from aivc.store.lake import Lake
+
+        v = get_version(Lake.open(lake), ref)
+        rec = v.to_record() | {"ref": v.ref, "sql_view": v.view_name, "sql_alias": v.alias_name}
+        if json_:
+            _print_json(rec)
+        else:
+            _console().print_json(json.dumps(rec, default=str))
+        return 0
+
+    run_command(json_, debug, body)
+
+
+@features_app.command("import")
+def import_(
+    file: Annotated[str, typer.Argument(help="Parquet (id + vector) or CSV/TSV (id, then one column per dimension).")],
+    entity: Annotated[str, typer.Option("--entity", help="cell or gene.")],
+    name: Annotated[str, typer.Option("--name", help="Embedding name, e.g. esm2.")],
+    lake: LakeOpt = None,
+    json_: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Import external embeddings with validation, as a new version."""
+    from aivc.cli import _console, _print_json, run_command
+
+    def body() -> int:
+        from aivc.embeddings.importer import import_embeddings
+        from aivc.progress import make_progress
+        from aivc.store.lake import Lake
+
+        progress = make_progress(json_)
+        try:
+            v = import_embeddings(Lake.open(lake), file, entity=entity, name=name, progress=progress)
+        finally:
+            progress.close()
+        if json_:
+            _print_json({"status": "published", **_summary(v)})
+        else:
+            _console().print(f"published {v.ref}: {v.n_rows} x {v.dim} (SQL view {v.view_name})", highlight=False)
+        return 0
+
+    run_command(json_, debug, body)
+
+
+@embed_app.command("pca")
+def pca(
+    name: Annotated[str, typer.Option("--name", help="Embedding name.")] = "pca",
+    n_components: Annotated[int, typer.Option("--n-components", help="Dimensions.")] = 32,
+    n_top_genes: Annotated[int, typer.Option("--n-top-genes", help="Most variable genes used.")] = 2000,
+    organism: Annotated[Optional[str], typer.Option("--organism", help="homo_sapiens or mus_musculus (needed if the lake has both).")] = None,
+    datasets: Annotated[Optional[str], typer.Option("--datasets", help="Comma-separated DATASET[@VERSION] (default: all current).")] = None,
+    chunk_rows: Annotated[int, typer.Option("--chunk-rows", help="Cells read at a time.")] = 4096,
+    lake: LakeOpt = None,
+    json_: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """PCA baseline cell UR over the current lake (log-normalized counts, streamed)."""
+    from aivc.cli import _console, _print_json, run_command
+
+    def body() -> int:
+        from aivc.embeddings.pca import PcaParams, embed_pca
+        from aivc.progress import make_progress
+        from aivc.store.lake import Lake
+
+        progress = make_progress(json_)
+        try:
+            v = embed_pca(
+                Lake.open(lake),
+                name=name,
+                organism=organism,
+                datasets=[d.strip() for d in datasets.split(",")] if datasets else None,
+                params=PcaParams(n_components=n_components, n_top_genes=n_top_genes, chunk_rows=chunk_rows),
+                progress=progress,
+            )
+        finally:
+            progress.close()
+        if json_:
+            _print_json({"status": "published", **_summary(v), "metrics": v.metrics})
+        else:
+            _console().print(
+                f"published {v.ref}: {v.n_rows} cells x {v.dim} dims, explained variance {v.metrics['explained_variance_total']:.1%} (SQL view {v.view_name})",
+                highlight=False,
+            )
+        return 0
+
+    run_command(json_, debug, body)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(features_app, name="features")
+    app.add_typer(embed_app, name="embed")

@@ -1,0 +1,373 @@
+"""The feature store: immutable, versioned Universal Representations as Parquet.
+
+Layout::
+
+    <lake>/features/<entity>/<name>/v000001/
+        _version.json                      the record (schema_name aivc.embedding_version)
+        dataset=<dataset_id>/part-00000.parquet   cell URs, one partition per dataset
+        part-00000.parquet                 gene / niche URs (unpartitioned)
+
+Rows: ``id`` (cell: the lake's ``obs_id``; gene: reference gene id), for cells also
+``soma_joinid`` and ``dataset_id``, and ``vector`` as a fixed-size float32 list, readable
+by plain pyarrow and DuckDB. A version is written under ``features/.staging/`` by
+:class:`EmbeddingWriter` and published by one folder rename (its record inside): a crash
+at any point leaves nothing visible and the same job can simply run again.
+
+Example
+-------
+>>> import numpy as np, tempfile
+>>> from aivc.store.lake import Lake
+>>> lake = Lake.init(tempfile.mkdtemp() + "/lake")
+>>> with EmbeddingWriter(lake, "gene", "demo", dim=2, source={"kind": "import"}) as w:
+...     w.write(["ENSG00000141510"], np.array([[1.0, 0.0]], dtype=np.float32))
+>>> w.version.ref
+'gene:demo@1'
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from aivc.errors import AivcError, NotFoundError, UsageError
+from aivc.store.lake import Lake, _fsync_dir, write_json_atomic
+
+Entity = Literal["cell", "gene", "niche"]
+ENTITIES: tuple[str, ...] = ("cell", "gene", "niche")
+RECORD_NAME = "_version.json"
+RECORD_SCHEMA = "aivc.embedding_version"
+_NAME = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
+_VERSION_DIR = re.compile(r"^v(\d{6})$")
+
+
+class EmbeddingError(AivcError):
+    """An embedding version is invalid (bad vectors, duplicate ids, ...)."""
+
+    code = "EMBEDDING_INVALID"
+
+
+@dataclass(frozen=True)
+class EmbeddingVersion:
+    """The record of one published, immutable embedding version."""
+
+    entity: str
+    name: str
+    version: int
+    dim: int
+    n_rows: int
+    dtype: str
+    normalization: str
+    source: dict[str, Any]
+    lineage: dict[str, Any]
+    created_at: str
+    metrics: dict[str, Any] = field(default_factory=dict)
+    partitions: tuple[str, ...] = ()
+
+    @property
+    def ref(self) -> str:
+        return f"{self.entity}:{self.name}@{self.version}"
+
+    @property
+    def view_name(self) -> str:
+        return f"{self.entity}_{self.name}_v{self.version}"
+
+    @property
+    def alias_name(self) -> str:
+        return f"{self.entity}_{self.name}"
+
+    def to_record(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["partitions"] = list(self.partitions)
+        return {"schema_name": RECORD_SCHEMA, "schema_version": 1, **d}
+
+    @classmethod
+    def from_record(cls, d: dict[str, Any]) -> EmbeddingVersion:
+        if d.get("schema_name") != RECORD_SCHEMA or int(d.get("schema_version", 0)) != 1:
+            raise AivcError(f"unknown embedding record format {d.get('schema_name')}/{d.get('schema_version')}")
+        d = {k: v for k, v in d.items() if k not in ("schema_name", "schema_version")}
+        d["partitions"] = tuple(d.get("partitions", ()))
+        return cls(**d)
+
+
+def parse_ref(ref: str) -> tuple[str, str, int | None]:
+    """``"cell:pca@2"`` -> ("cell", "pca", 2); ``"cell:pca"`` / ``"cell:pca@latest"`` -> version None."""
+    m = re.match(r"^(\w+):([a-z][a-z0-9_]*)(?:@(\d+|latest))?$", ref)
+    if not m:
+        raise UsageError(f"embedding reference {ref!r} must look like ENTITY:NAME[@VERSION], e.g. cell:pca@1", where=ref)
+    entity, name, v = m.groups()
+    if entity not in ENTITIES:
+        raise UsageError(f"entity {entity!r} is not one of {', '.join(ENTITIES)}", where=ref)
+    return entity, name, None if v in (None, "latest") else int(v)
+
+
+def features_root(lake: Lake) -> Path:
+    return lake.root / "features"
+
+
+def version_dir(lake: Lake, entity: str, name: str, version: int) -> Path:
+    return features_root(lake) / entity / name / f"v{version:06d}"
+
+
+def list_versions(lake: Lake, entity: str | None = None, name: str | None = None) -> list[EmbeddingVersion]:
+    """Every published embedding version (optionally of one entity / name)."""
+    root = features_root(lake)
+    out: list[EmbeddingVersion] = []
+    if not root.is_dir():
+        return out
+    for ent in sorted(p for p in root.iterdir() if p.is_dir() and p.name in ENTITIES):
+        if entity and ent.name != entity:
+            continue
+        for nm in sorted(p for p in ent.iterdir() if p.is_dir()):
+            if name and nm.name != name:
+                continue
+            for vd in sorted(nm.iterdir()):
+                rec = vd / RECORD_NAME
+                if _VERSION_DIR.match(vd.name) and rec.is_file():
+                    out.append(EmbeddingVersion.from_record(json.loads(rec.read_text())))
+    return out
+
+
+def latest_versions(lake: Lake) -> list[EmbeddingVersion]:
+    latest: dict[tuple[str, str], EmbeddingVersion] = {}
+    for v in list_versions(lake):
+        key = (v.entity, v.name)
+        if key not in latest or v.version > latest[key].version:
+            latest[key] = v
+    return [latest[k] for k in sorted(latest)]
+
+
+def get_version(lake: Lake, ref: str) -> EmbeddingVersion:
+    entity, name, version = parse_ref(ref)
+    versions = list_versions(lake, entity, name)
+    if not versions:
+        raise NotFoundError(f"no embedding {entity}:{name} in this lake; `aivc features list` shows them", where=ref)
+    if version is None:
+        return versions[-1]
+    for v in versions:
+        if v.version == version:
+            return v
+    have = ", ".join(str(v.version) for v in versions)
+    raise NotFoundError(f"embedding {entity}:{name} has no version {version} (versions: {have})", where=ref)
+
+
+def parquet_files(lake: Lake, v: EmbeddingVersion, datasets: set[str] | None = None) -> list[Path]:
+    """The Parquet files of a version, optionally only those of some datasets."""
+    root = version_dir(lake, v.entity, v.name, v.version)
+    files = sorted(root.rglob("*.parquet"))
+    if datasets is None or v.entity != "cell":
+        return files
+    keep = {f"dataset={d}" for d in datasets}
+    return [f for f in files if f.parent.name in keep]
+
+
+class EmbeddingWriter:
+    """Stream Arrow/NumPy batches into a new embedding version; publish on commit.
+
+    Memory is bounded by one batch: rows go straight to Parquet files (one open file per
+    partition, rolled every ``rows_per_file`` rows). ``commit`` checks ids for
+    duplicates with DuckDB over the written files, assigns the next version number under
+    the lake's write lock and publishes by renaming the staged folder.
+    """
+
+    def __init__(
+        self,
+        lake: Lake,
+        entity: str,
+        name: str,
+        dim: int,
+        *,
+        source: dict[str, Any],
+        lineage: dict[str, Any] | None = None,
+        normalization: str = "none",
+        rows_per_file: int = 1_000_000,
+    ) -> None:
+        if entity not in ENTITIES:
+            raise UsageError(f"entity {entity!r} is not one of {', '.join(ENTITIES)}", where="--entity")
+        if not _NAME.match(name):
+            raise UsageError(f"embedding name {name!r} must be lower-case letters, digits and _ (starting with a letter)", where="--name")
+        if dim < 1:
+            raise EmbeddingError(f"dimension must be >= 1, got {dim}")
+        import pyarrow as pa
+
+        self.lake, self.entity, self.name, self.dim = lake, entity, name, int(dim)
+        self.source, self.lineage, self.normalization = source, lineage or {}, normalization
+        self.rows_per_file = rows_per_file
+        self.staging = lake.new_staging()
+        self._writers: dict[str, Any] = {}
+        self._rows_in_file: dict[str, int] = {}
+        self._file_no: dict[str, int] = {}
+        self.n_rows = 0
+        self.version: EmbeddingVersion | None = None
+        fields = [pa.field("id", pa.string(), nullable=False)]
+        if entity == "cell":
+            fields += [pa.field("soma_joinid", pa.int64()), pa.field("dataset_id", pa.string())]
+        fields.append(pa.field("vector", pa.list_(pa.float32(), self.dim), nullable=False))
+        self.schema = pa.schema(fields, metadata={"schema_name": "aivc.embedding_rows", "schema_version": "1"})
+
+    # -- writing -------------------------------------------------------------------
+    def _writer(self, partition: str) -> Any:
+        import pyarrow.parquet as pq
+
+        if partition not in self._writers or self._rows_in_file[partition] >= self.rows_per_file:
+            if partition in self._writers:
+                self._writers[partition].close()
+            n = self._file_no.get(partition, -1) + 1
+            self._file_no[partition] = n
+            folder = self.staging / partition if partition else self.staging
+            folder.mkdir(parents=True, exist_ok=True)
+            self._writers[partition] = pq.ParquetWriter(folder / f"part-{n:05d}.parquet", self.schema, compression="zstd")
+            self._rows_in_file[partition] = 0
+        return self._writers[partition]
+
+    def write(
+        self,
+        ids: Any,
+        vectors: np.ndarray,
+        *,
+        soma_joinids: np.ndarray | None = None,
+        dataset_ids: Any = None,
+    ) -> None:
+        """Append rows. ``vectors`` is ``(n, dim)``; cells also need ``soma_joinids`` and ``dataset_ids``."""
+        import pyarrow as pa
+
+        vec = np.ascontiguousarray(vectors, dtype=np.float32)
+        ids_arr = pa.array(ids, type=pa.string()) if not isinstance(ids, pa.Array) else ids.cast(pa.string())
+        if vec.ndim != 2 or vec.shape[1] != self.dim:
+            raise EmbeddingError(f"vectors have shape {vec.shape}, expected (n, {self.dim})", where=f"rows {self.n_rows}..")
+        if vec.shape[0] != len(ids_arr):
+            raise EmbeddingError(f"{len(ids_arr)} ids but {vec.shape[0]} vectors", where=f"rows {self.n_rows}..")
+        bad = ~np.isfinite(vec).all(axis=1)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise EmbeddingError(f"vector of id {ids_arr[i].as_py()!r} has NaN or infinite values", where=f"row {self.n_rows + i}")
+        if ids_arr.null_count:
+            raise EmbeddingError("ids must not be null", where=f"rows {self.n_rows}..")
+        flat = pa.array(vec.reshape(-1), type=pa.float32())
+        vector = pa.FixedSizeListArray.from_arrays(flat, self.dim)
+        if self.entity == "cell":
+            if soma_joinids is None or dataset_ids is None:
+                raise UsageError("cell embeddings need soma_joinids and dataset_ids", where="EmbeddingWriter.write")
+            ds = np.asarray(dataset_ids, dtype=object)
+            joins = np.asarray(soma_joinids, dtype=np.int64)
+            for d in sorted(set(ds.tolist())):
+                m = ds == d
+                idx = np.flatnonzero(m)
+                table = pa.table(
+                    {"id": ids_arr.take(pa.array(idx)), "soma_joinid": pa.array(joins[m]), "dataset_id": pa.array(ds[m].tolist(), type=pa.string()), "vector": vector.take(pa.array(idx))},
+                    schema=self.schema,
+                )
+                self._append(f"dataset={d}", table)
+        else:
+            self._append("", pa.table({"id": ids_arr, "vector": vector}, schema=self.schema))
+        self.n_rows += vec.shape[0]
+
+    def _append(self, partition: str, table: Any) -> None:
+        w = self._writer(partition)
+        w.write_table(table)
+        self._rows_in_file[partition] += table.num_rows
+
+    def _close_files(self) -> None:
+        for w in self._writers.values():
+            w.close()
+        self._writers.clear()
+
+    # -- publishing ----------------------------------------------------------------
+    def _check_duplicates(self) -> None:
+        import duckdb
+
+        files = [str(p) for p in sorted(self.staging.rglob("*.parquet"))]
+        if not files:
+            raise EmbeddingError("no rows were written; an embedding version cannot be empty")
+        con = duckdb.connect()
+        try:
+            row = con.execute(
+                "SELECT id, count(*) FROM read_parquet(?) GROUP BY id HAVING count(*) > 1 ORDER BY id LIMIT 1", [files]
+            ).fetchone()
+            n = con.execute("SELECT count(*) FROM (SELECT id FROM read_parquet(?) GROUP BY id HAVING count(*) > 1)", [files]).fetchone()[0] if row else 0
+        finally:
+            con.close()
+        if row:
+            raise EmbeddingError(f"{n} ids occur more than once, e.g. {row[0]!r} ({row[1]} times); ids must be unique", where="id")
+
+    def commit(self, metrics: dict[str, Any] | None = None) -> EmbeddingVersion:
+        """Publish the version atomically; returns its record."""
+        self._close_files()
+        self._check_duplicates()
+        partitions = tuple(sorted(p.name for p in self.staging.iterdir() if p.is_dir()))
+        with self.lake.write_lock():
+            existing = list_versions(self.lake, self.entity, self.name)
+            version = existing[-1].version + 1 if existing else 1
+            record = EmbeddingVersion(
+                entity=self.entity,
+                name=self.name,
+                version=version,
+                dim=self.dim,
+                n_rows=self.n_rows,
+                dtype="float32",
+                normalization=self.normalization,
+                source=self.source,
+                lineage=self.lineage,
+                created_at=dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
+                metrics=metrics or {},
+                partitions=partitions,
+            )
+            write_json_atomic(self.staging / RECORD_NAME, record.to_record())
+            final = version_dir(self.lake, self.entity, self.name, version)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            if os.environ.get("AIVC_FAULT") == "before_embedding_publish":
+                os._exit(97)
+            os.rename(self.staging, final)
+            _fsync_dir(final.parent)
+            self.staging.with_name(f"{self.staging.name}.owner").unlink(missing_ok=True)
+        self.version = record
+        return record
+
+    def abort(self) -> None:
+        self._close_files()
+        shutil.rmtree(self.staging, ignore_errors=True)
+        self.staging.with_name(f"{self.staging.name}.owner").unlink(missing_ok=True)
+
+    def __enter__(self) -> EmbeddingWriter:
+        return self
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+
+def read_vectors(
+    lake: Lake,
+    ref: str | EmbeddingVersion,
+    *,
+    ids: Any = None,
+    datasets: set[str] | None = None,
+    columns: tuple[str, ...] = ("id", "vector"),
+) -> tuple[Any, np.ndarray]:
+    """Fetch ``(table_without_vector, vectors)`` of a version: by ``ids``, by ``datasets``, or all.
+
+    Rows come back in storage order (filter semantics, not the order of ``ids``).
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.dataset as pds
+
+    v = ref if isinstance(ref, EmbeddingVersion) else get_version(lake, ref)
+    files = parquet_files(lake, v, datasets)
+    if not files:
+        return pa.table({"id": pa.array([], pa.string())}), np.zeros((0, v.dim), dtype=np.float32)
+    dset = pds.dataset([str(f) for f in files], format="parquet")
+    flt = pc.field("id").isin(pa.array(ids, type=pa.string())) if ids is not None else None
+    table = dset.to_table(columns=list(dict.fromkeys([*columns, "vector"])), filter=flt)
+    vec = table.column("vector").combine_chunks()
+    mat = vec.values.to_numpy(zero_copy_only=False).reshape(-1, v.dim) if len(vec) else np.zeros((0, v.dim), np.float32)
+    return table.drop_columns(["vector"]), mat

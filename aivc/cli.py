@@ -262,17 +262,21 @@ def export(
 def sql(
     query: Annotated[str, typer.Argument(help="One read-only SQL statement (DuckDB dialect).")],
     limit: Annotated[int, typer.Option("--limit", help="Maximum rows to print.")] = 1000,
+    principal: Annotated[
+        Optional[str],
+        typer.Option("--principal", envvar="AIVC_PRINCIPAL", help="Query as this user (`aivc access list`), or 'public'; default the lake owner."),
+    ] = None,
     lake: LakeOpt = None,
     json_: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Run SQL over the lake's views: datasets, cells, genes, dataset_genes, cells_all_versions."""
+    """Run SQL over the views: datasets, cells, genes, dataset_genes, cells_all_versions, embedding_versions and one per embedding version."""
 
     def body() -> int:
+        from aivc.embeddings.sql import query as run_query
         from aivc.store.lake import Lake
-        from aivc.store.sql import query as run_query
 
-        res = run_query(Lake.open(lake), query, limit=limit)
+        res = run_query(Lake.open(lake), query, principal=principal, limit=limit)
         if json_:
             _print_json({"columns": res.columns, "rows": res.to_dicts()})
             return 0
@@ -327,6 +331,15 @@ def demo(
         return 0
 
     run_command(json_, debug, body)
+
+
+from aivc.cli_features import register as _register_features  # noqa: E402
+
+_register_features(app)
+
+from aivc.cli_access import register as _reg_access  # noqa: E402
+
+_reg_access(app)
 
 
 def main() -> None:

@@ -156,4 +156,39 @@ def run_demo(lake_path: str | None, *, workdir: str | None = None, json_mode: bo
     con.print(t)
     summary["sql"] = {"query": sql, "rows": res.to_dicts()}
     summary["datasets"] = [v.to_record() for v in cat.current()]
+    summary["embeddings"] = _demo_embeddings(lake, con, json_mode)
     return summary
+
+
+def _demo_embeddings(lake: Any, con: Any, json_mode: bool) -> dict[str, Any]:
+    """Publish a PCA cell UR over the lake and query its nearest neighbours in SQL."""
+    from rich.table import Table
+
+    from aivc.embeddings.pca import PcaParams, embed_pca
+    from aivc.embeddings.sql import query as equery
+    from aivc.progress import make_progress
+
+    con.rule("[bold]feature store[/]: PCA baseline cell UR, nearest neighbours in SQL")
+    progress = make_progress(json_mode)
+    try:
+        v = embed_pca(lake, params=PcaParams(n_components=32, n_top_genes=2000), progress=progress)
+    finally:
+        progress.close()
+    con.print(f"published {v.ref}: {v.n_rows} cells x {v.dim} dims, explained variance {v.metrics['explained_variance_total']:.1%}, SQL view {v.view_name} (alias {v.alias_name})", highlight=False)
+    first_b = equery(lake, "SELECT obs_id FROM cells WHERE cell_type = 'B cell' ORDER BY soma_joinid LIMIT 1").rows[0][0]
+    sql = (
+        f"SELECT b.obs_id, c.cell_type, round(array_cosine_similarity(a.vector, b.vector)::DOUBLE, 4) AS similarity "
+        f"FROM {v.alias_name} a JOIN {v.alias_name} b ON a.obs_id <> b.obs_id JOIN cells c ON c.obs_id = b.obs_id "
+        f"WHERE a.obs_id = '{first_b}' ORDER BY similarity DESC LIMIT 10"
+    )
+    res = equery(lake, sql)
+    con.print(f"[bold]aivc sql[/] \"{sql}\"", highlight=False)
+    t = Table()
+    for c in res.columns:
+        t.add_column(c)
+    for r in res.rows:
+        t.add_row(*(str(x) for x in r))
+    con.print(t)
+    same = sum(1 for r in res.rows if r[1] == "B cell")
+    con.print(f"{same} of the 10 nearest neighbours of B cell {first_b} are labelled B cell (labelled cells are in part 1 only).", highlight=False)
+    return {"version": v.ref, "metrics": v.metrics, "neighbors_query": sql, "neighbors": res.to_dicts(), "same_label": same}

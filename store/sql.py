@@ -1,4 +1,4 @@
-"""DuckDB SQL over the lake's committed state, read-only and sandboxed.
+"""DuckDB SQL over the lake's committed state, as one principal, read-only and sandboxed.
 
 Views
 -----
@@ -16,23 +16,48 @@ Views
     Which genes each dataset version measured (``dataset_id, version, gene_id``): a gene
     absent here was *not measured*, which is not the same as zero counts.
 
-User SQL runs on a connection whose file access is limited to the lake folder, with
+Every view holds only the datasets the principal may see
+(:func:`aivc.store.access.visible_datasets`): the rows of other datasets are not in any
+view, so no count, join or aggregate can reveal them. The sandbox enforces the same for
+files: DuckDB may read exactly the files the views need (``allowed_paths``), nothing else
+of the lake (no other dataset's Parquet, not ``lake.json``) and nothing outside it, with
 external access, extension loading and configuration changes switched off; only
 ``SELECT``-like statements are accepted.
+
+A higher layer adds its own views through ``extend(con, visible_datasets)``, which runs
+before the connection is locked and returns the extra files those views read
+(:mod:`aivc.embeddings.sql` adds the embedding views this way).
+
+Example
+-------
+>>> import tempfile
+>>> from aivc.store.lake import Lake
+>>> query(Lake.init(tempfile.mkdtemp() + "/lake"), "SELECT count(*) AS n FROM cells").rows
+[(0,)]
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import shutil
+import tempfile
+import weakref
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from aivc.errors import SqlError
+from aivc.store.access import AccessConfig, Principal, resolve_principal, visible_datasets
 from aivc.store.catalog import Catalog, DatasetVersion
 from aivc.store.lake import Lake
 
 ALLOWED_STATEMENTS = ("SELECT", "EXPLAIN")
+
+Extend = Callable[[Any, set[str]], Iterable[str | Path]]
+"""``extend(con, visible_dataset_ids) -> files the added views read``."""
 
 
 @dataclass
@@ -47,77 +72,147 @@ class QueryResult:
         return [dict(zip(self.columns, r, strict=True)) for r in self.rows]
 
 
-def _sql_str(s: str) -> str:
-    return "'" + s.replace("'", "''") + "'"
+def sql_str(s: str | Path) -> str:
+    """A SQL string literal."""
+    return "'" + str(s).replace("'", "''") + "'"
 
 
-def _datasets_frame(versions: list[DatasetVersion], current: set[str]) -> pd.DataFrame:
+def sql_list(items: Iterable[str | Path]) -> str:
+    """A SQL list literal of strings."""
+    return "[" + ", ".join(sql_str(s) for s in items) + "]"
+
+
+def register_arrow(con: Any, name: str, table: Any) -> None:
+    """Materialize an Arrow table as an in-memory DuckDB table ``name``."""
+    tmp = f"_arrow_{name}"
+    con.register(tmp, table)
+    con.execute(f"CREATE TABLE {name} AS SELECT * FROM {tmp}")
+    con.unregister(tmp)
+
+
+def _utc(iso: str) -> dt.datetime:
+    t = dt.datetime.fromisoformat(iso)
+    return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
+
+
+def _datasets_table(versions: list[DatasetVersion], current: set[str]) -> Any:
+    import pyarrow as pa
+
+    schema = pa.schema(
+        [
+            ("dataset_id", pa.string()), ("version", pa.int32()), ("title", pa.string()), ("organism", pa.string()),
+            ("organism_name", pa.string()), ("n_cells", pa.int64()), ("n_genes", pa.int64()), ("nnz", pa.int64()),
+            ("access", pa.string()), ("embargo_until", pa.string()), ("license", pa.string()),
+            ("committed_at", pa.timestamp("ms", tz="UTC")), ("current", pa.bool_()), ("content_hash", pa.string()),
+            ("submission_id", pa.string()),
+        ]
+    )  # fmt: skip
     rows = [
         {
-            "dataset_id": v.dataset_id,
-            "version": v.version,
-            "title": v.title,
-            "organism": v.organism,
-            "organism_name": v.organism_name,
-            "n_cells": v.n_cells,
-            "n_genes": v.n_genes,
-            "nnz": v.nnz,
-            "access": v.access,
-            "embargo_until": v.embargo_until,
-            "license": v.license,
-            "committed_at": pd.Timestamp(v.committed_at),
-            "current": v.ref in current,
-            "content_hash": v.content_hash,
-            "submission_id": v.submission_id,
+            "dataset_id": v.dataset_id, "version": v.version, "title": v.title, "organism": v.organism,
+            "organism_name": v.organism_name, "n_cells": v.n_cells, "n_genes": v.n_genes, "nnz": v.nnz,
+            "access": v.access, "embargo_until": v.embargo_until, "license": v.license,
+            "committed_at": _utc(v.committed_at),
+            "current": v.ref in current, "content_hash": v.content_hash, "submission_id": v.submission_id,
         }
         for v in versions
-    ]
-    cols = ["dataset_id", "version", "title", "organism", "organism_name", "n_cells", "n_genes", "nnz", "access", "embargo_until", "license", "committed_at", "current", "content_hash", "submission_id"]
-    return pd.DataFrame(rows, columns=cols)
+    ]  # fmt: skip
+    return pa.Table.from_pylist(rows, schema=schema)
 
 
-def connect(lake: Lake):  # noqa: ANN201 - duckdb connection
-    """A sandboxed DuckDB connection with the lake's views defined."""
-    import duckdb
+_CELLS_STUB = "SELECT NULL::VARCHAR AS obs_id, NULL::BIGINT AS soma_joinid, NULL::VARCHAR AS dataset_id, NULL::INTEGER AS dataset_version WHERE false"
+_GENES_STUB = "SELECT NULL::VARCHAR AS filename, NULL::VARCHAR AS gene_id, NULL::VARCHAR AS feature_name, NULL::BIGINT AS soma_joinid WHERE false"
 
-    catalog = Catalog(lake)
-    versions = catalog.all_versions()
-    current = catalog.current()
+
+def _define_views(con: Any, catalog: Catalog, versions: list[DatasetVersion], current: list[DatasetVersion]) -> list[str]:
+    """Create the lake's views over ``versions``; returns the files they read."""
+    import pyarrow as pa
+
     current_refs = {v.ref for v in current}
-    con = duckdb.connect(":memory:")
-    con.register("_datasets_df", _datasets_frame(versions, current_refs))
-    con.execute("CREATE TABLE _datasets AS SELECT * FROM _datasets_df")
-    con.unregister("_datasets_df")
+    register_arrow(con, "_datasets", _datasets_table(versions, current_refs))
     con.execute("CREATE VIEW datasets AS SELECT * FROM _datasets ORDER BY dataset_id, version")
 
-    def files(vs: list[DatasetVersion], name: str) -> str:
-        return "[" + ", ".join(_sql_str(str(catalog.artifacts_path(v) / name)) for v in vs) + "]"
+    def path(v: DatasetVersion, name: str) -> str:
+        return str(catalog.artifacts_path(v) / name)
 
-    if versions:
-        con.execute(f"CREATE VIEW cells AS SELECT * FROM read_parquet({files(current, 'cells.parquet')}, union_by_name=true)")
-        con.execute(f"CREATE VIEW cells_all_versions AS SELECT * FROM read_parquet({files(versions, 'cells.parquet')}, union_by_name=true)")
-        con.execute(
-            "CREATE VIEW dataset_genes AS SELECT regexp_extract(filename, 'datasets/([^/]+)/v', 1) AS dataset_id, "
-            "CAST(regexp_extract(filename, '/v(\\d+)/genes', 1) AS INTEGER) AS version, gene_id, feature_name, soma_joinid AS gene_soma_joinid "
-            f"FROM read_parquet({files(versions, 'genes.parquet')}, filename=true)"
-        )
-        con.execute(
-            "CREATE VIEW genes AS SELECT d.organism_name, g.gene_id, any_value(g.feature_name) AS feature_name, "
-            "any_value(g.gene_soma_joinid) AS soma_joinid, "
-            "count(DISTINCT g.dataset_id) FILTER (WHERE d.current) AS n_datasets_measured "
-            "FROM dataset_genes g JOIN _datasets d USING (dataset_id, version) GROUP BY d.organism_name, g.gene_id"
-        )
-    else:
-        con.execute("CREATE VIEW cells AS SELECT NULL::VARCHAR AS obs_id, NULL::BIGINT AS soma_joinid, NULL::VARCHAR AS dataset_id WHERE false")
-        con.execute("CREATE VIEW cells_all_versions AS SELECT * FROM cells")
-        con.execute("CREATE VIEW dataset_genes AS SELECT NULL::VARCHAR AS dataset_id, NULL::INTEGER AS version, NULL::VARCHAR AS gene_id WHERE false")
-        con.execute("CREATE VIEW genes AS SELECT NULL::VARCHAR AS organism_name, NULL::VARCHAR AS gene_id, NULL::VARCHAR AS feature_name WHERE false")
-    root = str(lake.root)
-    con.execute(f"SET allowed_directories = [{_sql_str(root + '/')}]")
+    cell_files = [path(v, "cells.parquet") for v in versions]
+    current_cells = [path(v, "cells.parquet") for v in current]
+    gene_files = [path(v, "genes.parquet") for v in versions]
+    if not versions:
+        # Nothing visible: empty views with the real columns (schema only, read before locking).
+        any_version = catalog.all_versions()[:1]
+        if any_version:
+            con.execute(f"CREATE TABLE _cells_empty AS SELECT * FROM read_parquet({sql_str(path(any_version[0], 'cells.parquet'))}) LIMIT 0")
+        else:
+            con.execute(f"CREATE TABLE _cells_empty AS {_CELLS_STUB}")
+    cells_src = f"read_parquet({sql_list(current_cells)}, union_by_name=true)" if current_cells else "_cells_empty"
+    all_src = f"read_parquet({sql_list(cell_files)}, union_by_name=true)" if cell_files else "_cells_empty"
+    con.execute(f"CREATE VIEW cells AS SELECT * FROM {cells_src}")
+    con.execute(f"CREATE VIEW cells_all_versions AS SELECT * FROM {all_src}")
+
+    register_arrow(
+        con,
+        "_gene_files",
+        pa.table(
+            {"filename": gene_files, "dataset_id": [v.dataset_id for v in versions], "version": [v.version for v in versions]},
+            schema=pa.schema([("filename", pa.string()), ("dataset_id", pa.string()), ("version", pa.int32())]),
+        ),
+    )
+    genes_src = f"read_parquet({sql_list(gene_files)}, filename=true)" if gene_files else f"({_GENES_STUB})"
+    con.execute(
+        "CREATE VIEW dataset_genes AS SELECT f.dataset_id, f.version, g.gene_id, g.feature_name, g.soma_joinid AS gene_soma_joinid "
+        f"FROM {genes_src} g JOIN _gene_files f USING (filename)"
+    )
+    con.execute(
+        "CREATE VIEW genes AS SELECT d.organism_name, g.gene_id, any_value(g.feature_name) AS feature_name, "
+        "any_value(g.gene_soma_joinid) AS soma_joinid, "
+        "count(DISTINCT g.dataset_id) FILTER (WHERE d.current) AS n_datasets_measured "
+        "FROM dataset_genes g JOIN _datasets d USING (dataset_id, version) GROUP BY d.organism_name, g.gene_id"
+    )
+    return cell_files + gene_files
+
+
+def _lock(con: Any, allowed_paths: list[str]) -> None:
+    """Sandbox: read exactly ``allowed_paths`` (and a private spill folder), change nothing."""
+    spill = tempfile.mkdtemp(prefix="aivc-sql-")
+    weakref.finalize(con, shutil.rmtree, spill, True)
+    con.execute(f"SET temp_directory = {sql_str(spill)}")  # the only directory DuckDB may touch
+    con.execute(f"SET allowed_paths = {sql_list(sorted(set(allowed_paths)))}")
     con.execute("SET enable_external_access = false")
     con.execute("SET autoinstall_known_extensions = false")
     con.execute("SET autoload_known_extensions = false")
     con.execute("SET lock_configuration = true")
+
+
+def connect(lake: Lake, principal: str | Principal | None = None, extend: Extend | None = None) -> Any:
+    """A sandboxed DuckDB connection with the views of what ``principal`` may see.
+
+    Parameters
+    ----------
+    principal
+        A user of the lake's access configuration, ``"public"``, or ``None`` for the lake
+        owner (who sees everything).
+    extend
+        ``extend(con, visible_dataset_ids)`` adds more views before the connection is
+        locked and returns the files they read (which become readable, and nothing else).
+    """
+    import duckdb
+
+    cfg = AccessConfig.load(lake)
+    who = resolve_principal(lake, principal, cfg)
+    visible = visible_datasets(lake, who, config=cfg)
+    catalog = Catalog(lake)
+    versions = [v for v in catalog.all_versions() if v.dataset_id in visible]
+    current = [v for v in catalog.current() if v.dataset_id in visible]
+    con = duckdb.connect(":memory:")
+    try:
+        allowed = _define_views(con, catalog, versions, current)
+        if extend is not None:
+            allowed += [str(p) for p in extend(con, set(visible))]
+        _lock(con, allowed)
+    except BaseException:
+        con.close()
+        raise
     return con
 
 
@@ -143,12 +238,18 @@ def check_statement(sql: str) -> None:
             )
 
 
-def query(lake: Lake, sql: str, *, limit: int | None = None) -> QueryResult:
-    """Run one read-only SQL statement over the lake's views."""
+def query(
+    lake: Lake,
+    sql: str,
+    principal: str | Principal | None = None,
+    limit: int | None = None,
+    extend: Extend | None = None,
+) -> QueryResult:
+    """Run one read-only SQL statement over the views ``principal`` may see."""
     import duckdb
 
     check_statement(sql)
-    con = connect(lake)
+    con = connect(lake, principal, extend)
     try:
         cur = con.execute(sql)
         columns = [d[0] for d in cur.description] if cur.description else []

@@ -1,0 +1,200 @@
+"""``aivc access``: principals, groups and per-dataset grants of a lake.
+
+Registered on the main app by :func:`register`; the rules themselves live in
+:mod:`aivc.store.access`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Any, Optional
+
+import typer
+
+LakeOpt = Annotated[Optional[str], typer.Option("--lake", help="Lake folder (default $AIVC_LAKE, else ./lake).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")]
+
+access_app = typer.Typer(
+    name="access",
+    help="Who may see which dataset: users, groups and grants (public | consortium | embargoed).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _run(json_mode: bool, debug: bool, body: Any) -> None:
+    from aivc.cli import run_command  # lazily: aivc.cli imports this module
+
+    run_command(json_mode, debug, body)
+
+
+def _emit(json_mode: bool, obj: dict[str, Any], line: str) -> None:
+    if json_mode:
+        sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+    else:
+        from rich.console import Console
+
+        Console().print(line, highlight=False, soft_wrap=True)
+
+
+def _split_groups(groups: str) -> list[str]:
+    return [g.strip() for g in groups.split(",") if g.strip()]
+
+
+@access_app.command("add-user")
+def add_user(
+    name: Annotated[str, typer.Argument(help="The principal's name (as given to --principal).")],
+    groups: Annotated[str, typer.Option("--groups", help="Comma-separated groups, e.g. consortium,lab-x.")] = "",
+    lake: LakeOpt = None,
+    json_: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Create a user, or replace the groups of an existing one."""
+
+    def body() -> int:
+        from aivc.store.access import add_user as do_add
+        from aivc.store.access import resolve_principal
+        from aivc.store.lake import Lake
+
+        lk = Lake.open(lake)
+        created = do_add(lk, name, _split_groups(groups))
+        p = resolve_principal(lk, name)
+        gs = sorted(p.groups)
+        _emit(json_, {"status": "ok", "user": name, "groups": gs, "created": created}, f"{'added' if created else 'updated'} user {name} (groups: {', '.join(gs) or 'none'})")
+        return 0
+
+    _run(json_, debug, body)
+
+
+@access_app.command("remove-user")
+def remove_user(
+    name: Annotated[str, typer.Argument(help="The user to remove.")],
+    lake: LakeOpt = None,
+    json_: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Remove a user (it can no longer be used as --principal)."""
+
+    def body() -> int:
+        from aivc.store.access import remove_user as do_remove
+        from aivc.store.lake import Lake
+
+        do_remove(Lake.open(lake), name)
+        _emit(json_, {"status": "ok", "user": name, "removed": True}, f"removed user {name}")
+        return 0
+
+    _run(json_, debug, body)
+
+
+@access_app.command("grant")
+def grant(
+    dataset: Annotated[str, typer.Argument(help="Dataset id.")],
+    group: Annotated[str, typer.Option("--group", help="Group given access to the dataset.")],
+    lake: LakeOpt = None,
+    json_: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Let a group see a consortium or embargoed dataset."""
+
+    def body() -> int:
+        from aivc.store.access import grant as do_grant
+        from aivc.store.lake import Lake
+
+        changed = do_grant(Lake.open(lake), dataset, group)
+        _emit(json_, {"status": "ok", "dataset_id": dataset, "group": group, "changed": changed}, f"granted {dataset} to group {group}" + ("" if changed else " (already granted)"))
+        return 0
+
+    _run(json_, debug, body)
+
+
+@access_app.command("revoke")
+def revoke(
+    dataset: Annotated[str, typer.Argument(help="Dataset id.")],
+    group: Annotated[str, typer.Option("--group", help="Group whose grant is taken away.")],
+    lake: LakeOpt = None,
+    json_: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Take a group's grant on a dataset away."""
+
+    def body() -> int:
+        from aivc.store.access import revoke as do_revoke
+        from aivc.store.lake import Lake
+
+        changed = do_revoke(Lake.open(lake), dataset, group)
+        _emit(json_, {"status": "ok", "dataset_id": dataset, "group": group, "changed": changed}, f"revoked {dataset} from group {group}" + ("" if changed else " (was not granted)"))
+        return 0
+
+    _run(json_, debug, body)
+
+
+def _listing(lake: Any) -> dict[str, Any]:
+    from aivc.store.access import AccessConfig, can_see, lake_owner, resolve_principal
+    from aivc.store.catalog import Catalog, embargo_active
+
+    cfg = AccessConfig.load(lake)
+    owner = lake_owner(lake)
+    principals = [resolve_principal(lake, n, cfg) for n in ["public", *sorted(cfg.users)]]
+    datasets = []
+    for v in Catalog(lake).current():
+        granted = cfg.grants.get(v.dataset_id, [])
+        datasets.append(
+            {
+                "dataset_id": v.dataset_id,
+                "version": v.version,
+                "access": v.access,
+                "embargo_until": v.embargo_until,
+                "embargo_active": embargo_active(v),
+                "granted_groups": list(granted),
+                "visible_to": [owner] + [p.name for p in principals if can_see(p, v, granted)],
+            }
+        )
+    return {
+        "status": "ok",
+        "owner": owner,
+        "users": [{"name": n, "groups": list(u.groups)} for n, u in sorted(cfg.users.items())],
+        "grants": {k: list(g) for k, g in sorted(cfg.grants.items())},
+        "datasets": datasets,
+    }
+
+
+@access_app.command("list")
+def list_(lake: LakeOpt = None, json_: JsonOpt = False, debug: DebugOpt = False) -> None:
+    """Users and their groups, and for each dataset its access level, grants and who sees it."""
+
+    def body() -> int:
+        from aivc.store.lake import Lake
+
+        res = _listing(Lake.open(lake))
+        if json_:
+            _emit(True, res, "")
+            return 0
+        from rich.console import Console
+        from rich.table import Table
+
+        con = Console()
+        con.print(f"owner: {res['owner']} (sees everything); built in: public (public datasets only)", highlight=False)
+        users = Table(title="users")
+        users.add_column("name")
+        users.add_column("groups")
+        for u in res["users"]:
+            users.add_row(u["name"], ", ".join(u["groups"]))
+        con.print(users)
+        ds = Table(title="datasets")
+        for c in ("dataset", "access", "granted groups", "visible to"):
+            ds.add_column(c)
+        for d in res["datasets"]:
+            level = d["access"] + (f" until {d['embargo_until']}" + ("" if d["embargo_active"] else " (lifted)") if d["embargo_until"] else "")
+            ds.add_row(d["dataset_id"], level, ", ".join(d["granted_groups"]), ", ".join(d["visible_to"]))
+        con.print(ds)
+        return 0
+
+    _run(json_, debug, body)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``access`` command group to ``app``."""
+    app.add_typer(access_app, name="access")

@@ -1,0 +1,186 @@
+"""SQL over the feature store: every embedding version as a DuckDB view, as one principal.
+
+On top of the lake's views (:mod:`aivc.store.sql`) a connection gets:
+
+``embedding_versions``
+    One row per published version: ``entity, name, version, ref, dim, n_rows, dtype,
+    normalization, source`` (JSON text), ``model``, ``lineage_datasets``,
+    ``lineage_restricted, created_at, metrics`` (JSON text), ``view_name, alias_name,
+    is_latest``. ``n_rows`` counts the rows *this principal* can read, and
+    ``lineage_datasets`` lists only datasets it can see; when a version was computed
+    from datasets it cannot see, ``lineage_restricted`` is true and ``metrics`` is NULL
+    (they describe hidden data, e.g. its cell count).
+``<entity>_<name>_v<N>`` (``EmbeddingVersion.view_name``, e.g. ``cell_pca_v1``)
+    The rows of one version, ``vector`` typed ``FLOAT[dim]`` so DuckDB's array functions
+    (``array_cosine_similarity``, ``array_distance``, ``array_inner_product``) apply.
+    Cells: ``obs_id, soma_joinid, dataset_id, vector`` (only the partitions of visible
+    datasets are read; join to ``cells`` / ``cells_all_versions`` on ``obs_id``). Genes:
+    ``gene_id, vector`` (reference entities: every version's rows are shown). Niches:
+    ``niche_id, vector``, shown only when every dataset of the version's lineage is
+    visible. A version with nothing visible still has its view, empty, with these types.
+``<entity>_<name>`` (``EmbeddingVersion.alias_name``, e.g. ``cell_pca``)
+    The latest version of each embedding (skipped if that name is already a version view).
+``<view>_neighbors(q, k := 10)``
+    Table macro: the ``k`` rows most cosine-similar to the row whose id is ``q`` (itself
+    excluded), as ``(<id column>, similarity)`` ordered by similarity; for every version
+    view and alias, e.g. ``cell_pca_v1_neighbors('ds@1:AAAC-1', 5)``, ``cell_pca_neighbors(…)``.
+``<view>_nearest(v, k := 10)``
+    Table macro: the ``k`` rows most cosine-similar to a vector ``v`` (e.g. a centroid).
+
+Neighbour search is exact (a scan of the view), so it never returns rows the principal
+cannot see: the views do not contain them, and the files they live in are not readable.
+
+Example
+-------
+>>> import numpy as np, tempfile
+>>> from aivc.store.lake import Lake
+>>> from aivc.embeddings.store import EmbeddingWriter
+>>> lake = Lake.init(tempfile.mkdtemp() + "/lake")
+>>> with EmbeddingWriter(lake, "gene", "demo", dim=2, source={"kind": "import"}) as w:
+...     w.write(["G1", "G2", "G3"], np.array([[1, 0], [1, 0.1], [0, 1]], dtype=np.float32))
+>>> query(lake, "SELECT gene_id FROM gene_demo_neighbors('G1', 1)").rows
+[('G2',)]
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from aivc.embeddings.store import EmbeddingVersion, latest_versions, list_versions, parquet_files
+from aivc.store.access import Principal
+from aivc.store.lake import Lake
+from aivc.store.sql import Extend, QueryResult, register_arrow, sql_list, sql_str
+from aivc.store.sql import connect as _connect
+from aivc.store.sql import query as _query
+
+ID_COLUMN = {"cell": "obs_id", "gene": "gene_id", "niche": "niche_id"}
+_IDENT = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+def _lineage_datasets(v: EmbeddingVersion) -> list[str]:
+    """Dataset refs (``id@version`` or ``id``) the version was computed from."""
+    ds = v.lineage.get("datasets") if isinstance(v.lineage, dict) else None
+    return [str(x) for x in ds] if isinstance(ds, list) else []
+
+
+def _dataset_id(ref: str) -> str:
+    return ref.partition("@")[0]
+
+
+def readable_files(lake: Lake, v: EmbeddingVersion, visible: set[str]) -> list[Path]:
+    """The Parquet files of ``v`` a principal who sees ``visible`` datasets may read."""
+    if v.entity == "cell":
+        return parquet_files(lake, v, visible)
+    if v.entity == "niche" and any(_dataset_id(r) not in visible for r in _lineage_datasets(v)):
+        return []
+    return parquet_files(lake, v)
+
+
+def _view_sql(v: EmbeddingVersion, files: list[Path], visible: set[str]) -> str:
+    vec = f"FLOAT[{int(v.dim)}]"
+    idc = ID_COLUMN[v.entity]
+    if v.entity == "cell":
+        if not files:
+            return f"SELECT NULL::VARCHAR AS obs_id, NULL::BIGINT AS soma_joinid, NULL::VARCHAR AS dataset_id, NULL::{vec} AS vector WHERE false"
+        keep = ", ".join(sql_str(d) for d in sorted(visible))
+        return (
+            f"SELECT id AS obs_id, soma_joinid, dataset_id, CAST(vector AS {vec}) AS vector "
+            f"FROM read_parquet({sql_list(files)}) WHERE dataset_id IN ({keep})"
+        )
+    if not files:
+        return f"SELECT NULL::VARCHAR AS {idc}, NULL::{vec} AS vector WHERE false"
+    return f"SELECT id AS {idc}, CAST(vector AS {vec}) AS vector FROM read_parquet({sql_list(files)})"
+
+
+def _create_macros(con: Any, view: str, entity: str, dim: int) -> None:
+    idc = ID_COLUMN[entity]
+    con.execute(
+        f'CREATE MACRO "{view}_neighbors"(q, k := 10) AS TABLE '
+        f"SELECT {idc}, similarity FROM ("
+        f'SELECT b.{idc}, array_cosine_similarity(a.vector, b.vector) AS similarity FROM "{view}" a '
+        f'JOIN "{view}" b ON a.{idc} = q AND b.{idc} <> a.{idc}) '
+        f"WHERE NOT isnan(similarity) ORDER BY similarity DESC, {idc} LIMIT k"
+    )
+    con.execute(
+        f'CREATE MACRO "{view}_nearest"(v, k := 10) AS TABLE '
+        f"SELECT {idc}, similarity FROM ("
+        f'SELECT {idc}, array_cosine_similarity(vector, CAST(v AS FLOAT[{int(dim)}])) AS similarity FROM "{view}") '
+        f"WHERE NOT isnan(similarity) ORDER BY similarity DESC, {idc} LIMIT k"
+    )
+
+
+def _versions_table(rows: list[dict[str, Any]]) -> Any:
+    import pyarrow as pa
+
+    schema = pa.schema(
+        [
+            ("entity", pa.string()), ("name", pa.string()), ("version", pa.int32()), ("ref", pa.string()),
+            ("dim", pa.int32()), ("n_rows", pa.int64()), ("dtype", pa.string()), ("normalization", pa.string()),
+            ("source", pa.string()), ("model", pa.string()), ("lineage_datasets", pa.list_(pa.string())),
+            ("lineage_restricted", pa.bool_()), ("created_at", pa.timestamp("ms", tz="UTC")), ("metrics", pa.string()),
+            ("view_name", pa.string()), ("alias_name", pa.string()), ("is_latest", pa.bool_()),
+        ]
+    )  # fmt: skip
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+def _version_row(v: EmbeddingVersion, n_rows: int, visible: set[str], is_latest: bool) -> dict[str, Any]:
+    import datetime as dt
+
+    lineage = _lineage_datasets(v)
+    restricted = any(_dataset_id(r) not in visible for r in lineage)
+    src = v.source if isinstance(v.source, dict) else {}
+    model = src.get("model") or src.get("method") or src.get("kind")
+    created = dt.datetime.fromisoformat(v.created_at)
+    return {
+        "entity": v.entity, "name": v.name, "version": v.version, "ref": v.ref, "dim": v.dim, "n_rows": n_rows,
+        "dtype": v.dtype, "normalization": v.normalization, "source": json.dumps(v.source, sort_keys=True, default=str),
+        "model": None if model is None else str(model),
+        "lineage_datasets": [r for r in lineage if _dataset_id(r) in visible], "lineage_restricted": restricted,
+        "created_at": created if created.tzinfo else created.replace(tzinfo=dt.UTC),
+        "metrics": None if restricted else json.dumps(v.metrics, sort_keys=True, default=str),
+        "view_name": v.view_name, "alias_name": v.alias_name, "is_latest": is_latest,
+    }  # fmt: skip
+
+
+def embedding_views(lake: Lake) -> Extend:
+    """The ``extend`` hook of :func:`aivc.store.sql.connect` that adds the embedding views."""
+
+    def extend(con: Any, visible: set[str]) -> list[str]:
+        import pyarrow.parquet as pq
+
+        versions = [v for v in list_versions(lake) if v.entity in ID_COLUMN and _IDENT.match(v.view_name)]
+        latest = {(v.entity, v.name): v for v in latest_versions(lake) if v.entity in ID_COLUMN and _IDENT.match(v.view_name)}
+        allowed: list[str] = []
+        rows: list[dict[str, Any]] = []
+        names: set[str] = set()
+        for v in versions:
+            files = readable_files(lake, v, visible)
+            con.execute(f'CREATE VIEW "{v.view_name}" AS {_view_sql(v, files, visible)}')
+            _create_macros(con, v.view_name, v.entity, v.dim)
+            names.add(v.view_name)
+            allowed += [str(f) for f in files]
+            n_rows = sum(pq.read_metadata(f).num_rows for f in files)
+            rows.append(_version_row(v, n_rows, visible, latest[(v.entity, v.name)].version == v.version))
+        for v in latest.values():
+            if v.alias_name in names:
+                continue  # e.g. name "pca_v1" would shadow the view of pca version 1
+            con.execute(f'CREATE VIEW "{v.alias_name}" AS SELECT * FROM "{v.view_name}"')
+            _create_macros(con, v.alias_name, v.entity, v.dim)
+        register_arrow(con, "embedding_versions", _versions_table(rows))
+        return allowed
+
+    return extend
+
+
+def connect(lake: Lake, principal: str | Principal | None = None) -> Any:
+    """A sandboxed DuckDB connection with the lake's and the feature store's views."""
+    return _connect(lake, principal, extend=embedding_views(lake))
+
+
+def query(lake: Lake, sql: str, principal: str | Principal | None = None, limit: int | None = None) -> QueryResult:
+    """Run one read-only SQL statement over the lake's and the feature store's views."""
+    return _query(lake, sql, principal, limit, extend=embedding_views(lake))

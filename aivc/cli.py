@@ -342,6 +342,11 @@ from aivc.cli_access import register as _reg_access  # noqa: E402
 _reg_access(app)
 
 
+from aivc.cli_neighbors import register as _register_neighbors  # noqa: E402
+
+_register_neighbors(app)
+
+
 def main() -> None:
     app()
 

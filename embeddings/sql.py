@@ -95,14 +95,42 @@ def _view_sql(v: EmbeddingVersion, files: list[Path], visible: set[str]) -> str:
     return f"SELECT id AS {idc}, CAST(vector AS {vec}) AS vector FROM read_parquet({sql_list(files)})"
 
 
-def _create_macros(con: Any, view: str, entity: str, dim: int) -> None:
+def _register_knn(con: Any, lake: Lake, visible: set[str]) -> None:
+    """``aivc_knn(ref, id, k)``: exact cosine neighbours computed by aivc's in-memory search.
+
+    The vectors of a version are loaded once per process (see
+    :mod:`aivc.embeddings.neighbors`); cell versions are restricted to the principal's
+    visible datasets, and an id that is unknown or hidden yields no rows.
+    """
+    import duckdb
+
+    from aivc.errors import NotFoundError
+    from aivc.embeddings.neighbors import exact_neighbors
+
+    allowed = frozenset(visible)
+
+    def knn(ref: str, q: str, k: int) -> list[dict[str, Any]]:
+        if ref is None or q is None or k is None or k < 1:
+            return []
+        try:
+            entity = ref.partition(":")[0]
+            res = exact_neighbors(lake, ref, [q], int(k), allowed_datasets=allowed if entity == "cell" else None)[0]
+        except NotFoundError:
+            return []
+        return [{"id": i, "similarity": float(s)} for i, s in zip(res.ids, res.similarities, strict=True)]
+
+    ret = duckdb.list_type(duckdb.struct_type({"id": duckdb.sqltype("VARCHAR"), "similarity": duckdb.sqltype("DOUBLE")}))
+    con.create_function(
+        "aivc_knn", knn, [duckdb.sqltype("VARCHAR"), duckdb.sqltype("VARCHAR"), duckdb.sqltype("BIGINT")], ret,
+        null_handling="special", side_effects=False,
+    )
+
+
+def _create_macros(con: Any, view: str, entity: str, dim: int, ref: str) -> None:
     idc = ID_COLUMN[entity]
     con.execute(
         f'CREATE MACRO "{view}_neighbors"(q, k := 10) AS TABLE '
-        f"SELECT {idc}, similarity FROM ("
-        f'SELECT b.{idc}, array_cosine_similarity(a.vector, b.vector) AS similarity FROM "{view}" a '
-        f'JOIN "{view}" b ON a.{idc} = q AND b.{idc} <> a.{idc}) '
-        f"WHERE NOT isnan(similarity) ORDER BY similarity DESC, {idc} LIMIT k"
+        f"SELECT n.id AS {idc}, n.similarity FROM (SELECT unnest(aivc_knn({sql_str(ref)}, q, k)) AS n)"
     )
     con.execute(
         f'CREATE MACRO "{view}_nearest"(v, k := 10) AS TABLE '
@@ -154,13 +182,14 @@ def embedding_views(lake: Lake) -> Extend:
 
         versions = [v for v in list_versions(lake) if v.entity in ID_COLUMN and _IDENT.match(v.view_name)]
         latest = {(v.entity, v.name): v for v in latest_versions(lake) if v.entity in ID_COLUMN and _IDENT.match(v.view_name)}
+        _register_knn(con, lake, visible)
         allowed: list[str] = []
         rows: list[dict[str, Any]] = []
         names: set[str] = set()
         for v in versions:
             files = readable_files(lake, v, visible)
             con.execute(f'CREATE VIEW "{v.view_name}" AS {_view_sql(v, files, visible)}')
-            _create_macros(con, v.view_name, v.entity, v.dim)
+            _create_macros(con, v.view_name, v.entity, v.dim, v.ref)
             names.add(v.view_name)
             allowed += [str(f) for f in files]
             n_rows = sum(pq.read_metadata(f).num_rows for f in files)
@@ -169,7 +198,7 @@ def embedding_views(lake: Lake) -> Extend:
             if v.alias_name in names:
                 continue  # e.g. name "pca_v1" would shadow the view of pca version 1
             con.execute(f'CREATE VIEW "{v.alias_name}" AS SELECT * FROM "{v.view_name}"')
-            _create_macros(con, v.alias_name, v.entity, v.dim)
+            _create_macros(con, v.alias_name, v.entity, v.dim, v.ref)
         register_arrow(con, "embedding_versions", _versions_table(rows))
         return allowed
 

@@ -26,7 +26,9 @@ What it does
    Each run measures wall time (fork to exit) and the peak resident memory of that one child:
    ``os.wait4`` returns the child's own ``ru_maxrss`` (max over it and any descendants it
    reaped), and the child's process tree is also sampled from ``/proc`` every 50 ms
-   (sum of ``VmRSS`` over the tree); the larger of the two is reported.
+   (sum of ``VmRSS`` over the tree); the larger of the two is reported. This process never
+   loads anything big (generation and result checks run in their own subprocesses), because a
+   child's ``ru_maxrss`` starts from the parent's high-water mark at fork time on Linux.
 4. Checks the results: aivc must answer ``status: committed`` with the right ``n_cells``;
    both SOMA experiments must hold every cell and every non-zero.
 5. Prints a table and the ratios aivc/peer: time (median over repeats) and peak memory
@@ -51,9 +53,6 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-import synth  # noqa: E402
 
 TIME_TARGET = 1.3
 MEM_TARGET = 0.5
@@ -66,6 +65,14 @@ t1 = time.perf_counter()
 tiledbsoma.io.from_h5ad(sys.argv[1], sys.argv[2], measurement_name="RNA")
 t2 = time.perf_counter()
 print(json.dumps({"import_s": t1 - t0, "ingest_s": t2 - t1}))
+"""
+
+
+VERIFY_SNIPPET = r"""
+import json, sys
+import tiledbsoma
+with tiledbsoma.Experiment.open(sys.argv[1]) as exp:
+    print(json.dumps({"n_obs": int(exp.obs.count), "nnz": int(exp.ms[sys.argv[2]].X[sys.argv[3]].nnz)}))
 """
 
 
@@ -186,12 +193,15 @@ def _du_mib(path: Path) -> float:
 
 
 def _soma_counts(uri: str, measurement: str, layer: str) -> tuple[int, int]:
-    import tiledbsoma
+    """Cells and non-zeros of a SOMA experiment, read in a separate subprocess.
 
-    with tiledbsoma.Experiment.open(uri) as exp:
-        n_obs = exp.obs.count
-        nnz = exp.ms[measurement].X[layer].nnz
-    return int(n_obs), int(nnz)
+    Nothing heavy is ever loaded into this (parent) process: on Linux a child's ``ru_maxrss``
+    starts from the parent's high-water mark at fork/vfork time (``execve`` keeps it), so a
+    big parent would inflate the children's measured peaks.
+    """
+    out = subprocess.run([sys.executable, "-c", VERIFY_SNIPPET, uri, measurement, layer], env=_env(), capture_output=True, text=True, check=True)
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    return int(res["n_obs"]), int(res["nnz"])
 
 
 def run_peer(h5: Path, rundir: Path, n_cells: int, nnz: int, repeat: int, position: int) -> Run:
@@ -236,9 +246,7 @@ def run_aivc(h5: Path, mf: Path, rundir: Path, n_cells: int, nnz: int, repeat: i
             detail["errors"] = res["errors"][:5]
         ok = m.returncode == 0 and res.get("status") == "committed" and res.get("n_cells") == n_cells
         if ok:
-            from aivc.store.lake import Lake
-
-            uri = Lake.open(lake).soma_uri("homo_sapiens")
+            uri = lake / "soma" / "homo_sapiens"  # Lake.soma_uri("homo_sapiens")
             got_obs, got_nnz = _soma_counts(str(uri), "RNA", "counts")
             detail.update({"soma_n_obs": got_obs, "soma_nnz": got_nnz, "output_mib": round(_du_mib(lake), 1)})
             ok = got_obs == n_cells and got_nnz == nnz
@@ -251,6 +259,17 @@ def run_aivc(h5: Path, mf: Path, rundir: Path, n_cells: int, nnz: int, repeat: i
 
 
 # -- the benchmark -----------------------------------------------------------------------------
+def _self_hwm_mib() -> float:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
 def _warm(path: Path) -> float:
     t0 = time.perf_counter()
     with open(path, "rb") as fh:
@@ -294,15 +313,16 @@ def print_human(result: dict[str, Any]) -> None:
           f"({100 * d['density']:.2f} %), {d['file_mib']:.0f} MiB h5ad; mean {d['mean_umis']:.0f} UMIs, "
           f"{d['mean_detected_genes']:.0f} genes per cell")
     print(f"generator: {g['seconds']:.1f}s{' (reused file; time of its generation)' if g['reused'] else ''}")
-    print(f"machine: {result['machine']['cpus']} CPUs; python {result['machine']['python']}")
+    la = result["machine"]["load_avg"]
+    print(f"machine: {result['machine']['cpus']} CPUs; python {result['machine']['python']}; load average at the end {la[0]:.2f} / {la[1]:.2f} / {la[2]:.2f} (1/5/15 min)")
     print()
-    hdr = f"{'tool':<6} {'rep':>3} {'order':>5} {'wall s':>9} {'peak RSS MiB':>13} {'output MiB':>11}  ok"
+    hdr = f"{'tool':<6} {'rep':>3} {'order':>5} {'wall s':>9} {'peak RSS MiB':>13} {'output MiB':>11} {'load':>5}  ok"
     print(hdr)
     print("-" * len(hdr))
     for r in result["runs"]:
         out_mib = r["detail"].get("output_mib")
         print(f"{r['tool']:<6} {r['repeat']:>3} {r['position'] + 1:>5} {r['wall_s']:>9.1f} {r['peak_rss_mib']:>13.0f} "
-              f"{(f'{out_mib:.0f}' if out_mib is not None else '-'):>11}  {'yes' if r['ok'] else 'NO'}")
+              f"{(f'{out_mib:.0f}' if out_mib is not None else '-'):>11} {r['detail'].get('load_avg_before', float('nan')):>5.1f}  {'yes' if r['ok'] else 'NO'}")
     s = result["summary"]
     print()
     for tool in ("peer", "aivc"):
@@ -335,11 +355,15 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(a.workdir).absolute()
     work.mkdir(parents=True, exist_ok=True)
-    spec = synth.SynthSpec(n_cells=a.cells, n_genes=a.genes, seed=a.seed)
+    # generate (or reuse) the input in a subprocess, so this process stays small (see _soma_counts)
     t0 = time.perf_counter()
-    h5, mf, info = synth.make_submission(work / "data", spec)
+    gen = subprocess.run(
+        [sys.executable, str(HERE / "synth.py"), "--cells", str(a.cells), "--genes", str(a.genes), "--seed", str(a.seed), "--out", str(work / "data")],
+        env=_env(), stdout=subprocess.PIPE, text=True, check=True,
+    )
     gen_wall = time.perf_counter() - t0
-    stats = info["stats"]
+    info = json.loads(gen.stdout)
+    h5, mf, stats, spec = Path(info["h5ad"]), Path(info["manifest"]), info["stats"], info["spec"]
     warm_s = _warm(h5)
     _log(f"bench: read {h5.name} once to warm the page cache ({warm_s:.1f}s)")
 
@@ -352,11 +376,13 @@ def main(argv: list[str] | None = None) -> int:
             rundir = work / "runs" / f"{tool}-{rep}"
             shutil.rmtree(rundir, ignore_errors=True)
             rundir.mkdir(parents=True)
-            _log(f"bench: repeat {rep + 1}/{a.repeats}: {tool} ...")
+            load = os.getloadavg()[0]
+            _log(f"bench: repeat {rep + 1}/{a.repeats}: {tool} (load average {load:.2f}) ...")
             if tool == "peer":
                 r = run_peer(h5, rundir, stats["n_cells"], stats["nnz"], rep, pos)
             else:
                 r = run_aivc(h5, mf, rundir, stats["n_cells"], stats["nnz"], rep, pos, extra)
+            r.detail["load_avg_before"] = round(load, 2)
             _log(f"bench:   {tool}: {r.wall_s:.1f}s, peak {r.peak_rss_mib:.0f} MiB, {'ok' if r.ok else 'FAILED'}")
             runs.append(r)
             if not (a.keep and rep == a.repeats - 1):
@@ -376,8 +402,9 @@ def main(argv: list[str] | None = None) -> int:
             "mean_detected_genes": stats["mean_detected_genes"],
             "file_mib": stats["file_bytes"] / 2**20,
         },
-        "generator": {"seconds": stats["seconds"], "reused": info["reused"], "this_call_s": round(gen_wall, 2), "spec": asdict(spec)},
-        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        "generator": {"seconds": stats["seconds"], "reused": info["reused"], "this_call_s": round(gen_wall, 2), "spec": spec},
+        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0], "load_avg": os.getloadavg()},
+        "bench_process_peak_mib": _self_hwm_mib(),
         "commands": {
             "peer": f'{sys.executable} -c \'tiledbsoma.io.from_h5ad(URI, "{h5}", measurement_name="RNA")\'',
             "aivc": f"{' '.join(_aivc_exe())} submit {h5} --manifest {mf} --lake LAKE --json {' '.join(extra)}".strip(),

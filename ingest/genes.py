@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,6 +37,16 @@ class GeneMapping:
     @property
     def mapped_fraction(self) -> float:
         return len(self.gene_ids) / self.n_submitted if self.n_submitted else 0.0
+
+
+@lru_cache(maxsize=4)
+def _symbol_index(organism_name: str) -> dict[str, tuple[str, ...]]:
+    """Reference symbol -> gene ids (several for ambiguous symbols), built once per organism."""
+    ref = gene_reference(organism_name)
+    out: dict[str, list[str]] = {}
+    for sym, gid in zip(ref["symbol"].to_numpy(), ref["gene_id"].to_numpy(), strict=True):
+        out.setdefault(sym, []).append(gid)
+    return {k: tuple(v) for k, v in out.items()}
 
 
 def _organism_case(symbol: str, organism_name: str) -> str:
@@ -90,7 +101,7 @@ def map_genes(
             resolved.append(gid if ok else None)
             hows.append("ensembl_unversioned" if ok and m.group(2) else "ensembl")
     else:
-        by_symbol = ref.groupby("symbol", sort=False)["gene_id"].agg(list).to_dict()
+        by_symbol = _symbol_index(organism_name)
         looks = submitted.str.match(_ENSEMBL.pattern)
         if len(submitted) and looks.mean() > 0.5:
             findings.append(Finding("GENES_WRONG_ID_TYPE", src, f"manifest says genes.id_type is 'symbol' but {int(looks.sum())} of {len(submitted)} ids look like Ensembl ids (e.g. {submitted[int(np.argmax(looks))]!r}); use id_type: ensembl"))

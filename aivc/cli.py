@@ -347,6 +347,11 @@ from aivc.cli_neighbors import register as _register_neighbors  # noqa: E402
 _register_neighbors(app)
 
 
+from aivc.cli_training import register as _register_training  # noqa: E402
+
+_register_training(app)
+
+
 def main() -> None:
     app()
 

@@ -1,0 +1,153 @@
+"""CLI for training and the model registry: ``aivc train cell-vae`` and ``aivc models list|show``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Any, Optional
+
+import typer
+
+train_app = typer.Typer(help="Train scale models on the lake with Ray Train and register them.", no_args_is_help=True)
+models_app = typer.Typer(help="Registered models: NAME@VERSION under <lake>/models/.", no_args_is_help=True)
+
+LakeOpt = Annotated[Optional[str], typer.Option("--lake", help="Lake folder (default $AIVC_LAKE, else ./lake).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")]
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _epoch_printer(total: int) -> Any:
+    def show(m: dict[str, Any]) -> None:
+        val = f" validation_loss={_fmt(m['validation_loss'])}" if m.get("validation_loss") is not None else ""
+        sys.stderr.write(f"epoch {m['epoch']}/{total} train_loss={_fmt(m['train_loss'])} (reconstruction {_fmt(m['train_reconstruction'])}, kl {_fmt(m['train_kl'])}){val} [{m['seconds']:.1f}s]\n")
+        sys.stderr.flush()
+
+    return show
+
+
+@train_app.command("cell-vae")
+def cell_vae(
+    config: Annotated[Optional[str], typer.Option("--config", help="Config YAML (default: schemas/configs/cell-vae.yaml).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key, e.g. --set model.latent_dim=32 (repeatable).")] = None,
+    workers: Annotated[int, typer.Option("--workers", help="Ray Train workers (data-parallel, 1 CPU each).")] = 1,
+    ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster address (default: start Ray locally).")] = None,
+    run_id: Annotated[Optional[str], typer.Option("--run-id", help="Run id; an existing unfinished run with this id is resumed from its latest checkpoint.")] = None,
+    lake: LakeOpt = None,
+    json_: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Train the cell-vae baseline (NB VAE with batch covariate) and register it as NAME@VERSION."""
+    from aivc.cli import _console, _print_json, run_command
+
+    def body() -> int:
+        from aivc.store.lake import Lake
+        from aivc.training.config import apply_overrides, load_config
+        from aivc.training.trainer import train
+
+        lk = Lake.open(lake)
+        cfg = apply_overrides(load_config(config), set_ or [])
+
+        def started(s: dict[str, Any]) -> None:
+            what = f"resuming run {s['run_id']} after epoch {s['resumed_from_epoch']}" if s["resumed_from_epoch"] else f"run {s['run_id']}"
+            sys.stderr.write(
+                f"{what}: {s['n_train']} training + {s['n_validation']} validation cells, {s['n_genes']} genes, "
+                f"{len(s['batches'])} batches; {s['workers']} Ray Train worker(s)\n"
+            )
+
+        res = train(
+            lk,
+            cfg,
+            workers=workers,
+            ray_address=ray_address,
+            run_id=run_id,
+            on_epoch=None if json_ else _epoch_printer(cfg.optim.epochs),
+            on_start=None if json_ else started,
+        )
+        if json_:
+            _print_json({"status": "registered", "model": res.model_ref, "run_id": res.run_id, "epochs": res.epochs, "resumed_from_epoch": res.resumed_from_epoch, "metrics": res.metrics})
+        else:
+            val = res.metrics.get("validation_loss")
+            extra = f", validation_loss {_fmt(val)}" if val is not None else ""
+            _console().print(f"registered {res.model_ref} (run {res.run_id}, {res.epochs} epochs, train_loss {_fmt(res.metrics['train_loss'])}{extra})", highlight=False)
+        return 0
+
+    run_command(json_, debug, body)
+
+
+def _summary(r: Any) -> dict[str, Any]:
+    return {
+        "ref": r.ref,
+        "name": r.name,
+        "version": r.version,
+        "model_type": r.model_type,
+        "n_genes": len(r.gene_ids),
+        "latent_dim": r.init.get("latent_dim"),
+        "datasets": r.lineage.get("datasets", []),
+        "epochs": r.training.get("epochs"),
+        "validation_loss": r.metrics.get("validation_loss"),
+        "created_at": r.created_at,
+    }
+
+
+@models_app.command("list")
+def list_(lake: LakeOpt = None, json_: JsonOpt = False, debug: DebugOpt = False) -> None:
+    """List registered model versions."""
+    from aivc.cli import _console, _print_json, run_command
+
+    def body() -> int:
+        from aivc.store.lake import Lake
+        from aivc.training.registry import list_models
+
+        rows = [_summary(r) for r in list_models(Lake.open(lake))]
+        if json_:
+            _print_json(rows)
+            return 0
+        from rich.table import Table
+
+        t = Table(title="models")
+        for c in ("ref", "model_type", "n_genes", "latent_dim", "datasets", "epochs", "validation_loss", "created_at"):
+            t.add_column(c)
+        for r in rows:
+            t.add_row(r["ref"], r["model_type"], str(r["n_genes"]), str(r["latent_dim"]), ", ".join(r["datasets"]), str(r["epochs"]), _fmt(r["validation_loss"]), r["created_at"])
+        _console().print(t)
+        return 0
+
+    run_command(json_, debug, body)
+
+
+@models_app.command("show")
+def show(
+    ref: Annotated[str, typer.Argument(help="NAME[@VERSION], e.g. cell-vae@1.")],
+    lake: LakeOpt = None,
+    json_: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Show one model version's record: config, genes, encodings, metrics, lineage."""
+    from aivc.cli import _console, _print_json, run_command
+
+    def body() -> int:
+        from aivc.store.lake import Lake
+        from aivc.training.registry import get_model
+
+        m = get_model(Lake.open(lake), ref)
+        rec = m.to_record() | {"ref": m.ref}
+        if json_:
+            _print_json(rec)
+        else:
+            short = dict(rec)
+            genes = short.pop("gene_ids")
+            short["gene_ids"] = genes[:10] + ([f"... {len(genes)} genes in all"] if len(genes) > 10 else [])
+            short["history"] = f"{len(rec['history'])} epochs (--json shows them)"
+            _console().print_json(json.dumps(short, default=str))
+        return 0
+
+    run_command(json_, debug, body)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(train_app, name="train")
+    app.add_typer(models_app, name="models")

@@ -1,0 +1,372 @@
+"""Training data from the lake: a plan of cells and genes, streamed from SOMA in row chunks.
+
+:func:`build_plan` selects the current dataset versions of one organism (optionally only
+some datasets), fixes the gene vocabulary (genes every selected dataset measured, or
+their union with per-dataset measured-gene masks: a gene a dataset did not measure is not
+a zero), optionally keeps the most variable genes, draws the validation split (by
+dataset, donor or cell fraction, with a seed) and pins the lake state: the organism's
+committed SOMA high-water mark. A :class:`TrainingPlan` is small (one row per cell, one
+per gene) and is saved with a run, so a resumed run trains on exactly the same data.
+
+:class:`CellDataset` streams a plan's cells as batches of tensors with
+:func:`aivc.store.soma_io.read_rows`, reshuffled every epoch from ``seed + epoch``,
+partitioned by ``(rank, world_size)`` of the training job and then by DataLoader worker::
+
+    {"x": float32 [B, G] raw counts, "batch": int64 [B] dataset index,
+     "library": float32 [B, 1] counts over the vocabulary, "mask": bool [B, G] measured,
+     "index": int64 [B] soma_joinid}
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+
+from aivc.errors import LakeError, UsageError
+from aivc.store import soma_io
+from aivc.store.catalog import Catalog, DatasetVersion
+from aivc.store.lake import Lake, write_json_atomic
+from aivc.training.config import DataConfig
+
+PLAN_SCHEMA = "aivc.training_plan"
+Split = Literal["train", "validation", "all"]
+
+
+@dataclass(frozen=True, eq=False)
+class TrainingPlan:
+    """The cells and genes a model trains on, pinned to one lake state.
+
+    ``cells``: ``soma_joinid`` (int64), ``obs_id``, ``dataset_id``, ``donor_id``,
+    ``batch`` (int, index into ``batch_categories``) and ``split`` (``train`` /
+    ``validation``), ordered by ``soma_joinid``. ``masks[b, g]`` says whether dataset
+    ``batch_categories[b]`` measured gene ``gene_ids[g]``.
+    """
+
+    organism: str
+    soma_uri: str
+    high_water: int
+    datasets: tuple[str, ...]
+    batch_categories: tuple[str, ...]
+    gene_ids: tuple[str, ...]
+    gene_joinids: np.ndarray
+    masks: np.ndarray
+    cells: pd.DataFrame
+    genes_mode: str = "intersection"
+    validation: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_genes(self) -> int:
+        return len(self.gene_ids)
+
+    @property
+    def n_batches(self) -> int:
+        return len(self.batch_categories)
+
+    def split_cells(self, split: Split) -> pd.DataFrame:
+        return self.cells if split == "all" else self.cells[self.cells["split"] == split]
+
+    def lineage(self) -> dict[str, Any]:
+        return {
+            "datasets": list(self.datasets),
+            "organism": self.organism,
+            "lake_state": {self.organism: int(self.high_water)},
+            "n_cells": int(len(self.cells)),
+            "n_genes": self.n_genes,
+        }
+
+    # -- persistence -------------------------------------------------------------------
+    def save(self, folder: Path) -> None:
+        """Write ``plan.json``, ``cells.parquet`` and ``genes.parquet`` into ``folder``."""
+        folder.mkdir(parents=True, exist_ok=True)
+        self.cells.to_parquet(folder / "cells.parquet", index=False)
+        genes = pd.DataFrame({"gene_id": list(self.gene_ids), "soma_joinid": self.gene_joinids})
+        for b, ds in enumerate(self.batch_categories):
+            genes[f"measured:{ds}"] = self.masks[b]
+        genes.to_parquet(folder / "genes.parquet", index=False)
+        write_json_atomic(
+            folder / "plan.json",
+            {
+                "schema_name": PLAN_SCHEMA,
+                "schema_version": 1,
+                "organism": self.organism,
+                "high_water": int(self.high_water),
+                "datasets": list(self.datasets),
+                "batch_categories": list(self.batch_categories),
+                "genes_mode": self.genes_mode,
+                "validation": self.validation,
+            },
+        )
+
+    @classmethod
+    def load(cls, folder: Path, lake: Lake) -> TrainingPlan:
+        try:
+            meta = json.loads((folder / "plan.json").read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise LakeError(f"training plan is unreadable ({exc})", where=str(folder)) from None
+        if meta.get("schema_name") != PLAN_SCHEMA or int(meta.get("schema_version", 0)) != 1:
+            raise LakeError(f"unknown training plan format {meta.get('schema_name')}/{meta.get('schema_version')}", where=str(folder))
+        import pyarrow as pa
+
+        try:
+            genes = pd.read_parquet(folder / "genes.parquet")
+            cells = pd.read_parquet(folder / "cells.parquet")
+            cats = tuple(meta["batch_categories"])
+            masks = np.stack([genes[f"measured:{ds}"].to_numpy(bool) for ds in cats]) if cats else np.zeros((0, len(genes)), bool)
+        except (OSError, KeyError, pa.ArrowException) as exc:
+            raise LakeError(f"training plan is unreadable ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); start a new run", where=str(folder)) from None
+        return cls(
+            organism=meta["organism"],
+            soma_uri=lake.soma_uri(meta["organism"]),
+            high_water=int(meta["high_water"]),
+            datasets=tuple(meta["datasets"]),
+            batch_categories=cats,
+            gene_ids=tuple(genes["gene_id"].astype(str)),
+            gene_joinids=genes["soma_joinid"].to_numpy(np.int64),
+            masks=masks,
+            cells=cells,
+            genes_mode=meta["genes_mode"],
+            validation=meta["validation"],
+        )
+
+
+# -- plan building -------------------------------------------------------------------------
+def select_versions(lake: Lake, organism: str | None, datasets: tuple[str, ...] | list[str] | None) -> list[DatasetVersion]:
+    """Current versions of one organism's datasets (or the ``DATASET[@VERSION]`` named)."""
+    cat = Catalog(lake)
+    chosen = [cat.get(d) for d in datasets] if datasets else cat.current()
+    if not chosen:
+        raise UsageError("the lake has no committed datasets to train on; submit one first", where="--lake")
+    organisms = sorted({v.organism_name for v in chosen})
+    if organism is None:
+        if len(organisms) > 1:
+            raise UsageError(f"datasets of several organisms ({', '.join(organisms)}); choose one with --set data.organism=NAME", where="data.organism")
+        organism = organisms[0]
+    chosen = [v for v in chosen if v.organism_name == organism]
+    if not chosen:
+        raise UsageError(f"no datasets of organism {organism!r} (the lake has {', '.join(organisms)})", where="data.organism")
+    ids = [v.dataset_id for v in chosen]
+    dup = sorted({i for i in ids if ids.count(i) > 1})
+    if dup:
+        raise UsageError(f"dataset {dup[0]!r} is named twice; train on one version of each dataset", where="data.datasets")
+    return sorted(chosen, key=lambda v: v.dataset_id)
+
+
+def _vocabulary(cat: Catalog, versions: list[DatasetVersion], mode: str) -> tuple[pd.DataFrame, np.ndarray]:
+    """Genes (``gene_id``, ``soma_joinid``, by joinid) and the measured mask per dataset."""
+    per = [pd.read_parquet(cat.artifacts_path(v) / "genes.parquet", columns=["gene_id", "soma_joinid"]) for v in versions]
+    allg = pd.concat(per).drop_duplicates("soma_joinid")
+    if mode == "intersection":
+        keep = set(per[0]["soma_joinid"])
+        for g in per[1:]:
+            keep &= set(g["soma_joinid"])
+        allg = allg[allg["soma_joinid"].isin(keep)]
+    genes = allg.sort_values("soma_joinid").reset_index(drop=True)
+    if genes.empty:
+        raise UsageError("the chosen datasets measured no gene in common; use --set data.genes=union or fewer datasets", where="data.genes")
+    masks = np.stack([genes["soma_joinid"].isin(g["soma_joinid"]).to_numpy() for g in per])
+    return genes, masks
+
+
+def _draw(units: list[str], fraction: float, rng: np.random.Generator, what: str) -> set[str]:
+    if len(units) < 2:
+        raise UsageError(f"validation by {what} needs at least 2 {what}s, the data has {len(units)}; use --set data.validation.by=fraction", where="data.validation.by")
+    n = min(len(units) - 1, max(1, int(round(fraction * len(units)))))
+    return set(rng.permutation(np.array(sorted(units), dtype=object))[:n].tolist())
+
+
+def _split(cells: pd.DataFrame, cfg: DataConfig, seed: int) -> tuple[np.ndarray, dict[str, Any]]:
+    v = cfg.validation
+    rng = np.random.default_rng(v.seed if v.seed is not None else seed)
+    info: dict[str, Any] = {"by": v.by}
+    if v.by == "none":
+        return np.zeros(len(cells), bool), info
+    if v.by == "fraction":
+        n = int(round(v.fraction * len(cells)))
+        n = min(len(cells) - 1, max(1, n)) if len(cells) > 1 else 0
+        val = np.zeros(len(cells), bool)
+        val[rng.permutation(len(cells))[:n]] = True
+        return val, info | {"fraction": v.fraction, "n_cells": int(n)}
+    key = cells["dataset_id"] if v.by == "dataset" else cells["dataset_id"] + "/" + cells["donor_id"].astype(str)
+    units = sorted(set(key))
+    if v.holdout is not None:
+        unknown = sorted(set(v.holdout) - set(units))
+        if unknown:
+            raise UsageError(f"held-out {v.by} {unknown[0]!r} is not in the training data (have: {', '.join(units[:10])})", where="data.validation.holdout")
+        chosen = set(v.holdout)
+    else:
+        chosen = _draw(units, v.fraction, rng, v.by)
+    return key.isin(chosen).to_numpy(), info | {"holdout": sorted(chosen)}
+
+
+def _top_genes(uri: str, hw: int, cells: pd.DataFrame, genes: pd.DataFrame, masks: np.ndarray, n_top: int, chunk_rows: int) -> np.ndarray:
+    """Positions of the ``n_top`` genes with the highest variance of log-normalized counts
+    (each gene over the cells whose dataset measured it), in vocabulary order."""
+    g = len(genes)
+    s1, s2, n = np.zeros(g), np.zeros(g), np.zeros(g)
+    joins = cells["soma_joinid"].to_numpy(np.int64)
+    batch = cells["batch"].to_numpy()
+    var_j = genes["soma_joinid"].to_numpy(np.int64)
+    for start in range(0, len(cells), chunk_rows):
+        sl = slice(start, start + chunk_rows)
+        X = soma_io.read_rows(uri, hw, joins[sl], var_j).toarray().astype(np.float64)
+        tot = X.sum(axis=1, keepdims=True)
+        tot[tot == 0] = 1.0
+        L = np.log1p(X / tot * 1e4)
+        m = masks[batch[sl]]
+        s1 += (L * m).sum(0)
+        s2 += (L * L * m).sum(0)
+        n += m.sum(0)
+    mean = s1 / np.maximum(n, 1)
+    var = np.maximum(s2 / np.maximum(n, 1) - mean**2, 0.0)
+    return np.sort(np.argsort(-var, kind="stable")[: min(n_top, g)])
+
+
+def build_plan(lake: Lake, cfg: DataConfig, seed: int = 0) -> TrainingPlan:
+    """Select the cells, genes, batches and validation split of a training run."""
+    versions = select_versions(lake, cfg.organism, cfg.datasets)
+    org = versions[0].organism_name
+    cat = Catalog(lake)
+    hw = cat.high_water(org)
+    if hw is None:
+        raise LakeError(f"no committed data for {org}", where="--lake")
+    uri = lake.soma_uri(org)
+    cats = tuple(v.dataset_id for v in versions)
+    cols = ["obs_id", "soma_joinid", "dataset_id", "donor_id"]
+    cells = pd.concat([pd.read_parquet(cat.artifacts_path(v) / "cells.parquet", columns=cols) for v in versions], ignore_index=True)
+    cells = cells.sort_values("soma_joinid", kind="stable").reset_index(drop=True)
+    cells["batch"] = pd.Categorical(cells["dataset_id"], categories=list(cats)).codes.astype(np.int32)
+    genes, masks = _vocabulary(cat, versions, cfg.genes)
+    if cfg.n_top_genes is not None and cfg.n_top_genes < len(genes):
+        top = _top_genes(uri, hw, cells, genes, masks, cfg.n_top_genes, cfg.chunk_rows)
+        genes, masks = genes.iloc[top].reset_index(drop=True), masks[:, top]
+    val, info = _split(cells, cfg, seed)
+    cells["split"] = np.where(val, "validation", "train")
+    if not (~val).any():
+        raise UsageError("the validation split leaves no training cells; lower data.validation.fraction", where="data.validation")
+    return TrainingPlan(
+        organism=org,
+        soma_uri=uri,
+        high_water=int(hw),
+        datasets=tuple(v.ref for v in versions),
+        batch_categories=cats,
+        gene_ids=tuple(genes["gene_id"].astype(str)),
+        gene_joinids=genes["soma_joinid"].to_numpy(np.int64),
+        masks=masks,
+        cells=cells,
+        genes_mode=cfg.genes,
+        validation=info | {"n_validation_cells": int(val.sum())},
+    )
+
+
+# -- streaming -------------------------------------------------------------------------------
+def rank_order(n: int, *, epoch: int, seed: int, shuffle: bool, rank: int, world_size: int, pad: bool) -> np.ndarray:
+    """Positions (into the split's cells) that one rank visits in one epoch.
+
+    The order is a permutation drawn from ``seed + epoch`` (or the identity); rank ``r``
+    takes every ``world_size``-th position starting at ``r``. With ``pad`` the order is
+    first extended by repeating its head so every rank gets the same number of cells
+    (needed by data-parallel training, where ranks must run the same number of steps);
+    without it every cell goes to exactly one rank.
+    """
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} outside world of size {world_size}")
+    order = np.random.default_rng(seed + epoch).permutation(n) if shuffle else np.arange(n)
+    if pad and n % world_size:
+        extra = world_size - n % world_size
+        order = np.concatenate([order, np.resize(order, extra)]) if n else order
+    return order[rank::world_size]
+
+
+class CellDataset(torch.utils.data.IterableDataset):
+    """Batches of one split of a plan, streamed from SOMA; use with ``batch_size=None``.
+
+    Examples
+    --------
+    >>> ds = CellDataset(plan, "train", batch_size=256, seed=0, rank=0, world_size=1)  # doctest: +SKIP
+    >>> ds.set_epoch(3)  # doctest: +SKIP
+    >>> loader = make_loader(ds, num_workers=2)  # doctest: +SKIP
+
+    TileDB is not fork-safe: DataLoader workers must be spawned (:func:`make_loader`),
+    a forked worker of a process that has read SOMA can hang.
+    """
+
+    def __init__(
+        self,
+        plan: TrainingPlan,
+        split: Split = "train",
+        *,
+        batch_size: int = 256,
+        shuffle: bool = True,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        chunk_rows: int = 4096,
+        pad: bool = False,
+    ) -> None:
+        super().__init__()
+        self.plan = plan
+        self.split = split
+        self.batch_size = int(batch_size)
+        self.shuffle = shuffle
+        self.seed = int(seed)
+        self.rank, self.world_size = int(rank), int(world_size)
+        # whole batches per read: no batch straddles two reads
+        self.chunk_rows = max(1, int(chunk_rows) // self.batch_size) * self.batch_size
+        self.pad = pad
+        self.epoch = 0
+        cells = plan.split_cells(split)
+        self._joinids = cells["soma_joinid"].to_numpy(np.int64)
+        self._batch = cells["batch"].to_numpy(np.int64)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reshuffle for ``epoch`` (call before iterating; DataLoader workers see it)."""
+        self.epoch = int(epoch)
+
+    def _positions(self) -> np.ndarray:
+        return rank_order(len(self._joinids), epoch=self.epoch, seed=self.seed, shuffle=self.shuffle, rank=self.rank, world_size=self.world_size, pad=self.pad)
+
+    def __len__(self) -> int:
+        """Batches this rank yields per epoch (over all DataLoader workers)."""
+        n = len(self._positions())
+        full, rest = divmod(n, self.chunk_rows)
+        return full * (self.chunk_rows // self.batch_size) + -(-rest // self.batch_size)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        pos = self._positions()
+        info = torch.utils.data.get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        masks = torch.from_numpy(self.plan.masks)
+        for ci, start in enumerate(range(0, len(pos), self.chunk_rows)):
+            if ci % nw != wid:
+                continue
+            chunk = pos[start : start + self.chunk_rows]
+            joins = self._joinids[chunk]
+            uniq, inverse = np.unique(joins, return_inverse=True)
+            X = soma_io.read_rows(self.plan.soma_uri, self.plan.high_water, uniq, self.plan.gene_joinids)
+            dense = np.asarray(X.toarray(), dtype=np.float32)[inverse]
+            batch = self._batch[chunk]
+            for b0 in range(0, len(chunk), self.batch_size):
+                sl = slice(b0, b0 + self.batch_size)
+                x = torch.from_numpy(np.ascontiguousarray(dense[sl]))
+                bt = torch.from_numpy(batch[sl])
+                yield {
+                    "x": x,
+                    "batch": bt,
+                    "library": x.sum(dim=1, keepdim=True),
+                    "mask": masks[bt],
+                    "index": torch.from_numpy(joins[sl]),
+                }
+
+
+def make_loader(ds: CellDataset, num_workers: int = 0) -> torch.utils.data.DataLoader | CellDataset:
+    """Iterate ``ds`` in ``num_workers`` spawned processes (or in-process when 0)."""
+    if num_workers <= 0:
+        return ds
+    return torch.utils.data.DataLoader(ds, batch_size=None, num_workers=num_workers, multiprocessing_context="spawn")

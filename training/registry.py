@@ -1,0 +1,219 @@
+"""The model registry: trained models as immutable, versioned folders of the lake.
+
+Layout::
+
+    <lake>/models/<name>/v000001/
+        model.json      the record (schema_name aivc.model): config, init parameters, the
+                        gene ids in input order, encodings (batch categories), metrics,
+                        training history, lineage (dataset versions, lake high-water marks)
+        model.pt        the weights (a torch state dict)
+    <lake>/models/.runs/      training runs (checkpoints, plans), see aivc.training.trainer
+
+A version is written into the lake's staging folder (``Lake.new_staging``, cleaned by
+``aivc recover`` when its writer died) and published by one folder rename under the
+lake's write lock, so a reader sees a whole version or none.
+
+Example
+-------
+>>> import tempfile, torch
+>>> from aivc.store.lake import Lake
+>>> lake = Lake.init(tempfile.mkdtemp() + "/lake")
+>>> rec = register_model(lake, "demo-vae", model_type="cell-vae", state_dict={"w": torch.zeros(2)},
+...     init={}, config={}, gene_ids=["ENSG00000141510"], encodings={"batch": ["ds"]}, metrics={}, lineage={})
+>>> rec.ref, [m.ref for m in list_models(lake)]
+('demo-vae@1', ['demo-vae@1'])
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aivc.errors import NotFoundError, UsageError
+from aivc.store.lake import Lake, _fsync_dir, utcnow, write_json_atomic
+from aivc.training.errors import ModelError
+
+MODEL_SCHEMA = "aivc.model"
+RECORD_NAME = "model.json"
+WEIGHTS_NAME = "model.pt"
+_NAME = re.compile(r"^[a-z][a-z0-9-]{0,40}$")
+_VERSION_DIR = re.compile(r"^v(\d{6})$")
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """The record of one registered, immutable model version."""
+
+    name: str
+    version: int
+    model_type: str
+    created_at: str
+    init: dict[str, Any]
+    config: dict[str, Any]
+    gene_ids: tuple[str, ...]
+    encodings: dict[str, list[str]]
+    metrics: dict[str, Any]
+    lineage: dict[str, Any]
+    history: tuple[dict[str, Any], ...] = ()
+    training: dict[str, Any] = field(default_factory=dict)
+    weights: str = WEIGHTS_NAME
+    weights_sha256: str = ""
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    def to_record(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["gene_ids"] = list(self.gene_ids)
+        d["history"] = list(self.history)
+        return {"schema_name": MODEL_SCHEMA, "schema_version": 1, **d}
+
+    @classmethod
+    def from_record(cls, d: dict[str, Any]) -> ModelRecord:
+        if d.get("schema_name") != MODEL_SCHEMA or int(d.get("schema_version", 0)) != 1:
+            raise ModelError(f"unknown model record format {d.get('schema_name')}/{d.get('schema_version')}")
+        d = {k: v for k, v in d.items() if k not in ("schema_name", "schema_version")}
+        d["gene_ids"] = tuple(d.get("gene_ids", ()))
+        d["history"] = tuple(d.get("history", ()))
+        return cls(**d)
+
+
+def models_root(lake: Lake) -> Path:
+    return lake.root / "models"
+
+
+def version_dir(lake: Lake, name: str, version: int) -> Path:
+    return models_root(lake) / name / f"v{version:06d}"
+
+
+def parse_model_ref(ref: str) -> tuple[str, int | None]:
+    """``"cell-vae@2"`` -> ("cell-vae", 2); ``"cell-vae"`` / ``"cell-vae@latest"`` -> version None."""
+    m = re.match(r"^([a-z][a-z0-9-]{0,40})(?:@(\d+|latest))?$", ref)
+    if not m:
+        raise UsageError(f"model reference {ref!r} must look like NAME[@VERSION], e.g. cell-vae@1", where=ref)
+    name, v = m.groups()
+    return name, None if v in (None, "latest") else int(v)
+
+
+def list_models(lake: Lake, name: str | None = None) -> list[ModelRecord]:
+    """Every registered model version (optionally of one name), by name then version."""
+    root = models_root(lake)
+    out: list[ModelRecord] = []
+    if not root.is_dir():
+        return out
+    for nd in sorted(p for p in root.iterdir() if p.is_dir() and _NAME.match(p.name)):
+        if name and nd.name != name:
+            continue
+        for vd in sorted(nd.iterdir()):
+            rec = vd / RECORD_NAME
+            if _VERSION_DIR.match(vd.name) and rec.is_file():
+                out.append(_read_record(rec))
+    return out
+
+
+def _read_record(path: Path) -> ModelRecord:
+    try:
+        return ModelRecord.from_record(json.loads(path.read_text()))
+    except (OSError, json.JSONDecodeError, TypeError) as exc:
+        raise ModelError(f"model record is unreadable ({exc})", where=str(path)) from None
+
+
+def get_model(lake: Lake, ref: str) -> ModelRecord:
+    """The record of ``NAME[@VERSION]`` (latest version when none is given)."""
+    name, version = parse_model_ref(ref)
+    versions = list_models(lake, name)
+    if not versions:
+        raise NotFoundError(f"no model {name!r} in this lake; `aivc models list` shows them", where=ref)
+    if version is None:
+        return versions[-1]
+    for v in versions:
+        if v.version == version:
+            return v
+    have = ", ".join(str(v.version) for v in versions)
+    raise NotFoundError(f"model {name!r} has no version {version} (versions: {have})", where=ref)
+
+
+def register_model(
+    lake: Lake,
+    name: str,
+    *,
+    model_type: str,
+    state_dict: dict[str, Any],
+    init: dict[str, Any],
+    config: dict[str, Any],
+    gene_ids: list[str] | tuple[str, ...],
+    encodings: dict[str, list[str]],
+    metrics: dict[str, Any],
+    lineage: dict[str, Any],
+    history: list[dict[str, Any]] | tuple[dict[str, Any], ...] = (),
+    training: dict[str, Any] | None = None,
+    wait: float = 600.0,
+) -> ModelRecord:
+    """Publish a trained model as the next version of ``name``; returns its record."""
+    import torch
+
+    if not _NAME.match(name):
+        raise UsageError(f"model name {name!r} must be lower-case letters, digits and - (starting with a letter)", where="name")
+    staging = lake.new_staging()
+    try:
+        torch.save(state_dict, staging / WEIGHTS_NAME)
+        sha = hashlib.sha256((staging / WEIGHTS_NAME).read_bytes()).hexdigest()
+        with lake.write_lock(wait=wait):
+            existing = list_models(lake, name)
+            version = existing[-1].version + 1 if existing else 1
+            rec = ModelRecord(
+                name=name,
+                version=version,
+                model_type=model_type,
+                created_at=utcnow(),
+                init=dict(init),
+                config=dict(config),
+                gene_ids=tuple(str(g) for g in gene_ids),
+                encodings={k: [str(x) for x in v] for k, v in encodings.items()},
+                metrics=dict(metrics),
+                lineage=dict(lineage),
+                history=tuple(history),
+                training=dict(training or {}),
+                weights=WEIGHTS_NAME,
+                weights_sha256=sha,
+            )
+            write_json_atomic(staging / RECORD_NAME, rec.to_record())
+            final = version_dir(lake, name, version)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            if os.environ.get("AIVC_FAULT") == "before_model_publish":
+                os._exit(17)  # tests: a crash right before the publishing rename
+            os.rename(staging, final)
+            _fsync_dir(final.parent)
+        return rec
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+        staging.with_name(f"{staging.name}.owner").unlink(missing_ok=True)
+
+
+def load_model(lake: Lake, ref: str) -> tuple[Any, ModelRecord]:
+    """The module of ``NAME[@VERSION]`` with its weights, in eval mode, and its record."""
+    import torch
+
+    rec = get_model(lake, ref)
+    path = version_dir(lake, rec.name, rec.version) / rec.weights
+    if rec.model_type == "cell-vae":
+        from aivc.training.models.cell_vae import CellVAE
+
+        module = CellVAE(**rec.init)
+    else:
+        raise ModelError(f"model {rec.ref} has type {rec.model_type!r}, which this aivc cannot load; upgrade aivc", where=rec.ref)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        module.load_state_dict(state)
+    except (OSError, RuntimeError) as exc:
+        raise ModelError(f"weights of {rec.ref} are unreadable or do not fit the model ({str(exc).splitlines()[0]})", where=str(path)) from None
+    module.eval()
+    return module, rec

@@ -148,22 +148,49 @@ def append_dataset(
     var_j = np.asarray(mapping.var_axes[MEASUREMENT].data, dtype=np.int64)
     nnz = 0
     with tiledbsoma.SparseNDArray.open(f"{uri}/ms/{MEASUREMENT}/X/{X_LAYER}", "w", context=ctx) as X:
+        extents = _row_major_extents(X)
+        col_order = np.argsort(var_j, kind="stable")
+        var_sorted = var_j[col_order]
+        identity = bool(np.array_equal(col_order, np.arange(len(col_order))))
         for start, chunk in chunks:
-            coo = chunk.tocoo()
-            keep = coo.data != 0
-            table = pa.Table.from_pydict(
-                {
-                    "soma_dim_0": pa.array(obs_j[coo.row[keep] + start]),
-                    "soma_dim_1": pa.array(var_j[coo.col[keep]]),
-                    "soma_data": pa.array(coo.data[keep].astype(np.float32)),
-                }
-            )
+            if not identity:
+                chunk = chunk[:, col_order]
+            chunk = chunk.tocsr()
+            chunk.sum_duplicates()  # also sorts indices
+            chunk.eliminate_zeros()
+            rows = obs_j[np.repeat(np.arange(chunk.shape[0]), np.diff(chunk.indptr)) + start]
+            cols = var_sorted[chunk.indices]
+            data = chunk.data.astype(np.float32)
+            ordered = extents is not None and (rows.size < 2 or bool(np.all(np.diff(obs_j[start : start + chunk.shape[0]]) > 0)))
+            if ordered and rows.size:
+                # TileDB global order: tiles row-major, cells row-major inside a tile. CSR rows
+                # are already row-major, so a stable sort by tile index is enough.
+                ext0, ext1 = extents  # type: ignore[misc]
+                n_col_tiles = int(var_sorted.max()) // ext1 + 1
+                key = (rows // ext0 - rows[0] // ext0) * n_col_tiles + cols // ext1
+                order = np.argsort(key, kind="stable")
+                rows, cols, data = rows[order], cols[order], data[order]
+            table = pa.Table.from_pydict({"soma_dim_0": pa.array(rows), "soma_dim_1": pa.array(cols), "soma_data": pa.array(data)})
             if table.num_rows:
-                X.write(table)
+                X.write(table, platform_config={"tiledb": {"write": {"sort_coords": not ordered}}})
             nnz += table.num_rows
             if progress is not None:
                 progress(chunk.shape[0])
     return AppendResult(obs_j, var_j, timestamp, nnz)
+
+
+def _row_major_extents(X) -> tuple[int, int] | None:  # noqa: ANN001 - SparseNDArray
+    """Tile extents of a 2-D sparse array when its tile and cell orders are row-major."""
+    import json
+
+    try:
+        opts = X.schema_config_options()
+        if opts.tile_order != "row-major" or opts.cell_order != "row-major":
+            return None
+        dims = json.loads(opts.dims)
+        return int(dims["soma_dim_0"]["tile"]), int(dims["soma_dim_1"]["tile"])
+    except (AttributeError, KeyError, ValueError, TypeError):
+        return None
 
 
 def rollback_uncommitted(uri: str, high_water: int | None) -> list[str]:

@@ -191,6 +191,10 @@ def submit(
 @app.command()
 def datasets(
     current_only: Annotated[bool, typer.Option("--current-only", help="List only the current version of each dataset.")] = False,
+    principal: Annotated[
+        Optional[str],
+        typer.Option("--principal", envvar="AIVC_PRINCIPAL", help="List as this user (`aivc access list`), or 'public'; default the lake owner."),
+    ] = None,
     lake: LakeOpt = None,
     json_: JsonOpt = False,
     debug: DebugOpt = False,
@@ -201,7 +205,11 @@ def datasets(
         from aivc.store.catalog import Catalog
         from aivc.store.lake import Lake
 
-        cat = Catalog(Lake.open(lake))
+        from aivc.store.access import visible_datasets
+
+        lk = Lake.open(lake)
+        cat = Catalog(lk)
+        visible = visible_datasets(lk, principal)
         current = {v.ref for v in cat.current()}
         rows = [
             {
@@ -216,7 +224,7 @@ def datasets(
                 "current": v.ref in current,
             }
             for v in cat.all_versions()
-            if not current_only or v.ref in current
+            if (not current_only or v.ref in current) and v.dataset_id in visible
         ]
         if json_:
             _print_json(rows)

@@ -258,3 +258,12 @@ def test_cli_access(alake, tmp_path):
     finally:
         (alake.root / "access.json").write_text(before)
     assert json.loads((alake.root / "access.json").read_text()) == json.loads(before)
+
+
+@pytest.mark.parametrize("who", ["public", "alice"])
+def test_datasets_command_lists_only_visible(alake, who):
+    p = cli("datasets", "--principal", who, "--lake", str(alake.root), "--json")
+    assert p.returncode == 0, p.stderr
+    assert {d["id"] for d in json.loads(p.stdout)} == EXPECTED[who]
+    owner = json.loads(cli("datasets", "--lake", str(alake.root), "--json").stdout)
+    assert {d["id"] for d in owner} == {"pub", "cons", "emb", "lifted"}

@@ -7,16 +7,14 @@ Every command takes ``--lake PATH`` (default ``$AIVC_LAKE``, else ``./lake``), `
 
 from __future__ import annotations
 
-import json
-import sys
-import traceback
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 
-from aivc.errors import AivcError
+from aivc.cli_common import DebugOpt, JsonOpt, LakeOpt, print_table, run_command
+from aivc.cli_common import console as _console
+from aivc.cli_common import print_json as _print_json
 
 app = typer.Typer(
     name="aivc",
@@ -25,56 +23,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-LakeOpt = Annotated[Optional[str], typer.Option("--lake", help="Lake folder (default $AIVC_LAKE, else ./lake).")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
-DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")]
-
-
-def _print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
-
-
-def _console():  # noqa: ANN202
-    from rich.console import Console
-
-    return Console()
-
-
-def _err_console():  # noqa: ANN202
-    from rich.console import Console
-
-    return Console(stderr=True)
-
-
-def run_command(json_mode: bool, debug: bool, body: Callable[[], int | None]) -> None:
-    """Run a command body; turn errors into one line (or JSON) and an exit code."""
-    try:
-        code = body() or 0
-    except AivcError as exc:
-        if debug:
-            traceback.print_exc()
-        if json_mode:
-            _print_json({"status": "error", "errors": [exc.to_dict()]})
-        else:
-            _err_console().print(f"[bold red]error[/] [{exc.code}] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(exc.exit_code) from None
-    except typer.Exit:
-        raise
-    except KeyboardInterrupt:
-        _err_console().print("interrupted; the lake is unchanged by the unfinished command")
-        raise typer.Exit(130) from None
-    except Exception as exc:  # noqa: BLE001 - last line of defence, never a raw traceback
-        if debug:
-            traceback.print_exc()
-        msg = f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} (run with --debug for the traceback)"
-        if json_mode:
-            _print_json({"status": "error", "errors": [{"code": "INTERNAL", "where": "", "message": msg}]})
-        else:
-            _err_console().print(f"[bold red]error[/] {msg}", highlight=False, soft_wrap=True)
-        raise typer.Exit(3) from None
-    raise typer.Exit(code)
-
 
 @app.command()
 def init(lake: LakeOpt = None, json_: JsonOpt = False, debug: DebugOpt = False) -> None:
@@ -229,14 +177,8 @@ def datasets(
         if json_:
             _print_json(rows)
             return 0
-        from rich.table import Table
-
-        t = Table(title=f"datasets ({len(current)} current)")
-        for c in ("id", "version", "title", "organism", "n_cells", "n_genes", "access", "committed_at", "current"):
-            t.add_column(c)
-        for r in rows:
-            t.add_row(*(("*" if r[c] else "") if c == "current" else str(r[c]) for c in r))
-        _console().print(t)
+        cols = ("id", "version", "title", "organism", "n_cells", "n_genes", "access", "committed_at", "current")
+        print_table(cols, [[("*" if r[c] else "") if c == "current" else r[c] for c in cols] for r in rows], title=f"datasets ({len(current)} current)")
         return 0
 
     run_command(json_, debug, body)
@@ -288,14 +230,7 @@ def sql(
         if json_:
             _print_json({"columns": res.columns, "rows": res.to_dicts()})
             return 0
-        from rich.table import Table
-
-        t = Table()
-        for c in res.columns:
-            t.add_column(c)
-        for r in res.rows:
-            t.add_row(*(str(x) for x in r))
-        _console().print(t)
+        print_table(res.columns, res.rows)
         return 0
 
     run_command(json_, debug, body)

@@ -6,15 +6,11 @@ Registered on the main app by :func:`register`; the rules themselves live in
 
 from __future__ import annotations
 
-import json
-import sys
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
-LakeOpt = Annotated[Optional[str], typer.Option("--lake", help="Lake folder (default $AIVC_LAKE, else ./lake).")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
-DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")]
+from aivc.cli_common import DebugOpt, JsonOpt, LakeOpt, console, print_json, print_table, run_command
 
 access_app = typer.Typer(
     name="access",
@@ -25,19 +21,14 @@ access_app = typer.Typer(
 )
 
 
-def _run(json_mode: bool, debug: bool, body: Any) -> None:
-    from aivc.cli import run_command  # lazily: aivc.cli imports this module
-
-    run_command(json_mode, debug, body)
+_run = run_command
 
 
 def _emit(json_mode: bool, obj: dict[str, Any], line: str) -> None:
     if json_mode:
-        sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+        print_json(obj)
     else:
-        from rich.console import Console
-
-        Console().print(line, highlight=False, soft_wrap=True)
+        console().print(line, highlight=False, soft_wrap=True)
 
 
 def _split_groups(groups: str) -> list[str]:
@@ -172,24 +163,14 @@ def list_(lake: LakeOpt = None, json_: JsonOpt = False, debug: DebugOpt = False)
         if json_:
             _emit(True, res, "")
             return 0
-        from rich.console import Console
-        from rich.table import Table
-
-        con = Console()
+        con = console()
         con.print(f"owner: {res['owner']} (sees everything); built in: public (public datasets only)", highlight=False)
-        users = Table(title="users")
-        users.add_column("name")
-        users.add_column("groups")
-        for u in res["users"]:
-            users.add_row(u["name"], ", ".join(u["groups"]))
-        con.print(users)
-        ds = Table(title="datasets")
-        for c in ("dataset", "access", "granted groups", "visible to"):
-            ds.add_column(c)
+        print_table(("name", "groups"), [(u["name"], ", ".join(u["groups"])) for u in res["users"]], title="users", out=con)
+        rows = []
         for d in res["datasets"]:
             level = d["access"] + (f" until {d['embargo_until']}" + ("" if d["embargo_active"] else " (lifted)") if d["embargo_until"] else "")
-            ds.add_row(d["dataset_id"], level, ", ".join(d["granted_groups"]), ", ".join(d["visible_to"]))
-        con.print(ds)
+            rows.append((d["dataset_id"], level, ", ".join(d["granted_groups"]), ", ".join(d["visible_to"])))
+        print_table(("dataset", "access", "granted groups", "visible to"), rows, title="datasets", out=con)
         return 0
 
     _run(json_, debug, body)

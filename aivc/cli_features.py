@@ -10,9 +10,9 @@ import typer
 features_app = typer.Typer(help="Versioned Universal Representations (embeddings) in the feature store.", no_args_is_help=True)
 embed_app = typer.Typer(help="Compute URs over the lake and publish them as embedding versions.", no_args_is_help=True)
 
-LakeOpt = Annotated[Optional[str], typer.Option("--lake", help="Lake folder (default $AIVC_LAKE, else ./lake).")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
-DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")]
+from aivc.cli_common import DebugOpt, JsonOpt, LakeOpt, print_table, run_command
+from aivc.cli_common import console as _console
+from aivc.cli_common import print_json as _print_json
 
 
 def _summary(v: Any) -> dict[str, Any]:
@@ -33,7 +33,6 @@ def _summary(v: Any) -> dict[str, Any]:
 @features_app.command("list")
 def list_(lake: LakeOpt = None, json_: JsonOpt = False, debug: DebugOpt = False) -> None:
     """List embedding versions."""
-    from aivc.cli import _console, _print_json, run_command
 
     def body() -> int:
         from aivc.embeddings.store import list_versions
@@ -43,15 +42,11 @@ def list_(lake: LakeOpt = None, json_: JsonOpt = False, debug: DebugOpt = False)
         if json_:
             _print_json(rows)
             return 0
-        from rich.table import Table
+        def src(r: dict[str, Any]) -> Any:
+            return r["source"].get("model") or r["source"].get("method") or r["source"].get("file") or r["source"].get("kind")
 
-        t = Table(title="embedding versions")
-        for c in ("ref", "dim", "n_rows", "source", "created_at", "sql_view"):
-            t.add_column(c)
-        for r in rows:
-            src = r["source"].get("model") or r["source"].get("method") or r["source"].get("file") or r["source"].get("kind")
-            t.add_row(r["ref"], str(r["dim"]), str(r["n_rows"]), str(src), r["created_at"], r["sql_view"])
-        _console().print(t)
+        cols = ("ref", "dim", "n_rows", "source", "created_at", "sql_view")
+        print_table(cols, [[src(r) if c == "source" else r[c] for c in cols] for r in rows], title="embedding versions")
         return 0
 
     run_command(json_, debug, body)
@@ -65,7 +60,6 @@ def show(
     debug: DebugOpt = False,
 ) -> None:
     """Show one embedding version's record: source, lineage, metrics."""
-    from aivc.cli import _console, _print_json, run_command
 
     def body() -> int:
         from aivc.embeddings.store import get_version
@@ -92,7 +86,6 @@ def import_(
     debug: DebugOpt = False,
 ) -> None:
     """Import external embeddings with validation, as a new version."""
-    from aivc.cli import _console, _print_json, run_command
 
     def body() -> int:
         from aivc.embeddings.importer import import_embeddings
@@ -126,7 +119,6 @@ def pca(
     debug: DebugOpt = False,
 ) -> None:
     """PCA baseline cell UR over the current lake (log-normalized counts, streamed)."""
-    from aivc.cli import _console, _print_json, run_command
 
     def body() -> int:
         from aivc.embeddings.pca import PcaParams, embed_pca

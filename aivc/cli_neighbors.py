@@ -13,9 +13,10 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-LakeOpt = Annotated[Optional[str], typer.Option("--lake", help="Lake folder (default $AIVC_LAKE, else ./lake).")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
-DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")]
+from aivc.cli_common import DebugOpt, JsonOpt, LakeOpt, run_command
+from aivc.cli_common import console as _console
+from aivc.cli_common import err_console as _err_console
+from aivc.cli_common import print_json as _print_json
 
 _META_BATCH = 1000
 
@@ -114,7 +115,6 @@ def find(
 def _print_table(out: dict[str, Any]) -> None:
     from rich.table import Table
 
-    from aivc.cli import _console
 
     how = "exact"
     if out["index"] is not None:
@@ -147,7 +147,6 @@ def register(app: typer.Typer) -> None:
         debug: DebugOpt = False,
     ) -> None:
         """Nearest neighbours (cosine) of one stored vector, with cell metadata."""
-        from aivc.cli import _err_console, _print_json, run_command
 
         def body() -> int:
             from aivc.progress import make_progress

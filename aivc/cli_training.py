@@ -11,9 +11,9 @@ import typer
 train_app = typer.Typer(help="Train scale models on the lake with Ray Train and register them.", no_args_is_help=True)
 models_app = typer.Typer(help="Registered models: NAME@VERSION under <lake>/models/.", no_args_is_help=True)
 
-LakeOpt = Annotated[Optional[str], typer.Option("--lake", help="Lake folder (default $AIVC_LAKE, else ./lake).")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
-DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")]
+from aivc.cli_common import DebugOpt, JsonOpt, LakeOpt, print_table, run_command
+from aivc.cli_common import console as _console
+from aivc.cli_common import print_json as _print_json
 
 
 def _fmt(v: Any) -> str:
@@ -41,7 +41,6 @@ def cell_vae(
     debug: DebugOpt = False,
 ) -> None:
     """Train the cell-vae baseline (NB VAE with batch covariate) and register it as NAME@VERSION."""
-    from aivc.cli import _console, _print_json, run_command
 
     def body() -> int:
         from aivc.store.lake import Lake
@@ -96,7 +95,6 @@ def _summary(r: Any) -> dict[str, Any]:
 @models_app.command("list")
 def list_(lake: LakeOpt = None, json_: JsonOpt = False, debug: DebugOpt = False) -> None:
     """List registered model versions."""
-    from aivc.cli import _console, _print_json, run_command
 
     def body() -> int:
         from aivc.store.lake import Lake
@@ -106,14 +104,8 @@ def list_(lake: LakeOpt = None, json_: JsonOpt = False, debug: DebugOpt = False)
         if json_:
             _print_json(rows)
             return 0
-        from rich.table import Table
-
-        t = Table(title="models")
-        for c in ("ref", "model_type", "n_genes", "latent_dim", "datasets", "epochs", "validation_loss", "created_at"):
-            t.add_column(c)
-        for r in rows:
-            t.add_row(r["ref"], r["model_type"], str(r["n_genes"]), str(r["latent_dim"]), ", ".join(r["datasets"]), str(r["epochs"]), _fmt(r["validation_loss"]), r["created_at"])
-        _console().print(t)
+        cols = ("ref", "model_type", "n_genes", "latent_dim", "datasets", "epochs", "validation_loss", "created_at")
+        print_table(cols, [(r["ref"], r["model_type"], r["n_genes"], r["latent_dim"], ", ".join(r["datasets"]), r["epochs"], _fmt(r["validation_loss"]), r["created_at"]) for r in rows], title="models")
         return 0
 
     run_command(json_, debug, body)
@@ -127,7 +119,6 @@ def show(
     debug: DebugOpt = False,
 ) -> None:
     """Show one model version's record: config, genes, encodings, metrics, lineage."""
-    from aivc.cli import _console, _print_json, run_command
 
     def body() -> int:
         from aivc.store.lake import Lake

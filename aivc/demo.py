@@ -110,7 +110,7 @@ def build_pbmc_submissions(workdir: str | Path) -> list[tuple[Path, Path]]:
 def run_demo(lake_path: str | None, *, workdir: str | None = None, json_mode: bool = False) -> dict[str, Any]:
     """Run the demo; print a human summary unless ``json_mode``; return a summary dict."""
     from rich.console import Console
-    from rich.table import Table
+    from aivc.cli_common import print_table
 
     from aivc.ingest.submission import submit
     from aivc.progress import make_progress
@@ -136,24 +136,19 @@ def run_demo(lake_path: str | None, *, workdir: str | None = None, json_mode: bo
         for w in res.warnings[:3]:
             con.print(f"  [yellow]warning[/] [{w.code}] {w.message}", highlight=False)
     cat = Catalog(lake)
-    table = Table(title="catalog")
-    for c in ("dataset", "version", "title", "n_cells", "n_genes", "access", "committed_at"):
-        table.add_column(c)
-    for v in cat.all_versions():
-        table.add_row(v.dataset_id, str(v.version), v.title, str(v.n_cells), str(v.n_genes), v.access, v.committed_at)
-    con.print(table)
+    print_table(
+        ("dataset", "version", "title", "n_cells", "n_genes", "access", "committed_at"),
+        [(v.dataset_id, v.version, v.title, v.n_cells, v.n_genes, v.access, v.committed_at) for v in cat.all_versions()],
+        title="catalog",
+        out=con,
+    )
     sql = (
         "SELECT cell_type, cell_type_ontology_term_id, count(*) AS n_cells, round(median(n_counts)) AS median_counts "
         "FROM cells WHERE dataset_id = 'pbmc68k-part1' GROUP BY ALL ORDER BY n_cells DESC"
     )
     res = query(lake, sql)
     con.print(f"[bold]aivc sql[/] \"{sql}\"", highlight=False)
-    t = Table()
-    for c in res.columns:
-        t.add_column(c)
-    for r in res.rows:
-        t.add_row(*(str(x) for x in r))
-    con.print(t)
+    print_table(res.columns, res.rows, out=con)
     summary["sql"] = {"query": sql, "rows": res.to_dicts()}
     summary["datasets"] = [v.to_record() for v in cat.current()]
     summary["embeddings"] = _demo_embeddings(lake, con, json_mode)
@@ -162,7 +157,7 @@ def run_demo(lake_path: str | None, *, workdir: str | None = None, json_mode: bo
 
 def _demo_embeddings(lake: Any, con: Any, json_mode: bool) -> dict[str, Any]:
     """Publish a PCA cell UR over the lake and query its nearest neighbours in SQL."""
-    from rich.table import Table
+    from aivc.cli_common import print_table
 
     from aivc.embeddings.pca import PcaParams, embed_pca
     from aivc.embeddings.sql import query as equery
@@ -183,12 +178,7 @@ def _demo_embeddings(lake: Any, con: Any, json_mode: bool) -> dict[str, Any]:
     )
     res = equery(lake, sql)
     con.print(f"[bold]aivc sql[/] \"{sql}\"", highlight=False)
-    t = Table()
-    for c in res.columns:
-        t.add_column(c)
-    for r in res.rows:
-        t.add_row(*(str(x) for x in r))
-    con.print(t)
+    print_table(res.columns, res.rows, out=con)
     same = sum(1 for r in res.rows if r[1] == "B cell")
     con.print(f"{same} of the 10 nearest neighbours of B cell {first_b} are labelled B cell (labelled cells are in part 1 only).", highlight=False)
     return {"version": v.ref, "metrics": v.metrics, "neighbors_query": sql, "neighbors": res.to_dicts(), "same_label": same}

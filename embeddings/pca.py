@@ -91,6 +91,9 @@ def embed_pca(
 ) -> EmbeddingVersion:
     """Compute and publish a PCA cell UR version; returns its record."""
     progress = progress or NullProgress()
+    for name_, value in (("--n-components", params.n_components), ("--n-top-genes", params.n_top_genes), ("--chunk-rows", params.chunk_rows)):
+        if value < 1:
+            raise UsageError(f"{name_} must be at least 1, got {value}", where=name_)
     versions = _select_versions(lake, organism, datasets)
     org = versions[0].organism_name
     cat = Catalog(lake)

@@ -289,13 +289,13 @@ class EmbeddingWriter:
         con = duckdb.connect()
         try:
             row = con.execute(
-                "SELECT id, count(*) FROM read_parquet(?) GROUP BY id HAVING count(*) > 1 ORDER BY id LIMIT 1", [files]
+                "SELECT id, n, count(*) OVER () FROM (SELECT id, count(*) AS n FROM read_parquet(?) GROUP BY id HAVING count(*) > 1) ORDER BY id LIMIT 1",
+                [files],
             ).fetchone()
-            n = con.execute("SELECT count(*) FROM (SELECT id FROM read_parquet(?) GROUP BY id HAVING count(*) > 1)", [files]).fetchone()[0] if row else 0
         finally:
             con.close()
         if row:
-            raise EmbeddingError(f"{n} ids occur more than once, e.g. {row[0]!r} ({row[1]} times); ids must be unique", where="id")
+            raise EmbeddingError(f"{row[2]} ids occur more than once, e.g. {row[0]!r} ({row[1]} times); ids must be unique", where="id")
 
     def commit(self, metrics: dict[str, Any] | None = None) -> EmbeddingVersion:
         """Publish the version atomically; returns its record."""

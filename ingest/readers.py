@@ -9,7 +9,7 @@ matrices), so memory stays bounded whatever the file size.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -61,6 +61,7 @@ class SubmittedData:
     counts: MatrixHandle
     obsm_keys: tuple[str, ...]
     _store: Any
+    _obsm_cache: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def n_obs(self) -> int:
@@ -77,6 +78,9 @@ class SubmittedData:
             yield start, self.counts.rows(start, min(n, start + chunk_rows))
 
     def read_obsm(self, key: str) -> np.ndarray:
+        """One submitted embedding, read once and kept (validation, hashing and commit all use it)."""
+        if key in self._obsm_cache:
+            return self._obsm_cache[key]
         from anndata.io import read_elem
 
         value = read_elem(self._store["obsm"][key])
@@ -84,7 +88,8 @@ class SubmittedData:
             value = value.toarray()
         if isinstance(value, pd.DataFrame):
             value = value.to_numpy()
-        return np.asarray(value)
+        self._obsm_cache[key] = np.asarray(value)
+        return self._obsm_cache[key]
 
     def close(self) -> None:
         close = getattr(self._store, "close", None)

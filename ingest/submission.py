@@ -158,6 +158,8 @@ def validate_submission(
         If the data or manifest file does not exist.
     """
     progress = progress or NullProgress()
+    if chunk_rows < 1:
+        raise UsageError(f"chunk size must be at least 1 row, got {chunk_rows}", where="--chunk-rows")
     report = ValidationReport(submission_id or new_submission_id(), str(data_path), str(manifest_path))
     if not Path(manifest_path).is_file():
         raise UsageError(f"manifest file not found: {manifest_path}", where=str(manifest_path))

@@ -228,13 +228,10 @@ def read_var(uri: str, high_water: int) -> pd.DataFrame:
 
 def read_rows(uri: str, high_water: int, obs_joinids: np.ndarray, var_joinids: np.ndarray) -> sp.csr_matrix:
     """Raw counts for the given cells and genes, as CSR in the order given."""
-    import tiledbsoma
-
     with open_experiment(uri, high_water) as exp:
         X = exp.ms[MEASUREMENT].X[X_LAYER]
         tbl = X.read(coords=(obs_joinids, var_joinids)).tables().concat()
     rows = pd.Index(obs_joinids).get_indexer(tbl["soma_dim_0"].to_numpy())
     cols = pd.Index(var_joinids).get_indexer(tbl["soma_dim_1"].to_numpy())
     data = tbl["soma_data"].to_numpy()
-    _ = tiledbsoma  # imported for side effects of open
     return sp.csr_matrix((data, (rows, cols)), shape=(len(obs_joinids), len(var_joinids)), dtype=np.float32)

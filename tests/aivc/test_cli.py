@@ -117,3 +117,17 @@ def test_missing_lake_is_a_clear_error(tmp_path):
     p = cli("datasets", "--lake", str(tmp_path / "nope"))
     assert p.returncode == 2
     assert "aivc init" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_bad_numeric_options_are_usage_errors(tmp_path, write_submission):
+    h5, mf = write_submission()
+    p = cli("validate", str(h5), "--manifest", str(mf), "--chunk-rows", "0")
+    assert p.returncode == 2
+    assert "--chunk-rows" in p.stderr and "at least 1" in p.stderr and "Traceback" not in p.stderr
+    lake = tmp_path / "lake"
+    cli("init", "--lake", str(lake))
+    before = lake_snapshot(lake)
+    q = cli("embed", "pca", "--n-components", "0", "--lake", str(lake), "--json")
+    assert q.returncode == 2
+    assert json.loads(q.stdout)["errors"][0]["where"] == "--n-components"
+    assert lake_snapshot(lake) == before

@@ -31,7 +31,7 @@ import json
 import os
 import re
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,6 +39,7 @@ import numpy as np
 
 from aivc.errors import AivcError, NotFoundError, UsageError
 from aivc.store.lake import Lake, _fsync_dir, write_json_atomic
+from aivc.store.records import dump_record, load_record
 
 Entity = Literal["cell", "gene", "niche"]
 ENTITIES: tuple[str, ...] = ("cell", "gene", "niche")
@@ -84,17 +85,11 @@ class EmbeddingVersion:
         return f"{self.entity}_{self.name}"
 
     def to_record(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["partitions"] = list(self.partitions)
-        return {"schema_name": RECORD_SCHEMA, "schema_version": 1, **d}
+        return dump_record(self, RECORD_SCHEMA)
 
     @classmethod
     def from_record(cls, d: dict[str, Any]) -> EmbeddingVersion:
-        if d.get("schema_name") != RECORD_SCHEMA or int(d.get("schema_version", 0)) != 1:
-            raise AivcError(f"unknown embedding record format {d.get('schema_name')}/{d.get('schema_version')}")
-        d = {k: v for k, v in d.items() if k not in ("schema_name", "schema_version")}
-        d["partitions"] = tuple(d.get("partitions", ()))
-        return cls(**d)
+        return load_record(cls, d, RECORD_SCHEMA)
 
 
 def parse_ref(ref: str) -> tuple[str, str, int | None]:

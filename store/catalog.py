@@ -13,12 +13,13 @@ import datetime as dt
 import json
 import os
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from aivc.errors import LakeError, NotFoundError, UsageError
 from aivc.store.lake import Lake, _fsync_dir, write_json_atomic
+from aivc.store.records import dump_record, load_record
 
 RECORD_SCHEMA = "aivc.dataset_version"
 _RECORD = re.compile(r"^v(\d{6})\.json$")
@@ -56,17 +57,11 @@ class DatasetVersion:
         return f"{self.dataset_id}@{self.version}"
 
     def to_record(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["obsm_keys"] = list(self.obsm_keys)
-        return {"schema_name": RECORD_SCHEMA, "schema_version": 1, **d}
+        return dump_record(self, RECORD_SCHEMA)
 
     @classmethod
     def from_record(cls, d: dict[str, Any]) -> DatasetVersion:
-        if d.get("schema_name") != RECORD_SCHEMA or int(d.get("schema_version", 0)) != 1:
-            raise LakeError(f"unknown dataset record format {d.get('schema_name')}/{d.get('schema_version')}")
-        d = {k: v for k, v in d.items() if k not in ("schema_name", "schema_version")}
-        d["obsm_keys"] = tuple(d.get("obsm_keys", ()))
-        return cls(**d)
+        return load_record(cls, d, RECORD_SCHEMA, error=LakeError)
 
 
 def parse_ref(ref: str) -> tuple[str, int | None]:

@@ -31,12 +31,13 @@ import json
 import os
 import re
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from aivc.errors import NotFoundError, UsageError
 from aivc.store.lake import Lake, _fsync_dir, utcnow, write_json_atomic
+from aivc.store.records import dump_record, load_record
 from aivc.training.errors import ModelError
 
 MODEL_SCHEMA = "aivc.model"
@@ -70,19 +71,11 @@ class ModelRecord:
         return f"{self.name}@{self.version}"
 
     def to_record(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["gene_ids"] = list(self.gene_ids)
-        d["history"] = list(self.history)
-        return {"schema_name": MODEL_SCHEMA, "schema_version": 1, **d}
+        return dump_record(self, MODEL_SCHEMA)
 
     @classmethod
     def from_record(cls, d: dict[str, Any]) -> ModelRecord:
-        if d.get("schema_name") != MODEL_SCHEMA or int(d.get("schema_version", 0)) != 1:
-            raise ModelError(f"unknown model record format {d.get('schema_name')}/{d.get('schema_version')}")
-        d = {k: v for k, v in d.items() if k not in ("schema_name", "schema_version")}
-        d["gene_ids"] = tuple(d.get("gene_ids", ()))
-        d["history"] = tuple(d.get("history", ()))
-        return cls(**d)
+        return load_record(cls, d, MODEL_SCHEMA, error=ModelError)
 
 
 def models_root(lake: Lake) -> Path:

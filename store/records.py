@@ -1,0 +1,42 @@
+"""Self-describing JSON records: every record aivc writes names its schema and version.
+
+Dataset versions, embedding versions and models are frozen dataclasses stored as JSON
+with ``schema_name`` / ``schema_version`` first; readers check both before building the
+object, so an old lake is read knowingly (the anndata habit of encoding-type/version).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, TypeVar
+
+from aivc.errors import AivcError
+
+T = TypeVar("T")
+
+
+def dump_record(obj: Any, schema_name: str, schema_version: int = 1) -> dict[str, Any]:
+    """``obj`` (a dataclass) as a JSON-ready dict headed by its schema name and version."""
+    body = dataclasses.asdict(obj)
+    return {"schema_name": schema_name, "schema_version": schema_version, **{k: list(v) if isinstance(v, tuple) else v for k, v in body.items()}}
+
+
+def load_record(
+    cls: type[T],
+    data: dict[str, Any],
+    schema_name: str,
+    schema_version: int = 1,
+    error: type[AivcError] = AivcError,
+    where: str = "",
+) -> T:
+    """Build ``cls`` from a record written by :func:`dump_record`, checking its schema.
+
+    Fields annotated as tuples come back as tuples (JSON stores them as lists).
+    """
+    if data.get("schema_name") != schema_name or int(data.get("schema_version", 0)) != schema_version:
+        raise error(f"unknown record format {data.get('schema_name')}/{data.get('schema_version')}, expected {schema_name}/{schema_version}", where=where)
+    body = {k: v for k, v in data.items() if k not in ("schema_name", "schema_version")}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name in body and str(f.type).startswith("tuple") and isinstance(body[f.name], list):
+            body[f.name] = tuple(body[f.name])
+    return cls(**body)

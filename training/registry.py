@@ -197,12 +197,13 @@ def load_model(lake: Lake, ref: str) -> tuple[Any, ModelRecord]:
 
     rec = get_model(lake, ref)
     path = version_dir(lake, rec.name, rec.version) / rec.weights
-    if rec.model_type == "cell-vae":
-        from aivc.training.models.cell_vae import CellVAE
+    from aivc.training.models import model_class
 
-        module = CellVAE(**rec.init)
-    else:
-        raise ModelError(f"model {rec.ref} has type {rec.model_type!r}, which this aivc cannot load; upgrade aivc", where=rec.ref)
+    try:
+        cls = model_class(rec.model_type)
+    except KeyError:
+        raise ModelError(f"model {rec.ref} has type {rec.model_type!r}, which this aivc cannot load; upgrade aivc", where=rec.ref) from None
+    module = cls(**rec.init)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         module.load_state_dict(state)

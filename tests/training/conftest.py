@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 
 import pytest
 
@@ -30,18 +29,6 @@ def train_lake(tmp_path_factory: pytest.TempPathFactory, human_genes):  # noqa: 
         mf.write_text(yaml.safe_dump(base_manifest(name), sort_keys=False))
         assert submit(lake, h5, mf).status == "committed"
     return lake
-
-
-@pytest.fixture(scope="session")
-def ray_session() -> Iterator[None]:
-    """A local Ray for the whole test session (2 CPUs, no dashboard, small object store)."""
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024**2, log_to_driver=False, configure_logging=False)
-    try:
-        yield
-    finally:
-        ray.shutdown()
 
 
 @pytest.fixture

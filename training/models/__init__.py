@@ -1,7 +1,30 @@
-"""Scale models: pure ``torch.nn.Module``s taking ``dict[str, Tensor]`` batches."""
+"""Scale models: pure ``torch.nn.Module``s taking ``dict[str, Tensor]`` batches.
+
+Every model type registered here has ``embed(batch) -> Tensor`` (one UR per cell, eval
+mode, no gradients) and a class attribute ``gene_tokens``: ``False`` when its input is a
+fixed gene vector (the registered ``gene_ids``, in order), ``True`` when it reads genes
+as tokens through a gene table that can be replaced at apply time
+(``set_gene_table(vectors)``), so data with genes it never saw still embeds.
+"""
 
 from __future__ import annotations
 
-MODEL_TYPES: tuple[str, ...] = ("cell-vae",)
+from typing import Any
 
-__all__ = ["MODEL_TYPES"]
+MODEL_TYPES: tuple[str, ...] = ("cell-vae", "cell-transformer")
+
+
+def model_class(model_type: str) -> Any:
+    """The ``torch.nn.Module`` class of a registered model type (imported on demand)."""
+    if model_type == "cell-vae":
+        from aivc.training.models.cell_vae import CellVAE
+
+        return CellVAE
+    if model_type == "cell-transformer":
+        from aivc.training.models.cell_transformer import CellTransformer
+
+        return CellTransformer
+    raise KeyError(model_type)
+
+
+__all__ = ["MODEL_TYPES", "model_class"]

@@ -1,4 +1,10 @@
-"""CLI for the feature store: ``aivc features list|show|import`` and ``aivc embed pca``."""
+"""CLI for the feature store: ``aivc features list|show|import`` and ``aivc embed``.
+
+``aivc embed`` computes URs over the lake and publishes them as embedding versions:
+``aivc embed pca`` (baseline cell URs), ``aivc embed coexpr`` (gene URs from
+co-expression) and ``aivc embed MODEL@VERSION`` (a registered model, as a Ray Data job;
+the same as ``aivc embed model MODEL@VERSION``).
+"""
 
 from __future__ import annotations
 
@@ -6,9 +12,25 @@ import json
 from typing import Annotated, Any, Optional
 
 import typer
+from typer.core import TyperGroup
 
 features_app = typer.Typer(help="Versioned Universal Representations (embeddings) in the feature store.", no_args_is_help=True)
-embed_app = typer.Typer(help="Compute URs over the lake and publish them as embedding versions.", no_args_is_help=True)
+
+
+class _EmbedGroup(TyperGroup):
+    """``aivc embed NAME@VERSION`` runs ``aivc embed model NAME@VERSION``."""
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        if args and not args[0].startswith("-") and args[0] not in self.commands:
+            args = ["model", *args]
+        return super().resolve_command(ctx, args)
+
+
+embed_app = typer.Typer(
+    cls=_EmbedGroup,
+    help="Compute URs over the lake and publish them as embedding versions: `aivc embed pca`, `aivc embed coexpr`, `aivc embed MODEL@VERSION`.",
+    no_args_is_help=True,
+)
 
 from aivc.cli_common import DebugOpt, JsonOpt, LakeOpt, print_table, run_command
 from aivc.cli_common import console as _console
@@ -147,6 +169,81 @@ def pca(
         return 0
 
     run_command(json_, debug, body)
+
+
+@embed_app.command("coexpr")
+def coexpr(
+    name: Annotated[str, typer.Option("--name", help="Embedding name (gene:NAME).")] = "coexpr",
+    dim: Annotated[int, typer.Option("--dim", help="Dimensions of the gene URs.")] = 32,
+    n_top_genes: Annotated[int, typer.Option("--n-top-genes", help="Most variable genes embedded.")] = 2000,
+    organism: Annotated[Optional[str], typer.Option("--organism", help="homo_sapiens or mus_musculus (needed if the lake has both).")] = None,
+    datasets: Annotated[Optional[str], typer.Option("--datasets", help="Comma-separated DATASET[@VERSION] (default: all current).")] = None,
+    lake: LakeOpt = None,
+    json_: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Molecular-scale gene URs from co-expression across the lake's datasets."""
+
+    def body() -> int:
+        from aivc.embeddings.gene_coexpr import embed_gene_coexpression
+        from aivc.progress import make_progress
+        from aivc.store.lake import Lake
+
+        progress = make_progress(json_)
+        try:
+            v = embed_gene_coexpression(Lake.open(lake), name=name, organism=organism, datasets=_split(datasets), dim=dim, n_top_genes=n_top_genes, progress=progress)
+        finally:
+            progress.close()
+        if json_:
+            _print_json({"status": "published", **_summary(v), "metrics": v.metrics})
+        else:
+            _console().print(f"published {v.ref}: {v.n_rows} genes x {v.dim} dims (SQL view {v.view_name})", highlight=False)
+        return 0
+
+    run_command(json_, debug, body)
+
+
+@embed_app.command("model")
+def model(
+    ref: Annotated[str, typer.Argument(help="A registered model, NAME[@VERSION] (e.g. cell-vae@1; latest when no version).")],
+    datasets: Annotated[Optional[str], typer.Option("--datasets", help="Comma-separated DATASET[@VERSION] (default: all current datasets of the model's organism).")] = None,
+    name: Annotated[Optional[str], typer.Option("--name", help="Embedding name (default: the model name with - as _).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Cells per forward pass.")] = 1024,
+    actors: Annotated[Optional[int], typer.Option("--actors", help="Ray Data actors (default: one per CPU).")] = None,
+    min_gene_overlap: Annotated[float, typer.Option("--min-gene-overlap", help="Smallest fraction of the model's genes a dataset must have measured.")] = 0.5,
+    ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster address (default: start Ray locally).")] = None,
+    lake: LakeOpt = None,
+    json_: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Apply a registered model to the lake's cells (Ray Data) and publish cell URs."""
+
+    def body() -> int:
+        from aivc.progress import make_progress
+        from aivc.store.lake import Lake
+        from aivc.training.embed import embed_model
+
+        progress = make_progress(json_)
+        try:
+            v = embed_model(
+                Lake.open(lake), ref, datasets=_split(datasets), name=name, batch_size=batch_size, actors=actors,
+                ray_address=ray_address, min_gene_overlap=min_gene_overlap, progress=progress,
+            )
+        finally:
+            progress.close()
+        masked = {d: o.get("masked", 0) for d, o in v.lineage.get("gene_overlap", {}).items() if o.get("masked")}
+        if json_:
+            _print_json({"status": "published", **_summary(v), "lineage": v.lineage, "metrics": v.metrics})
+        else:
+            note = "; masked unmeasured genes: " + ", ".join(f"{d} {n}" for d, n in masked.items()) if masked else ""
+            _console().print(f"published {v.ref} from {v.lineage['model']}: {v.n_rows} cells x {v.dim} dims (SQL view {v.view_name}){note}", highlight=False)
+        return 0
+
+    run_command(json_, debug, body)
+
+
+def _split(items: str | None) -> list[str] | None:
+    return [d.strip() for d in items.split(",") if d.strip()] if items else None
 
 
 def register(app: typer.Typer) -> None:

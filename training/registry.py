@@ -209,5 +209,25 @@ def load_model(lake: Lake, ref: str) -> tuple[Any, ModelRecord]:
         module.load_state_dict(state)
     except (OSError, RuntimeError) as exc:
         raise ModelError(f"weights of {rec.ref} are unreadable or do not fit the model ({str(exc).splitlines()[0]})", where=str(path)) from None
+    if getattr(cls, "gene_tokens", False):
+        _set_training_gene_table(lake, module, rec)
     module.eval()
     return module, rec
+
+
+def _set_training_gene_table(lake: Lake, module: Any, rec: ModelRecord) -> None:
+    """Give a gene-token model the molecular URs of the genes it was trained on."""
+    import numpy as np
+    import torch
+
+    from aivc.embeddings.store import read_vectors
+
+    ref = rec.lineage.get("gene_ur")
+    if not ref:
+        raise ModelError(f"model {rec.ref} records no gene UR version (lineage.gene_ur)", where=rec.ref)
+    ids, vecs = read_vectors(lake, ref, ids=list(rec.gene_ids))
+    row = {g: i for i, g in enumerate(ids.column("id").to_pylist())}
+    missing = [g for g in rec.gene_ids if g not in row]
+    if missing:
+        raise ModelError(f"gene UR version {ref} of model {rec.ref} lacks {len(missing)} of its genes (e.g. {missing[0]})", where=ref)
+    module.set_gene_table(torch.from_numpy(np.ascontiguousarray(vecs[[row[g] for g in rec.gene_ids]], dtype=np.float32)))

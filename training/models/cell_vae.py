@@ -83,7 +83,14 @@ class CellVAE(nn.Module):
         self.log_theta = nn.Parameter(torch.zeros(n_genes))
 
     def _onehot(self, batch: Tensor) -> Tensor:
-        return F.one_hot(batch.long(), self.n_batches).to(torch.float32)
+        """One-hot batch codes; code ``-1`` (a dataset the model never saw) is the average
+        of all training batches (``1 / n_batches`` each), not any one of them."""
+        b = batch.long()
+        out = F.one_hot(b.clamp(min=0), self.n_batches).to(torch.float32)
+        unknown = b < 0
+        if bool(unknown.any()):
+            out[unknown] = 1.0 / self.n_batches
+        return out
 
     def encode(self, x: Tensor, batch: Tensor) -> tuple[Tensor, Tensor]:
         h = self.encoder(torch.cat([torch.log1p(x), self._onehot(batch)], dim=-1))

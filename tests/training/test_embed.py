@@ -1,0 +1,148 @@
+"""`aivc embed MODEL@VERSION`: a Ray Data job whose published vectors equal the model applied
+directly, with explicit handling of genes the data did not measure."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from aivc.errors import UsageError
+from aivc.embeddings.store import list_versions, read_vectors
+from aivc.store import soma_io
+from aivc.store.catalog import Catalog
+from aivc.training.models.cell_vae import CellVAE
+from aivc.training.registry import load_model, register_model
+
+
+def _lake_genes(lake, dataset_ids):  # noqa: ANN001, ANN202
+    cat = Catalog(lake)
+    out = {}
+    for d in dataset_ids:
+        v = cat.get(d)
+        out[d] = pd.read_parquet(cat.artifacts_path(v) / "genes.parquet", columns=["gene_id", "soma_joinid"])
+    return out
+
+
+def _register_vae(lake, gene_ids, batches, name="tiny-vae", seed=0):  # noqa: ANN001, ANN202
+    torch.manual_seed(seed)
+    init = {"n_genes": len(gene_ids), "n_batches": len(batches), "latent_dim": 4, "hidden_dim": 16, "n_layers": 1, "dropout": 0.1}
+    m = CellVAE(**init)
+    # a real (random) encoder: make the batch covariate matter so the test sees it
+    return register_model(
+        lake, name, model_type="cell-vae", state_dict=m.state_dict(), init=init, config={}, gene_ids=list(gene_ids),
+        encodings={"batch": list(batches)}, metrics={}, lineage={"organism": "homo_sapiens", "datasets": [f"{b}@1" for b in batches]},
+    )
+
+
+def _direct(lake, rec, dataset_id):  # noqa: ANN001, ANN202
+    """The model applied by hand: counts of the model's genes (0 and masked when unmeasured),
+    the dataset's own batch code or the training-batch average."""
+    module, _ = load_model(lake, rec.ref)
+    cat = Catalog(lake)
+    v = cat.get(dataset_id)
+    cells = pd.read_parquet(cat.artifacts_path(v) / "cells.parquet", columns=["obs_id", "soma_joinid"]).sort_values("soma_joinid")
+    genes = _lake_genes(lake, [dataset_id])[dataset_id].set_index("gene_id")["soma_joinid"]
+    cols = [g for g in rec.gene_ids if g in genes.index]
+    X = soma_io.read_rows(lake.soma_uri("homo_sapiens"), cat.high_water("homo_sapiens"), cells["soma_joinid"].to_numpy(), genes[cols].to_numpy()).toarray()
+    x = np.zeros((len(cells), len(rec.gene_ids)), np.float32)
+    pos = [rec.gene_ids.index(g) for g in cols]
+    x[:, pos] = X
+    mask = np.zeros_like(x, dtype=bool)
+    mask[:, pos] = True
+    b = rec.encodings["batch"].index(dataset_id) if dataset_id in rec.encodings["batch"] else -1
+    batch = {"x": torch.from_numpy(x), "mask": torch.from_numpy(mask), "batch": torch.full((len(x),), b, dtype=torch.long)}
+    return cells["obs_id"].to_numpy(), module.embed(batch).numpy()
+
+
+def _published(lake, ref, dataset_id):  # noqa: ANN001, ANN202
+    tbl, vec = read_vectors(lake, ref, datasets={dataset_id})
+    return dict(zip(tbl.column("id").to_pylist(), vec, strict=True))
+
+
+def test_published_vectors_equal_model_applied_directly(train_lake, ray_session):  # noqa: ANN001
+    from aivc.training.embed import embed_model
+
+    genes = _lake_genes(train_lake, ["synth-a", "synth-b"])
+    union = sorted(set(genes["synth-a"]["gene_id"]) | set(genes["synth-b"]["gene_id"]))
+    rec = _register_vae(train_lake, union, ["synth-a", "synth-b"], name="embed-direct")
+    v = embed_model(train_lake, rec.ref, chunk_rows=17, batch_size=8, actors=2)
+
+    assert v.ref == "cell:embed_direct@1" and v.n_rows == 100 and v.dim == 4
+    assert v.source["kind"] == "model" and v.lineage["model"] == rec.ref
+    assert v.lineage["datasets"] == ["synth-a@1", "synth-b@1"]
+    # synth-b did not measure 10 of the union genes: masked, recorded
+    assert v.lineage["gene_overlap"]["synth-b"]["masked"] == 10
+    assert v.lineage["gene_overlap"]["synth-a"]["masked"] == 0
+    assert v.lineage["batch_encoding"] == {"synth-a": "own", "synth-b": "own"}
+    for ds in ("synth-a", "synth-b"):
+        ids, direct = _direct(train_lake, rec, ds)
+        pub = _published(train_lake, v.ref, ds)
+        assert sorted(pub) == sorted(ids)
+        got = np.stack([pub[i] for i in ids])
+        np.testing.assert_allclose(got, direct, rtol=1e-5, atol=1e-5)
+    # the two datasets really are embedded differently (batch covariate and data)
+    assert not np.allclose(np.stack(list(_published(train_lake, v.ref, "synth-a").values())).mean(0), np.stack(list(_published(train_lake, v.ref, "synth-b").values())).mean(0))
+
+
+def test_unseen_dataset_gets_average_batch_and_masked_genes(lake, write_submission, ray_session):  # noqa: ANN001
+    from aivc.ingest.submission import submit
+    from aivc.training.embed import embed_model
+
+    assert submit(lake, *write_submission(dataset_id="train-a")).status == "committed"
+    genes = _lake_genes(lake, ["train-a"])["train-a"]["gene_id"].tolist()
+    rec = _register_vae(lake, genes, ["train-a"], name="avg-vae")
+    # a new dataset that lacks 30 of the model's 120 genes (75% overlap)
+    h5, mf = write_submission(mutate=lambda a: a[:, 30:].copy(), dataset_id="new-b", seed=3)
+    assert submit(lake, h5, mf).status == "committed"
+
+    v = embed_model(lake, rec.ref, datasets=["new-b"])
+    assert v.lineage["batch_encoding"] == {"new-b": "average"}
+    assert v.lineage["gene_overlap"]["new-b"]["masked"] == 30
+    ids, direct = _direct(lake, rec, "new-b")
+    pub = _published(lake, v.ref, "new-b")
+    np.testing.assert_allclose(np.stack([pub[i] for i in ids]), direct, rtol=1e-5, atol=1e-5)
+
+
+def test_too_few_overlapping_genes_is_a_clear_error_and_publishes_nothing(lake, write_submission, ray_session):  # noqa: ANN001
+    from aivc.ingest.submission import submit
+    from aivc.training.embed import embed_model
+
+    assert submit(lake, *write_submission(dataset_id="train-a")).status == "committed"
+    genes = _lake_genes(lake, ["train-a"])["train-a"]["gene_id"].tolist()
+    rec = _register_vae(lake, genes, ["train-a"], name="strict-vae")
+    h5, mf = write_submission(mutate=lambda a: a[:, 100:].copy(), dataset_id="tiny-c", seed=5)  # 20 of 120 genes
+    assert submit(lake, h5, mf).status == "committed"
+    before = list_versions(lake)
+    with pytest.raises(UsageError) as ei:
+        embed_model(lake, rec.ref, datasets=["tiny-c"])
+    assert ei.value.code == "GENE_OVERLAP"
+    assert "tiny-c@1 measured 20 of the 120 genes" in str(ei.value) and "17%" in str(ei.value)
+    assert list_versions(lake) == before
+    # asking for less overlap embeds it, with the 100 missing genes masked
+    v = embed_model(lake, rec.ref, datasets=["tiny-c"], min_gene_overlap=0.1)
+    assert v.lineage["gene_overlap"]["tiny-c"] == {"genes_used": 20, "genes_model": 120, "fraction": round(20 / 120, 4), "masked": 100}
+
+
+def test_cli_embed_model_ref_and_errors(train_lake, ray_session):  # noqa: ANN001
+    from aivc.cli import app
+
+    genes = _lake_genes(train_lake, ["synth-a"])["synth-a"]["gene_id"].tolist()
+    rec = _register_vae(train_lake, genes, ["synth-a"], name="cli-vae")
+    runner = CliRunner()
+    res = runner.invoke(app, ["embed", rec.ref, "--datasets", "synth-a", "--lake", str(train_lake.root), "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["status"] == "published" and out["ref"] == "cell:cli_vae@1" and out["n_rows"] == 60
+    assert out["lineage"]["model"] == rec.ref
+
+    res = runner.invoke(app, ["embed", "no-such-model@3", "--lake", str(train_lake.root)])
+    assert res.exit_code == 1 and "no model 'no-such-model'" in res.output and "Traceback" not in res.output
+    res = runner.invoke(app, ["embed", rec.ref, "--min-gene-overlap", "0", "--lake", str(train_lake.root)])
+    assert res.exit_code == 2 and "--min-gene-overlap must be in (0, 1]" in res.output
+    res = runner.invoke(app, ["embed", "model", rec.ref, "--datasets", "nope", "--lake", str(train_lake.root), "--json"])
+    assert res.exit_code != 0 and json.loads(res.stdout)["status"] == "error"

@@ -1,0 +1,311 @@
+"""Apply a registered model to the lake with Ray Data and publish its cell URs.
+
+``embed_model(lake, "cell-vae@1")`` is the job behind ``aivc embed MODEL@VERSION``:
+
+1. **Cells**: the current versions of the model's organism (or the ``DATASET[@VERSION]``
+   named), read at the lake's committed high-water mark.
+2. **Genes, explicitly**: a fixed-input model (``cell-vae``) reads its registered
+   ``gene_ids`` in order. For each dataset, every model gene the dataset did not measure
+   is *masked* (the model sees it as missing, not as zero); when a dataset measured fewer
+   than ``min_gene_overlap`` of the model's genes the job stops with ``GENE_OVERLAP``
+   naming the dataset, the count and some missing genes. A gene-token model
+   (``cell-transformer``) reads the genes each dataset measured that have a molecular UR
+   in the model's gene UR version, so genes it never saw during training still count;
+   the same overlap rule applies to the fraction of a dataset's genes that have a UR.
+   The overlap per dataset is recorded in the version's lineage.
+3. **Batches**: a dataset the model was trained on keeps its batch code; any other
+   dataset is encoded as the average of the training batches (recorded as ``average``).
+4. **Ray Data**: chunk descriptors become a dataset; ``map_batches`` with
+   ``compute=ActorPoolStrategy(size=actors)`` runs an :class:`_Embedder` actor that loads
+   the model once and, per chunk, reads the counts from SOMA, builds the masked inputs and
+   calls ``module.embed``. The driver streams the results (``preserve_order``) into the
+   feature store's :class:`~aivc.embeddings.store.EmbeddingWriter`, so memory is bounded by
+   the chunks in flight, and publishes ``cell:<name>@N`` with lineage to the model.
+
+The vectors equal ``load_model(...)[0].embed(batch)`` applied directly to the same cells
+(``tests/training/test_embed.py`` checks this).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from aivc.errors import UsageError
+from aivc.progress import NullProgress, Progress
+from aivc.store.catalog import Catalog, DatasetVersion
+from aivc.store.lake import Lake
+
+GENE_OVERLAP = "GENE_OVERLAP"
+
+
+@dataclass(frozen=True)
+class ApplyPlan:
+    """Everything an embedding actor needs, in plain arrays (cheap to ship to Ray)."""
+
+    soma_uri: str
+    high_water: int
+    joinids: np.ndarray  # cells, int64
+    batch: np.ndarray  # per cell: batch code (-1: not a training batch)
+    group: np.ndarray  # per cell: index into masks
+    masks: np.ndarray  # per dataset: bool over columns
+    col_joinids: np.ndarray  # per column: SOMA var joinid, -1 when no chosen dataset measured it
+    gene_ids: tuple[str, ...]  # per column
+    gene_table: np.ndarray | None  # gene-token models: per column gene UR
+
+
+def _select(lake: Lake, organism: str | None, datasets: list[str] | None) -> list[DatasetVersion]:
+    cat = Catalog(lake)
+    chosen = [cat.get(d) for d in datasets] if datasets else [v for v in cat.current() if organism is None or v.organism_name == organism]
+    if not chosen:
+        what = f"datasets of organism {organism!r}" if organism else "committed datasets"
+        raise UsageError(f"the lake has no {what} to embed; submit one first or name --datasets", where="--datasets")
+    wrong = [v for v in chosen if organism is not None and v.organism_name != organism]
+    if wrong:
+        raise UsageError(f"dataset {wrong[0].ref} is {wrong[0].organism_name}, the model was trained on {organism}", where="--datasets")
+    if len({v.organism_name for v in chosen}) > 1:
+        raise UsageError("the chosen datasets are of several organisms; embed one organism at a time", where="--datasets")
+    ids = [v.dataset_id for v in chosen]
+    dup = sorted({i for i in ids if ids.count(i) > 1})
+    if dup:
+        raise UsageError(f"dataset {dup[0]!r} is named twice; embed one version of each dataset", where="--datasets")
+    return sorted(chosen, key=lambda v: v.dataset_id)
+
+
+def _overlap_error(v: DatasetVersion, have: int, of: int, missing: list[str], what: str, min_overlap: float) -> UsageError:
+    some = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+    return UsageError(
+        f"dataset {v.ref} measured {have} of the {of} {what} ({have / max(of, 1):.0%} < --min-gene-overlap {min_overlap:.0%}); missing e.g. {some}",
+        where=v.ref,
+        code=GENE_OVERLAP,
+    )
+
+
+def build_apply_plan(lake: Lake, rec: Any, versions: list[DatasetVersion], *, min_gene_overlap: float, gene_tokens: bool) -> tuple[ApplyPlan, pd.DataFrame, dict[str, Any]]:
+    """Cells, columns, masks and batch codes for applying ``rec`` to ``versions``.
+
+    Returns the plan, the cells (``obs_id, soma_joinid, dataset_id``, plan order) and
+    lineage notes (per-dataset gene overlap and batch encoding).
+    """
+    cat = Catalog(lake)
+    org = versions[0].organism_name
+    hw = cat.high_water(org)
+    assert hw is not None
+    measured = {v.dataset_id: pd.read_parquet(cat.artifacts_path(v) / "genes.parquet", columns=["gene_id", "soma_joinid"]) for v in versions}
+    joinid_of: dict[str, int] = {}
+    for g in measured.values():
+        joinid_of.update(zip(g["gene_id"].astype(str), g["soma_joinid"].astype(np.int64), strict=True))
+    overlap: dict[str, Any] = {}
+    table: np.ndarray | None = None
+    if gene_tokens:
+        from aivc.embeddings.store import read_vectors
+
+        gene_ur = rec.lineage.get("gene_ur")
+        if not gene_ur:
+            raise UsageError(f"model {rec.ref} records no gene UR version (lineage.gene_ur); retrain it", where=rec.ref)
+        union = sorted(joinid_of, key=joinid_of.__getitem__)
+        ids_tbl, vecs = read_vectors(lake, gene_ur, ids=union)
+        have = dict(zip(ids_tbl.column("id").to_pylist(), range(len(vecs)), strict=True))
+        gene_ids = tuple(g for g in union if g in have)
+        table = vecs[[have[g] for g in gene_ids]].astype(np.float32) if gene_ids else np.zeros((0, 1), np.float32)
+        for v in versions:
+            mine = set(measured[v.dataset_id]["gene_id"].astype(str))
+            n_ur = len(mine & set(gene_ids))
+            overlap[v.dataset_id] = {"genes_used": n_ur, "genes_measured": len(mine), "fraction": round(n_ur / max(len(mine), 1), 4)}
+            if n_ur < min_gene_overlap * len(mine) or n_ur == 0:
+                raise _overlap_error(v, n_ur, len(mine), sorted(mine - set(gene_ids)), f"genes it measured that have a molecular UR in {gene_ur}; genes", min_gene_overlap)
+    else:
+        gene_ids = tuple(rec.gene_ids)
+        for v in versions:
+            mine = set(measured[v.dataset_id]["gene_id"].astype(str))
+            missing = [g for g in gene_ids if g not in mine]
+            n = len(gene_ids) - len(missing)
+            overlap[v.dataset_id] = {"genes_used": n, "genes_model": len(gene_ids), "fraction": round(n / max(len(gene_ids), 1), 4), "masked": len(missing)}
+            if n < min_gene_overlap * len(gene_ids) or n == 0:
+                raise _overlap_error(v, n, len(gene_ids), missing, f"genes of model {rec.ref}", min_gene_overlap)
+    col_joinids = np.array([joinid_of.get(g, -1) for g in gene_ids], dtype=np.int64)
+    masks = np.stack([np.isin(col_joinids, measured[v.dataset_id]["soma_joinid"].to_numpy(np.int64)) & (col_joinids >= 0) for v in versions])
+    cells = pd.concat(
+        [pd.read_parquet(cat.artifacts_path(v) / "cells.parquet", columns=["obs_id", "soma_joinid", "dataset_id"]) for v in versions],
+        ignore_index=True,
+    )
+    cells = cells.sort_values("soma_joinid", kind="stable").reset_index(drop=True)
+    order = [v.dataset_id for v in versions]
+    group = pd.Categorical(cells["dataset_id"], categories=order).codes.astype(np.int64)
+    trained = list(rec.encodings.get("batch", []))
+    code_of = {ds: (trained.index(ds) if ds in trained else -1) for ds in order}
+    batch = np.array([code_of[ds] for ds in order], dtype=np.int64)[group]
+    notes = {"gene_overlap": overlap, "batch_encoding": {ds: ("own" if code_of[ds] >= 0 else "average") for ds in order}}
+    plan = ApplyPlan(
+        soma_uri=lake.soma_uri(org),
+        high_water=int(hw),
+        joinids=cells["soma_joinid"].to_numpy(np.int64),
+        batch=batch,
+        group=group,
+        masks=masks,
+        col_joinids=col_joinids,
+        gene_ids=gene_ids,
+        gene_table=table,
+    )
+    return plan, cells, notes
+
+
+def read_inputs(plan: ApplyPlan, lo: int, hi: int) -> dict[str, Any]:
+    """The model inputs of cells ``lo:hi`` of ``plan`` (counts of unmeasured genes are 0 and masked)."""
+    import torch
+
+    from aivc.store import soma_io
+
+    valid = np.flatnonzero(plan.col_joinids >= 0)
+    x = np.zeros((hi - lo, len(plan.col_joinids)), dtype=np.float32)
+    if valid.size:
+        X = soma_io.read_rows(plan.soma_uri, plan.high_water, plan.joinids[lo:hi], plan.col_joinids[valid])
+        x[:, valid] = X.toarray()
+    mask = plan.masks[plan.group[lo:hi]]
+    x *= mask
+    xt = torch.from_numpy(x)
+    return {"x": xt, "mask": torch.from_numpy(mask), "batch": torch.from_numpy(plan.batch[lo:hi]), "library": xt.sum(dim=1, keepdim=True)}
+
+
+def embed_inputs(module: Any, inputs: dict[str, Any], batch_size: int) -> np.ndarray:
+    """``module.embed`` over ``inputs`` in batches of ``batch_size`` rows, as float32."""
+    n = int(inputs["x"].shape[0])
+    out = []
+    for b0 in range(0, n, batch_size):
+        part = {k: v[b0 : b0 + batch_size] for k, v in inputs.items()}
+        out.append(module.embed(part).numpy().astype(np.float32, copy=False))
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+class _Embedder:
+    """Ray Data actor: loads the model once, embeds chunk descriptors ``{lo, hi}``."""
+
+    def __init__(self, lake_root: str, model_ref: str, plan: ApplyPlan, batch_size: int, threads: int) -> None:
+        import torch
+
+        from aivc.training.registry import load_model
+
+        torch.set_num_threads(max(1, threads))
+        self.module, _ = load_model(Lake.open(lake_root), model_ref)
+        if plan.gene_table is not None:
+            self.module.set_gene_table(torch.from_numpy(plan.gene_table))
+        self.plan, self.batch_size = plan, batch_size
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        pos, vecs = [], []
+        for lo, hi in zip(batch["lo"].tolist(), batch["hi"].tolist(), strict=True):
+            vecs.append(embed_inputs(self.module, read_inputs(self.plan, lo, hi), self.batch_size))
+            pos.append(np.arange(lo, hi, dtype=np.int64))
+        return {"pos": np.concatenate(pos), "vector": np.concatenate(vecs)}
+
+
+def embed_model(
+    lake: Lake,
+    model_ref: str,
+    *,
+    datasets: list[str] | None = None,
+    name: str | None = None,
+    batch_size: int = 1024,
+    chunk_rows: int = 8192,
+    actors: int | None = None,
+    ray_address: str | None = None,
+    min_gene_overlap: float = 0.5,
+    progress: Progress | None = None,
+) -> Any:
+    """Embed the lake's cells with a registered model and publish ``cell:<name>@N``.
+
+    ``name`` defaults to the model's name with ``-`` as ``_`` (``cell-vae`` ->
+    ``cell:cell_vae``). ``actors`` defaults to the CPUs Ray offers (at most the number of
+    chunks). Returns the published :class:`~aivc.embeddings.store.EmbeddingVersion`.
+
+    Example
+    -------
+    >>> v = embed_model(lake, "cell-vae@1", datasets=["pbmc68k-part2"])  # doctest: +SKIP
+    >>> v.ref, v.lineage["model"]  # doctest: +SKIP
+    ('cell:cell_vae@1', 'cell-vae@1')
+    """
+    from aivc.embeddings.store import EmbeddingWriter
+    from aivc.training.models import model_class
+    from aivc.training.registry import get_model
+
+    progress = progress or NullProgress()
+    for opt, value in (("--batch-size", batch_size), ("--chunk-rows", chunk_rows)):
+        if value < 1:
+            raise UsageError(f"{opt} must be at least 1, got {value}", where=opt)
+    if actors is not None and actors < 1:
+        raise UsageError(f"--actors must be at least 1, got {actors}", where="--actors")
+    if not 0.0 < min_gene_overlap <= 1.0:
+        raise UsageError(f"--min-gene-overlap must be in (0, 1], got {min_gene_overlap}", where="--min-gene-overlap")
+    rec = get_model(lake, model_ref)
+    try:
+        cls = model_class(rec.model_type)
+    except KeyError:
+        raise UsageError(f"model {rec.ref} has type {rec.model_type!r}, which this aivc cannot apply", where=rec.ref) from None
+    name = name or rec.name.replace("-", "_")
+    versions = _select(lake, rec.lineage.get("organism"), datasets)
+    plan, cells, notes = build_apply_plan(lake, rec, versions, min_gene_overlap=min_gene_overlap, gene_tokens=bool(getattr(cls, "gene_tokens", False)))
+    n = len(cells)
+    chunks = [(lo, min(n, lo + chunk_rows)) for lo in range(0, n, chunk_rows)]
+    dim = int(rec.init.get("latent_dim", 0)) or None
+
+    import ray
+
+    from aivc.training.trainer import _start_ray
+
+    started = _start_ray(ray_address, 1, None)
+    try:
+        n_actors = actors or max(1, min(len(chunks), int(ray.available_resources().get("CPU", 1))))
+        threads = max(1, (os.cpu_count() or 1) // n_actors)
+        ctx = ray.data.DataContext.get_current()
+        ctx.execution_options.preserve_order = True
+        ctx.enable_progress_bars = False
+        items = ray.data.from_items([{"lo": lo, "hi": hi} for lo, hi in chunks], override_num_blocks=max(1, len(chunks)))
+        out = items.map_batches(
+            _Embedder,
+            fn_constructor_kwargs={"lake_root": str(lake.root), "model_ref": rec.ref, "plan": plan, "batch_size": batch_size, "threads": threads},
+            batch_size=1,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=n_actors),
+            num_cpus=1,
+        )
+        lineage = {
+            "datasets": [v.ref for v in versions],
+            "organism": versions[0].organism_name,
+            "lake_state": {versions[0].organism_name: plan.high_water},
+            "model": rec.ref,
+            "model_type": rec.model_type,
+            "model_weights_sha256": rec.weights_sha256,
+            "gene_ur": rec.lineage.get("gene_ur"),
+            "n_genes_input": len(plan.gene_ids),
+            **notes,
+        }
+        source = {"kind": "model", "model": rec.ref, "model_type": rec.model_type, "sha256": rec.weights_sha256}
+        writer: EmbeddingWriter | None = None
+        progress.phase(f"embedding {n} cells with {rec.ref} ({n_actors} Ray actor{'s' if n_actors > 1 else ''})", total=n)
+        try:
+            obs = cells["obs_id"].to_numpy()
+            dsid = cells["dataset_id"].to_numpy()
+            for b in out.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
+                pos, vec = b["pos"], np.asarray(b["vector"], dtype=np.float32)
+                if vec.ndim == 1:
+                    vec = np.stack(list(vec))
+                if writer is None:
+                    if dim is not None and vec.shape[1] != dim:
+                        raise UsageError(f"model {rec.ref} produced {vec.shape[1]}-dimensional URs, its record says {dim}", where=rec.ref)
+                    writer = EmbeddingWriter(lake, "cell", name, int(vec.shape[1]), source=source, lineage=lineage, normalization="none")
+                writer.write(obs[pos], vec, soma_joinids=plan.joinids[pos], dataset_ids=dsid[pos])
+                progress.advance(len(pos))
+            if writer is None:
+                raise UsageError("no cells to embed in the chosen datasets", where="--datasets")
+            return writer.commit(metrics={"n_cells": int(n), "actors": int(n_actors), "batch_size": int(batch_size)})
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            raise
+    finally:
+        if started:
+            ray.shutdown()

@@ -152,7 +152,55 @@ def run_demo(lake_path: str | None, *, workdir: str | None = None, json_mode: bo
     summary["sql"] = {"query": sql, "rows": res.to_dicts()}
     summary["datasets"] = [v.to_record() for v in cat.current()]
     summary["embeddings"] = _demo_embeddings(lake, con, json_mode)
+    summary["models"] = _demo_models(lake, con, json_mode)
     return summary
+
+
+DEMO_VAE_OVERRIDES = ("name=pbmc-vae", "optim.epochs=40", "optim.batch_size=128", "model.latent_dim=10", "model.hidden_dim=128", "seed=0")
+
+
+def _demo_models(lake: Any, con: Any, json_mode: bool) -> dict[str, Any]:
+    """Train a cell-vae on the demo lake with Ray Train, embed the lake with it (Ray Data),
+    and ask SQL for the nearest neighbours of a B cell in the learned UR."""
+    import ray
+
+    from aivc.cli_common import print_table
+    from aivc.embeddings.sql import query as equery
+    from aivc.progress import make_progress
+    from aivc.training.config import apply_overrides, load_config
+    from aivc.training.embed import embed_model
+    from aivc.training.trainer import _start_ray, train
+
+    con.rule("[bold]scale models[/]: cell-vae trained with Ray Train, applied with Ray Data")
+    cfg = apply_overrides(load_config(None), list(DEMO_VAE_OVERRIDES))
+    started = _start_ray(None, 1, None)
+    try:
+        def epoch(m: dict[str, Any]) -> None:
+            if m["epoch"] % 10 == 0 or m["epoch"] == cfg.optim.epochs:
+                con.print(f"  epoch {m['epoch']}/{cfg.optim.epochs}: train loss {m['train_loss']:.1f}, validation loss {m['validation_loss']:.1f}", highlight=False)
+
+        res = train(lake, cfg, workers=1, on_epoch=epoch)
+        con.print(f"registered model [bold]{res.model_ref}[/] (run {res.run_id}, {res.epochs} epochs, validation loss {res.metrics['validation_loss']:.1f})", highlight=False)
+        progress = make_progress(json_mode)
+        try:
+            v = embed_model(lake, res.model_ref, progress=progress)
+        finally:
+            progress.close()
+    finally:
+        if started:
+            ray.shutdown()
+    con.print(f"published {v.ref} from {v.lineage['model']}: {v.n_rows} cells x {v.dim} dims, SQL view {v.view_name}", highlight=False)
+    first_b = equery(lake, "SELECT obs_id FROM cells WHERE cell_type = 'B cell' ORDER BY soma_joinid LIMIT 1").rows[0][0]
+    sql = (
+        f"SELECT n.obs_id, c.cell_type, round(n.similarity::DOUBLE, 4) AS similarity "
+        f"FROM {v.alias_name}_neighbors('{first_b}', 10) n JOIN cells c USING (obs_id) ORDER BY n.similarity DESC"
+    )
+    rows = equery(lake, sql)
+    con.print(f"[bold]aivc sql[/] \"{sql}\"", highlight=False)
+    print_table(rows.columns, rows.rows, out=con)
+    same = sum(1 for r in rows.rows if r[1] == "B cell")
+    con.print(f"{same} of the 10 nearest neighbours of B cell {first_b} in {v.ref} are labelled B cell.", highlight=False)
+    return {"model": res.model_ref, "run_id": res.run_id, "metrics": res.metrics, "embedding": v.ref, "neighbors_query": sql, "neighbors": rows.to_dicts(), "same_label": same}
 
 
 def _demo_embeddings(lake: Any, con: Any, json_mode: bool) -> dict[str, Any]:

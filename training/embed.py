@@ -28,6 +28,8 @@ The vectors equal ``load_model(...)[0].embed(batch)`` applied directly to the sa
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -184,13 +186,20 @@ def embed_inputs(module: Any, inputs: dict[str, Any], batch_size: int) -> np.nda
 class _Embedder:
     """Ray Data actor: loads the model once, embeds chunk descriptors ``{lo, hi}``."""
 
-    def __init__(self, lake_root: str, model_ref: str, plan: ApplyPlan, batch_size: int, threads: int) -> None:
+    def __init__(self, lake_root: str, model_ref: str, dataset_refs: list[str], high_water: int, min_gene_overlap: float, batch_size: int, threads: int) -> None:
         import torch
 
+        from aivc.training.models import model_class
         from aivc.training.registry import load_model
 
         torch.set_num_threads(max(1, threads))
-        self.module, _ = load_model(Lake.open(lake_root), model_ref)
+        lake = Lake.open(lake_root)
+        self.module, rec = load_model(lake, model_ref)
+        # the plan is rebuilt here from the pinned versions (small constructor arguments:
+        # nothing in the object store, so Ray can restart a lost actor)
+        versions = [Catalog(lake).get(r) for r in dataset_refs]
+        plan, _, _ = build_apply_plan(lake, rec, versions, min_gene_overlap=min_gene_overlap, gene_tokens=bool(getattr(model_class(rec.model_type), "gene_tokens", False)))
+        plan = dataclasses.replace(plan, high_water=high_water)
         if plan.gene_table is not None:
             self.module.set_gene_table(torch.from_numpy(plan.gene_table))
         self.plan, self.batch_size = plan, batch_size
@@ -263,10 +272,14 @@ def embed_model(
         ctx = ray.data.DataContext.get_current()
         ctx.execution_options.preserve_order = True
         ctx.enable_progress_bars = False
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
         items = ray.data.from_items([{"lo": lo, "hi": hi} for lo, hi in chunks], override_num_blocks=max(1, len(chunks)))
         out = items.map_batches(
             _Embedder,
-            fn_constructor_kwargs={"lake_root": str(lake.root), "model_ref": rec.ref, "plan": plan, "batch_size": batch_size, "threads": threads},
+            fn_constructor_kwargs={
+                "lake_root": str(lake.root), "model_ref": rec.ref, "dataset_refs": [v.ref for v in versions], "high_water": plan.high_water,
+                "min_gene_overlap": min_gene_overlap, "batch_size": batch_size, "threads": threads,
+            },
             batch_size=1,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=n_actors),

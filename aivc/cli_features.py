@@ -211,6 +211,7 @@ def model(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Cells per forward pass.")] = 1024,
     actors: Annotated[Optional[int], typer.Option("--actors", help="Ray Data actors (default: one per CPU).")] = None,
     min_gene_overlap: Annotated[float, typer.Option("--min-gene-overlap", help="Smallest fraction of the model's genes a dataset must have measured.")] = 0.5,
+    where: Annotated[Optional[str], typer.Option("--where", help="Embed only cells matching this SQL condition on cells_all_versions, e.g. \"cell_type = 'B cell'\".")] = None,
     ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster address (default: start Ray locally).")] = None,
     lake: LakeOpt = None,
     json_: JsonOpt = False,
@@ -227,7 +228,7 @@ def model(
         try:
             v = embed_model(
                 Lake.open(lake), ref, datasets=_split(datasets), name=name, batch_size=batch_size, actors=actors,
-                ray_address=ray_address, min_gene_overlap=min_gene_overlap, progress=progress,
+                ray_address=ray_address, min_gene_overlap=min_gene_overlap, where=where, progress=progress,
             )
         finally:
             progress.close()

@@ -87,7 +87,9 @@ def _overlap_error(v: DatasetVersion, have: int, of: int, missing: list[str], wh
     )
 
 
-def build_apply_plan(lake: Lake, rec: Any, versions: list[DatasetVersion], *, min_gene_overlap: float, gene_tokens: bool) -> tuple[ApplyPlan, pd.DataFrame, dict[str, Any]]:
+def build_apply_plan(
+    lake: Lake, rec: Any, versions: list[DatasetVersion], *, min_gene_overlap: float, gene_tokens: bool, where: str | None = None
+) -> tuple[ApplyPlan, pd.DataFrame, dict[str, Any]]:
     """Cells, columns, masks and batch codes for applying ``rec`` to ``versions``.
 
     Returns the plan, the cells (``obs_id, soma_joinid, dataset_id``, plan order) and
@@ -136,6 +138,10 @@ def build_apply_plan(lake: Lake, rec: Any, versions: list[DatasetVersion], *, mi
         ignore_index=True,
     )
     cells = cells.sort_values("soma_joinid", kind="stable").reset_index(drop=True)
+    if where:
+        from aivc.training.select import select_joinids
+
+        cells = cells[cells["soma_joinid"].isin(select_joinids(lake, versions, where))].reset_index(drop=True)
     order = [v.dataset_id for v in versions]
     group = pd.Categorical(cells["dataset_id"], categories=order).codes.astype(np.int64)
     trained = list(rec.encodings.get("batch", []))
@@ -186,7 +192,9 @@ def embed_inputs(module: Any, inputs: dict[str, Any], batch_size: int) -> np.nda
 class _Embedder:
     """Ray Data actor: loads the model once, embeds chunk descriptors ``{lo, hi}``."""
 
-    def __init__(self, lake_root: str, model_ref: str, dataset_refs: list[str], high_water: int, min_gene_overlap: float, batch_size: int, threads: int) -> None:
+    def __init__(
+        self, lake_root: str, model_ref: str, dataset_refs: list[str], where: str | None, high_water: int, min_gene_overlap: float, batch_size: int, threads: int
+    ) -> None:
         import torch
 
         from aivc.training.models import model_class
@@ -198,7 +206,8 @@ class _Embedder:
         # the plan is rebuilt here from the pinned versions (small constructor arguments:
         # nothing in the object store, so Ray can restart a lost actor)
         versions = [Catalog(lake).get(r) for r in dataset_refs]
-        plan, _, _ = build_apply_plan(lake, rec, versions, min_gene_overlap=min_gene_overlap, gene_tokens=bool(getattr(model_class(rec.model_type), "gene_tokens", False)))
+        tokens = bool(getattr(model_class(rec.model_type), "gene_tokens", False))
+        plan, _, _ = build_apply_plan(lake, rec, versions, min_gene_overlap=min_gene_overlap, gene_tokens=tokens, where=where)
         plan = dataclasses.replace(plan, high_water=high_water)
         if plan.gene_table is not None:
             self.module.set_gene_table(torch.from_numpy(plan.gene_table))
@@ -223,6 +232,7 @@ def embed_model(
     actors: int | None = None,
     ray_address: str | None = None,
     min_gene_overlap: float = 0.5,
+    where: str | None = None,
     progress: Progress | None = None,
 ) -> Any:
     """Embed the lake's cells with a registered model and publish ``cell:<name>@N``.
@@ -256,7 +266,7 @@ def embed_model(
         raise UsageError(f"model {rec.ref} has type {rec.model_type!r}, which this aivc cannot apply", where=rec.ref) from None
     name = name or rec.name.replace("-", "_")
     versions = _select(lake, rec.lineage.get("organism"), datasets)
-    plan, cells, notes = build_apply_plan(lake, rec, versions, min_gene_overlap=min_gene_overlap, gene_tokens=bool(getattr(cls, "gene_tokens", False)))
+    plan, cells, notes = build_apply_plan(lake, rec, versions, min_gene_overlap=min_gene_overlap, gene_tokens=bool(getattr(cls, "gene_tokens", False)), where=where)
     n = len(cells)
     chunks = [(lo, min(n, lo + chunk_rows)) for lo in range(0, n, chunk_rows)]
     dim = int(rec.init.get("latent_dim", 0)) or None
@@ -277,7 +287,7 @@ def embed_model(
         out = items.map_batches(
             _Embedder,
             fn_constructor_kwargs={
-                "lake_root": str(lake.root), "model_ref": rec.ref, "dataset_refs": [v.ref for v in versions], "high_water": plan.high_water,
+                "lake_root": str(lake.root), "model_ref": rec.ref, "dataset_refs": [v.ref for v in versions], "where": where, "high_water": plan.high_water,
                 "min_gene_overlap": min_gene_overlap, "batch_size": batch_size, "threads": threads,
             },
             batch_size=1,
@@ -294,6 +304,7 @@ def embed_model(
             "model_weights_sha256": rec.weights_sha256,
             "gene_ur": rec.lineage.get("gene_ur"),
             "n_genes_input": len(plan.gene_ids),
+            "where": where,
             **notes,
         }
         source = {"kind": "model", "model": rec.ref, "model_type": rec.model_type, "sha256": rec.weights_sha256}

@@ -146,3 +146,23 @@ def test_cli_embed_model_ref_and_errors(train_lake, ray_session):  # noqa: ANN00
     assert res.exit_code == 2 and "--min-gene-overlap must be in (0, 1]" in res.output
     res = runner.invoke(app, ["embed", "model", rec.ref, "--datasets", "nope", "--lake", str(train_lake.root), "--json"])
     assert res.exit_code != 0 and json.loads(res.stdout)["status"] == "error"
+
+
+def test_where_selects_cells_by_metadata(train_lake, ray_session):  # noqa: ANN001
+    from aivc.store.sql import query
+    from aivc.training.embed import embed_model
+
+    genes = _lake_genes(train_lake, ["synth-a"])["synth-a"]["gene_id"].tolist()
+    rec = _register_vae(train_lake, genes, ["synth-a"], name="where-vae")
+    want = {r[0] for r in query(train_lake, "SELECT obs_id FROM cells WHERE dataset_id = 'synth-a' AND cell_type = 'B cell' AND donor_id = 'd1'").rows}
+    assert 0 < len(want) < 60
+    v = embed_model(train_lake, rec.ref, datasets=["synth-a"], where="cell_type = 'B cell' AND donor_id = 'd1'", chunk_rows=7)
+    assert set(_published(train_lake, v.ref, "synth-a")) == want and v.lineage["where"] == "cell_type = 'B cell' AND donor_id = 'd1'"
+    ids, direct = _direct(train_lake, rec, "synth-a")
+    pub = _published(train_lake, v.ref, "synth-a")
+    sel = [i for i, x in enumerate(ids) if x in want]
+    np.testing.assert_allclose(np.stack([pub[ids[i]] for i in sel]), direct[sel], rtol=1e-5, atol=1e-5)
+    with pytest.raises(UsageError, match="is not a valid condition on cells_all_versions"):
+        embed_model(train_lake, rec.ref, datasets=["synth-a"], where="no_such_column = 1")
+    with pytest.raises(UsageError, match="selects no cell of synth-a@1"):
+        embed_model(train_lake, rec.ref, datasets=["synth-a"], where="n_counts < 0")

@@ -1,4 +1,5 @@
-"""CLI for training and the model registry: ``aivc train cell-vae`` and ``aivc models list|show``."""
+"""CLI for training and the model registry: ``aivc train cell-vae|cell-transformer`` and
+``aivc models list|show``."""
 
 from __future__ import annotations
 
@@ -20,40 +21,40 @@ def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def _epoch_printer(total: int) -> Any:
+def _epoch_printer(total: int, model_type: str) -> Any:
     def show(m: dict[str, Any]) -> None:
         val = f" validation_loss={_fmt(m['validation_loss'])}" if m.get("validation_loss") is not None else ""
-        sys.stderr.write(f"epoch {m['epoch']}/{total} train_loss={_fmt(m['train_loss'])} (reconstruction {_fmt(m['train_reconstruction'])}, kl {_fmt(m['train_kl'])}){val} [{m['seconds']:.1f}s]\n")
+        parts = f" (reconstruction {_fmt(m['train_reconstruction'])}, kl {_fmt(m['train_kl'])})" if model_type == "cell-vae" else ""
+        wait = f", data wait {m['data_wait_fraction']:.0%}" if m.get("data_wait_fraction") is not None else ""
+        sys.stderr.write(f"epoch {m['epoch']}/{total} train_loss={_fmt(m['train_loss'])}{parts}{val} [{m['seconds']:.1f}s{wait}]\n")
         sys.stderr.flush()
 
     return show
 
 
-@train_app.command("cell-vae")
-def cell_vae(
-    config: Annotated[Optional[str], typer.Option("--config", help="Config YAML (default: schemas/configs/cell-vae.yaml).")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key, e.g. --set model.latent_dim=32 (repeatable).")] = None,
-    workers: Annotated[int, typer.Option("--workers", help="Ray Train workers (data-parallel, 1 CPU each).")] = 1,
-    ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster address (default: start Ray locally).")] = None,
-    run_id: Annotated[Optional[str], typer.Option("--run-id", help="Run id; an existing unfinished run with this id is resumed from its latest checkpoint.")] = None,
-    lake: LakeOpt = None,
-    json_: JsonOpt = False,
-    debug: DebugOpt = False,
-) -> None:
-    """Train the cell-vae baseline (NB VAE with batch covariate) and register it as NAME@VERSION."""
+ConfigOpt = Annotated[Optional[str], typer.Option("--config", help="Config YAML (default: the packaged schemas/configs/<model type>.yaml).")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key, e.g. --set optim.lr=3e-4 (repeatable).")]
+WorkersOpt = Annotated[int, typer.Option("--workers", help="Ray Train workers (data-parallel, 1 CPU each).")]
+RayAddressOpt = Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster address (default: start Ray locally).")]
+RunIdOpt = Annotated[Optional[str], typer.Option("--run-id", help="Run id; an existing unfinished run with this id is resumed from its latest checkpoint.")]
+
+
+def _train(model_type: str, config: str | None, set_: list[str] | None, workers: int, ray_address: str | None, run_id: str | None, lake: str | None, json_: bool, debug: bool) -> None:
+    """What every ``aivc train <model type>`` command does: config, Ray Train run, registration."""
 
     def body() -> int:
         from aivc.store.lake import Lake
-        from aivc.training.config import apply_overrides, load_config
+        from aivc.training.config import load_config
         from aivc.training.trainer import train
 
         lk = Lake.open(lake)
-        cfg = apply_overrides(load_config(config), set_ or [])
+        cfg = load_config(config, model_type=model_type, overrides=set_ or [])
 
         def started(s: dict[str, Any]) -> None:
             what = f"resuming run {s['run_id']} after epoch {s['resumed_from_epoch']}" if s["resumed_from_epoch"] else f"run {s['run_id']}"
+            tokens = f" with URs from {s['gene_ur']}" if s.get("gene_ur") else ""
             sys.stderr.write(
-                f"{what}: {s['n_train']} training + {s['n_validation']} validation cells, {s['n_genes']} genes, "
+                f"{what}: {s['n_train']} training + {s['n_validation']} validation cells, {s['n_genes']} genes{tokens}, "
                 f"{len(s['batches'])} batches; {s['workers']} Ray Train worker(s)\n"
             )
 
@@ -63,7 +64,7 @@ def cell_vae(
             workers=workers,
             ray_address=ray_address,
             run_id=run_id,
-            on_epoch=None if json_ else _epoch_printer(cfg.optim.epochs),
+            on_epoch=None if json_ else _epoch_printer(cfg.optim.epochs, cfg.model_type),
             on_start=None if json_ else started,
         )
         if json_:
@@ -75,6 +76,36 @@ def cell_vae(
         return 0
 
     run_command(json_, debug, body)
+
+
+@train_app.command("cell-vae")
+def cell_vae(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    workers: WorkersOpt = 1,
+    ray_address: RayAddressOpt = None,
+    run_id: RunIdOpt = None,
+    lake: LakeOpt = None,
+    json_: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Train the cell-vae baseline (NB VAE with batch covariate) and register it as NAME@VERSION."""
+    _train("cell-vae", config, set_, workers, ray_address, run_id, lake, json_, debug)
+
+
+@train_app.command("cell-transformer")
+def cell_transformer(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    workers: WorkersOpt = 1,
+    ray_address: RayAddressOpt = None,
+    run_id: RunIdOpt = None,
+    lake: LakeOpt = None,
+    json_: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Train the cell-transformer (tokens = gene URs, needs --set gene_ur=gene:NAME@VERSION) and register it."""
+    _train("cell-transformer", config, set_, workers, ray_address, run_id, lake, json_, debug)
 
 
 def _summary(r: Any) -> dict[str, Any]:

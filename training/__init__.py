@@ -1,15 +1,25 @@
 """aivc.training: data loading from the lake, scale models, Ray Train jobs, model registry.
 
-Modules: ``config`` (validated training configs), ``data`` (training plans and the
-streaming :class:`~aivc.training.data.CellDataset`), ``models`` (pure torch modules),
-``trainer`` (Ray Train jobs with checkpoints and resume), ``registry`` (``NAME@VERSION``
-models under ``<lake>/models/``). Importing this package stays light: torch and Ray are
-imported by the modules that need them.
+Modules: ``config`` (validated training configs, one class per model type), ``data``
+(training plans and the streaming :class:`~aivc.training.data.CellDataset`), ``models``
+(pure torch modules: ``cell-vae``, ``cell-transformer``), ``trainer`` (Ray Train jobs with
+checkpoints and resume), ``registry`` (``NAME@VERSION`` models under ``<lake>/models/``).
+Importing this package stays light: torch and Ray are imported by the modules that need them.
 """
 
 from __future__ import annotations
 
-from aivc.training.config import CellVaeConfig, apply_overrides, load_config
+from aivc.training.config import CellTransformerConfig, CellVaeConfig, TrainingConfig, apply_overrides, load_config
 from aivc.training.registry import ModelRecord, get_model, list_models, load_model
 
-__all__ = ["CellVaeConfig", "ModelRecord", "apply_overrides", "get_model", "list_models", "load_config", "load_model"]
+__all__ = [
+    "CellTransformerConfig",
+    "CellVaeConfig",
+    "ModelRecord",
+    "TrainingConfig",
+    "apply_overrides",
+    "get_model",
+    "list_models",
+    "load_config",
+    "load_model",
+]

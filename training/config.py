@@ -1,22 +1,28 @@
 """Training configurations: declarative, validated, read from YAML, overridable.
 
 A config file is YAML with ``schema_name: aivc.training_config`` and ``schema_version: 1``
-(both optional in a user's file, checked when present). Every section is a pydantic model
-with ``extra="forbid"``, so a misspelt key is an error that names it. ``--set key=value``
-overrides use dotted paths (``optim.lr=3e-4``, ``data.validation.by=donor``); values are
-parsed as YAML scalars and type-checked by the same models.
+(both optional in a user's file, checked when present) and a ``model_type`` that selects
+the config class (:data:`CONFIG_CLASSES`: ``cell-vae``, ``cell-transformer``). Every
+section is a pydantic model with ``extra="forbid"``, so a misspelt key is an error that
+names it. ``--set key=value`` overrides use dotted paths (``optim.lr=3e-4``,
+``data.validation.by=donor``); values are parsed as YAML scalars and type-checked by the
+same models.
 
 Example
 -------
 >>> cfg = apply_overrides(CellVaeConfig(), ["model.latent_dim=8", "optim.epochs=2"])
 >>> (cfg.model.latent_dim, cfg.optim.epochs, cfg.optim.lr)
 (8, 2, 0.001)
+>>> t = load_config(model_type="cell-transformer", overrides=["gene_ur=gene:coexpr@1"])
+>>> (t.model_type, t.gene_ur, t.model.d_model)
+('cell-transformer', 'gene:coexpr@1', 64)
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,6 +32,7 @@ from aivc.errors import UsageError
 
 CONFIG_SCHEMA = "aivc.training_config"
 CONFIG_SCHEMA_VERSION = 1
+_GENE_REF = re.compile(r"^gene:[a-z][a-z0-9_]*(@(\d+|latest))?$")
 #: config keys that may differ when a run is resumed (extending training is allowed)
 RESUMABLE_CHANGES: frozenset[str] = frozenset({"optim.epochs"})
 
@@ -73,23 +80,41 @@ class OptimConfig(_Strict):
     weight_decay: float = Field(0.0, ge=0)
     batch_size: int = Field(256, ge=1)
     epochs: int = Field(20, ge=1)
+
+
+class VaeOptimConfig(OptimConfig):
     kl_warmup_epochs: int = Field(0, ge=0)
 
 
-class CellVaeConfig(_Strict):
-    """Everything that defines a ``cell-vae`` training run."""
+class CellTransformerArchitecture(_Strict):
+    d_model: int = Field(64, ge=1)
+    n_heads: int = Field(4, ge=1)
+    n_layers: int = Field(2, ge=1)
+    max_tokens: int = Field(128, ge=1)
+    n_bins: int = Field(32, ge=2)
+    mask_fraction: float = Field(0.15, gt=0.0, lt=1.0)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    latent_dim: int = Field(32, ge=1)
+
+    @model_validator(mode="after")
+    def _heads(self) -> CellTransformerArchitecture:
+        if self.d_model % self.n_heads:
+            raise ValueError(f"model.d_model ({self.d_model}) must be a multiple of model.n_heads ({self.n_heads})")
+        return self
+
+
+class _RunConfig(_Strict):
+    """What every model type's config has: identity, seed, data and the digest."""
 
     schema_name: Literal["aivc.training_config"] = CONFIG_SCHEMA
     schema_version: Literal[1] = CONFIG_SCHEMA_VERSION
-    model_type: Literal["cell-vae"] = "cell-vae"
-    name: str = Field("cell-vae", pattern=r"^[a-z][a-z0-9-]{0,40}$")
+    model_type: str
+    name: str
     seed: int = 0
     data: DataConfig = DataConfig()
-    model: CellVaeArchitecture = CellVaeArchitecture()
-    optim: OptimConfig = OptimConfig()
 
     @model_validator(mode="after")
-    def _check(self) -> CellVaeConfig:
+    def _check(self) -> _RunConfig:
         v = self.data.validation
         if v.by in ("dataset", "donor", "fraction") and v.holdout is None and v.fraction == 0.0:
             raise ValueError(f"data.validation.fraction must be > 0 with by={v.by} (or use by=none)")
@@ -107,47 +132,139 @@ class CellVaeConfig(_Strict):
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
+class CellVaeConfig(_RunConfig):
+    """Everything that defines a ``cell-vae`` training run."""
+
+    model_type: Literal["cell-vae"] = "cell-vae"
+    name: str = Field("cell-vae", pattern=r"^[a-z][a-z0-9-]{0,40}$")
+    model: CellVaeArchitecture = CellVaeArchitecture()
+    optim: VaeOptimConfig = VaeOptimConfig()
+
+
+class CellTransformerConfig(_RunConfig):
+    """Everything that defines a ``cell-transformer`` training run.
+
+    ``gene_ur`` (required) is the gene embedding whose vectors are the model's gene tokens,
+    ``gene:NAME@VERSION`` (or ``gene:NAME`` for the latest version, resolved and recorded
+    exactly when the run starts); only genes that have a vector in it are trained on.
+    """
+
+    model_type: Literal["cell-transformer"] = "cell-transformer"
+    name: str = Field("cell-transformer", pattern=r"^[a-z][a-z0-9-]{0,40}$")
+    data: DataConfig = DataConfig(genes="union")  # unmeasured genes are simply not tokens
+    gene_ur: str | None = None
+    model: CellTransformerArchitecture = CellTransformerArchitecture()
+    optim: OptimConfig = OptimConfig()
+
+    @model_validator(mode="after")
+    def _gene_ur(self) -> CellTransformerConfig:
+        if self.gene_ur is None:
+            raise ValueError("gene_ur is required: the gene embedding to take gene tokens from, e.g. --set gene_ur=gene:coexpr@1")
+        if not _GENE_REF.match(self.gene_ur):
+            raise ValueError(f"gene_ur must be a gene embedding reference gene:NAME[@VERSION], e.g. gene:coexpr@1; got {self.gene_ur!r}")
+        return self
+
+
+TrainingConfig = CellVaeConfig | CellTransformerConfig
+#: the config class of each model type
+CONFIG_CLASSES: dict[str, type[CellVaeConfig] | type[CellTransformerConfig]] = {"cell-vae": CellVaeConfig, "cell-transformer": CellTransformerConfig}
+
+
+def config_class(model_type: str) -> type[CellVaeConfig] | type[CellTransformerConfig]:
+    """The config class of ``model_type`` (a :class:`UsageError` naming the known ones otherwise)."""
+    try:
+        return CONFIG_CLASSES[model_type]
+    except KeyError:
+        raise UsageError(f"unknown model_type {model_type!r}; known: {', '.join(CONFIG_CLASSES)}", where="model_type") from None
+
+
+def parse_config(d: dict[str, Any]) -> TrainingConfig:
+    """Validate a dumped config (e.g. a run record's) with the class its ``model_type`` names."""
+    return config_class(str(d.get("model_type", "cell-vae"))).model_validate(d)
+
+
+
 def _format_validation_error(exc: ValidationError, source: str) -> str:
     first = exc.errors()[0]
     loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
     if first["type"] == "extra_forbidden":
         return f"unknown key {loc!r} in {source}"
     more = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
+    if first["type"] == "value_error" and "error" in first.get("ctx", {}):
+        return f"{first['ctx']['error']} (in {source}){more}"  # our validators' messages name their keys
     return f"{loc}: {first['msg']} (got {first.get('input')!r}) in {source}{more}"
 
 
-def load_config(path: str | Path | None = None) -> CellVaeConfig:
-    """Read a config YAML (``None``: the packaged defaults, ``schemas/configs/cell-vae.yaml``)."""
-    import yaml
-
-    if path is None and not default_config_path().is_file():
-        return CellVaeConfig()  # an install without the packaged YAML: the same defaults
-    p = Path(path) if path is not None else default_config_path()
-    try:
-        raw = yaml.safe_load(p.read_text()) or {}
-    except FileNotFoundError:
-        raise UsageError(f"config file {p} does not exist", where="--config") from None
-    except (OSError, yaml.YAMLError) as exc:
-        raise UsageError(f"config file {p} is not readable YAML ({str(exc).splitlines()[0]})", where="--config") from None
-    if not isinstance(raw, dict):
-        raise UsageError(f"config file {p} must hold a mapping of keys", where="--config")
-    try:
-        return CellVaeConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise UsageError(_format_validation_error(exc, str(p)), where="--config") from None
-
-
-def default_config_path() -> Path:
+def default_config_path(model_type: str = "cell-vae") -> Path:
+    """The packaged defaults of ``model_type``: ``schemas/configs/<model_type>.yaml``."""
     import aivc.schemas
 
-    return Path(aivc.schemas.__file__).parent / "configs" / "cell-vae.yaml"
+    config_class(model_type)
+    return Path(aivc.schemas.__file__).parent / "configs" / f"{model_type}.yaml"
 
 
-def apply_overrides(cfg: CellVaeConfig, overrides: list[str] | tuple[str, ...]) -> CellVaeConfig:
-    """Apply ``key=value`` overrides (dotted keys, YAML scalar values) and re-validate."""
+def load_config(path: str | Path | None = None, *, model_type: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainingConfig:
+    """Read a config YAML, apply ``--set`` overrides, and validate the result once.
+
+    ``path=None`` reads the packaged defaults of ``model_type`` (``cell-vae`` when neither
+    names one). The file's ``model_type`` picks the config class; it must agree with
+    ``model_type`` when both are given. Overrides are applied before validation, so a
+    key the defaults leave empty (``gene_ur`` of ``cell-transformer``) can be set with them.
+
+    Examples
+    --------
+    >>> load_config(model_type="cell-vae", overrides=["optim.epochs=3"]).optim.epochs
+    3
+    """
     import yaml
 
+    p = Path(path) if path is not None else default_config_path(model_type or "cell-vae")
+    raw: Any = {}
+    if path is not None or p.is_file():  # an install without the packaged YAML: the class defaults
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except FileNotFoundError:
+            raise UsageError(f"config file {p} does not exist", where="--config") from None
+        except (OSError, yaml.YAMLError) as exc:
+            raise UsageError(f"config file {p} is not readable YAML ({str(exc).splitlines()[0]})", where="--config") from None
+    if not isinstance(raw, dict):
+        raise UsageError(f"config file {p} must hold a mapping of keys", where="--config")
+    in_file = raw.get("model_type")
+    if model_type is not None and in_file is not None and in_file != model_type:
+        raise UsageError(f"config file {p} is for model_type {in_file!r}, not {model_type!r}; use `aivc train {in_file}` or another --config", where="--config")
+    try:
+        cls = config_class(str(in_file or model_type or "cell-vae"))
+    except UsageError as exc:
+        raise UsageError(f"{exc.message} (in {p})", where="--config") from None
+    _set_items(raw, overrides, cls)
+    try:
+        return cls.model_validate(raw)
+    except ValidationError as exc:
+        source = f"{p} with --set" if overrides else str(p)
+        raise UsageError(_format_validation_error(exc, source), where="--config") from None
+
+
+def apply_overrides(cfg: TrainingConfig, overrides: list[str] | tuple[str, ...]) -> TrainingConfig:
+    """Apply ``key=value`` overrides (dotted keys, YAML scalar values) and re-validate."""
     d = cfg.model_dump(mode="json")
+    _set_items(d, overrides, type(cfg))
+    try:
+        return type(cfg).model_validate(d)
+    except ValidationError as exc:
+        raise UsageError(_format_validation_error(exc, "--set"), where="--set") from None
+
+
+def _section(model: type[BaseModel], key: str) -> type[BaseModel] | None:
+    """The model class of section ``key`` of ``model`` (None: not a section)."""
+    field = model.model_fields.get(key)
+    ann = field.annotation if field is not None else None
+    return ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+
+
+def _set_items(d: dict[str, Any], overrides: list[str] | tuple[str, ...], cls: type[BaseModel]) -> None:
+    """Set ``KEY=VALUE`` items in the (raw or dumped) config dict ``d`` of class ``cls``."""
+    import yaml
+
     for item in overrides:
         key, sep, value = item.partition("=")
         key = key.strip()
@@ -155,39 +272,42 @@ def apply_overrides(cfg: CellVaeConfig, overrides: list[str] | tuple[str, ...]) 
             raise UsageError(f"--set expects KEY=VALUE, got {item!r}", where="--set")
         *parents, leaf = key.split(".")
         node: Any = d
+        model: type[BaseModel] = cls
         for i, p in enumerate(parents):
-            if not isinstance(node, dict) or not isinstance(node.get(p), dict):
-                raise UsageError(f"unknown key {'.'.join(parents[: i + 1])!r} in --set {item}; {_keys_hint(d)}", where="--set")
-            node = node[p]
-        if leaf not in node or isinstance(node[leaf], dict):
-            raise UsageError(f"unknown key {key!r} in --set {item}; {_keys_hint(d)}", where="--set")
+            sub = _section(model, p)
+            if sub is None:
+                raise UsageError(f"unknown key {'.'.join(parents[: i + 1])!r} in --set {item}; {_keys_hint(cls)}", where="--set")
+            if node.get(p) is None:
+                node[p] = {}  # a section the YAML left out
+            if not isinstance(node[p], dict):
+                raise UsageError(f"{'.'.join(parents[: i + 1])} must be a section of keys, not {node[p]!r}; fix the config file", where="--set")
+            node, model = node[p], sub
+        if leaf not in model.model_fields or _section(model, leaf) is not None:
+            raise UsageError(f"unknown key {key!r} in --set {item}; {_keys_hint(cls)}", where="--set")
         try:
             node[leaf] = yaml.safe_load(value) if value.strip() else None
         except yaml.YAMLError:
             node[leaf] = value
-    try:
-        return CellVaeConfig.model_validate(d)
-    except ValidationError as exc:
-        raise UsageError(_format_validation_error(exc, "--set"), where="--set") from None
 
 
-def _keys_hint(d: dict[str, Any], prefix: str = "") -> str:
+def _keys_hint(cls: type[BaseModel]) -> str:
     keys: list[str] = []
 
-    def walk(node: dict[str, Any], pre: str) -> None:
-        for k, v in node.items():
+    def walk(model: type[BaseModel], pre: str) -> None:
+        for k in model.model_fields:
             if k in ("schema_name", "schema_version", "model_type"):
                 continue
-            if isinstance(v, dict):
-                walk(v, f"{pre}{k}.")
+            sub = _section(model, k)
+            if sub is not None:
+                walk(sub, f"{pre}{k}.")
             else:
                 keys.append(f"{pre}{k}")
 
-    walk(d, prefix)
+    walk(cls, "")
     return "valid keys: " + ", ".join(keys)
 
 
-def config_changes(old: CellVaeConfig, new: CellVaeConfig) -> list[str]:
+def config_changes(old: TrainingConfig, new: TrainingConfig) -> list[str]:
     """Dotted keys whose values differ between two configs."""
     out: list[str] = []
 

@@ -1,8 +1,16 @@
 """Ray Train jobs: train a scale model on the lake, checkpoint every epoch, resume, register.
 
+One loop serves every model type (``cfg.model_type``, built with
+:func:`aivc.training.models.model_class`). A model with ``gene_tokens`` (``cell-transformer``)
+reads genes through gene URs: the driver resolves ``cfg.gene_ur`` to one exact version,
+keeps only the genes that have a vector in it (:func:`gene_table`), records the version
+in the run and in the registered model's ``lineage["gene_ur"]``, and every worker sets
+the vectors, in plan gene order, as the model's (non-persistent) gene table.
+
 A run lives in ``<lake>/models/.runs/<run_id>/``::
 
-    run.json              the run record (schema_name aivc.training_run): config, status, model ref
+    run.json              the run record (schema_name aivc.training_run): config, status, model
+                          ref, and ``gene_ur`` (the exact gene UR version) for gene-token models
     plan/                 the training plan (cells, genes, split, pinned lake state)
     progress.jsonl        one line per finished epoch (what the driver shows)
     ray/                  Ray Train's storage (RunConfig(storage_path=<run>, name="ray")):
@@ -17,6 +25,9 @@ restarts from the newest complete ``epoch_*`` checkpoint instead (V2 dropped
 train a run (``<run>/.lock``). Only ``optim.epochs`` may change on resume (to train longer). Shuffling and sampling noise
 are seeded from ``seed`` and the epoch, so a resumed run continues exactly as an
 uninterrupted one would.
+
+Every epoch's metrics include ``data_wait_fraction``: the share of the training pass spent
+waiting for the loader's next batch (near 0: the loader keeps up with the model).
 """
 
 from __future__ import annotations
@@ -35,13 +46,15 @@ from typing import Any
 
 from aivc.errors import LakeBusyError, UsageError
 from aivc.store.lake import Lake, utcnow, write_json_atomic
-from aivc.training.config import RESUMABLE_CHANGES, CellVaeConfig, config_changes
+from aivc.training.config import RESUMABLE_CHANGES, TrainingConfig, config_changes, parse_config
 from aivc.training.errors import TrainingError
 
 RUN_SCHEMA = "aivc.training_run"
 RAY_NAME = "ray"
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,80}$")
 STATE_FILE = "state.pt"
+#: fewest plan genes with a gene UR that a ``gene_tokens`` model (cell-transformer) trains on
+MIN_GENE_TOKENS = 50
 
 
 @dataclass(frozen=True)
@@ -125,11 +138,20 @@ def _allreduce_sum(values: list[float]) -> list[float]:
 
 
 def _run_epoch(model: Any, loader: Any, *, optimizer: Any = None, kl_weight: float = 1.0) -> list[float]:
-    """Summed (loss, reconstruction, kl) times cells, and cells, over one pass."""
+    """Summed (loss, reconstruction, kl) times cells, cells, and seconds spent waiting for
+    batches (``iter`` and ``next`` of the loader) and in all, over one pass."""
     import torch
 
-    sums = [0.0, 0.0, 0.0, 0.0]
-    for batch in loader:
+    sums = [0.0] * 6
+    start = time.perf_counter()
+    it = iter(loader)
+    sums[4] += time.perf_counter() - start
+    while True:
+        t0 = time.perf_counter()
+        batch = next(it, None)
+        sums[4] += time.perf_counter() - t0
+        if batch is None:
+            break
         n = float(batch["x"].shape[0])
         if optimizer is not None:
             out = model(batch, kl_weight=kl_weight)
@@ -143,28 +165,39 @@ def _run_epoch(model: Any, loader: Any, *, optimizer: Any = None, kl_weight: flo
         sums[1] += float(out.reconstruction.detach()) * n
         sums[2] += float(out.kl.detach()) * n
         sums[3] += n
+    sums[5] = time.perf_counter() - start
     return sums
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
-    """Ray Train loop of ``cell-vae``: runs in every worker, reports once per epoch."""
+    """Ray Train loop of every model type: runs in every worker, reports once per epoch.
+
+    The model is ``model_class(cfg.model_type)(**loop_config["init"])``; a model with
+    ``gene_tokens`` gets the vectors of ``loop_config["gene_ur"]`` in plan gene order.
+    """
     import ray.train
     import ray.train.torch
     import torch
 
     from aivc.training.data import CellDataset, TrainingPlan, make_loader
-    from aivc.training.models.cell_vae import CellVAE
+    from aivc.training.models import model_class
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    cfg = CellVaeConfig.model_validate(loop_config["config"])
+    cfg = parse_config(loop_config["config"])
     lake = Lake.open(loop_config["lake"])
     rdir = Path(loop_config["run_dir"])
     plan = TrainingPlan.load(rdir / "plan", lake)
     torch.set_num_threads(max(1, int(loop_config.get("threads", 1))))
 
     _seed_everything(cfg.seed)  # identical initial weights on every rank
-    model = CellVAE(plan.n_genes, plan.n_batches, **cfg.model.model_dump())
+    cls = model_class(cfg.model_type)
+    model = cls(**loop_config["init"])
+    if getattr(cls, "gene_tokens", False):
+        table = gene_table(lake, loop_config["gene_ur"], plan.gene_ids, dim=int(loop_config["init"]["gene_dim"]))
+        if table.gene_ids != plan.gene_ids:
+            raise TrainingError(f"{table.ref} has no vector for some genes of the run's plan", where=str(rdir))
+        model.set_gene_table(torch.from_numpy(table.vectors))
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     start_epoch, history = 0, []
     ckpt = ray.train.get_checkpoint()
@@ -188,7 +221,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     for epoch in range(start_epoch, cfg.optim.epochs):
         t0 = time.perf_counter()
         torch.manual_seed(cfg.seed * 1_000_003 + epoch * 1_009 + rank)  # sampling noise: resume-exact
-        warm = cfg.optim.kl_warmup_epochs
+        warm = getattr(cfg.optim, "kl_warmup_epochs", 0)
         kl_weight = min(1.0, epoch / warm) if warm else 1.0
         train_ds.set_epoch(epoch)
         model.train()
@@ -204,6 +237,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
             "validation_loss": va[0] / va[3] if va[3] else None,
             "validation_reconstruction": va[1] / va[3] if va[3] else None,
             "validation_kl": va[2] / va[3] if va[3] else None,
+            "data_wait_fraction": round(tr[4] / tr[5], 4) if tr[5] > 0 else 0.0,
             "seconds": round(time.perf_counter() - t0, 4),
             "resumed_from_epoch": start_epoch,
         }
@@ -266,15 +300,94 @@ class _Tail(threading.Thread):
             self.poll()
 
 
-def _prepare_run(lake: Lake, cfg: CellVaeConfig, run_id: str) -> tuple[Path, bool]:
-    """Create the run folder and plan, or check a resumed run's config; returns (dir, resumed)."""
-    from aivc.training.data import build_plan
+@dataclass(frozen=True)
+class GeneTable:
+    """Gene URs of some genes from one gene embedding version (the tokens of a
+    ``gene_tokens`` model): ``vectors[i]`` is the UR of ``gene_ids[i]``."""
 
+    ref: str
+    gene_ids: tuple[str, ...]
+    vectors: Any  # numpy float32 [len(gene_ids), dim]
+    dim: int
+
+
+def gene_table(lake: Lake, ref: str, gene_ids: tuple[str, ...] | list[str], *, dim: int | None = None) -> GeneTable:
+    """The URs in ``ref`` of those ``gene_ids`` that have one, in the order given.
+
+    ``ref`` must name a gene embedding (``gene:NAME[@VERSION]``; no version: the latest,
+    returned exactly in ``GeneTable.ref``); ``dim``, when given, must be its width.
+
+    Examples
+    --------
+    >>> t = gene_table(lake, "gene:coexpr@1", plan.gene_ids, dim=32)  # doctest: +SKIP
+    >>> model.set_gene_table(torch.from_numpy(t.vectors))  # doctest: +SKIP
+    """
+    from aivc.embeddings.store import get_version, parse_ref, read_vectors
+
+    entity = parse_ref(ref)[0]
+    if entity != "gene":
+        raise UsageError(f"gene_ur {ref!r} is a {entity} embedding; gene tokens need a gene embedding, e.g. gene:coexpr@1", where="gene_ur")
+    version = get_version(lake, ref)
+    if dim is not None and version.dim != dim:
+        raise UsageError(f"gene_ur {version.ref} has {version.dim}-dimensional vectors but the model takes {dim}; use the gene embedding it was trained with", where="gene_ur")
+    table, vectors = read_vectors(lake, version, ids=list(gene_ids))
+    pos = {g: i for i, g in enumerate(table.column("id").to_pylist())}
+    keep = tuple(g for g in gene_ids if g in pos)
+    return GeneTable(ref=version.ref, gene_ids=keep, vectors=vectors[[pos[g] for g in keep]].reshape(len(keep), version.dim), dim=version.dim)
+
+
+def _build_plan(lake: Lake, cfg: TrainingConfig) -> tuple[Any, str | None]:
+    """The run's training plan and, for a ``gene_tokens`` model, the exact gene UR ref.
+
+    A gene-token model trains only on genes with a UR in ``cfg.gene_ur``; the most variable
+    genes (``data.n_top_genes``) are chosen among those.
+    """
+    from dataclasses import replace
+
+    import numpy as np
+    import pandas as pd
+
+    from aivc.training.data import _top_genes, build_plan
+    from aivc.training.models import model_class
+
+    if not getattr(model_class(cfg.model_type), "gene_tokens", False):
+        return build_plan(lake, cfg.data, cfg.seed), None
+    assert cfg.gene_ur is not None  # the config requires it
+    plan = build_plan(lake, cfg.data.model_copy(update={"n_top_genes": None}), cfg.seed)
+    table = gene_table(lake, cfg.gene_ur, plan.gene_ids)
+    keep = np.isin(np.asarray(plan.gene_ids, dtype=object), np.asarray(table.gene_ids, dtype=object))
+    if int(keep.sum()) < MIN_GENE_TOKENS:
+        raise UsageError(
+            f"only {int(keep.sum())} of the {plan.n_genes} genes of the training data have a vector in {table.ref}; "
+            f"{cfg.model_type} needs at least {MIN_GENE_TOKENS} (use gene URs computed over these datasets)",
+            where="gene_ur",
+        )
+    plan = replace(plan, gene_ids=tuple(np.asarray(plan.gene_ids, dtype=object)[keep]), gene_joinids=plan.gene_joinids[keep], masks=plan.masks[:, keep])
+    n_top = cfg.data.n_top_genes
+    if n_top is not None and n_top < plan.n_genes:
+        genes = pd.DataFrame({"gene_id": list(plan.gene_ids), "soma_joinid": plan.gene_joinids})
+        top = _top_genes(plan.soma_uri, plan.high_water, plan.cells, genes, plan.masks, n_top, cfg.data.chunk_rows)
+        plan = replace(plan, gene_ids=tuple(plan.gene_ids[i] for i in top), gene_joinids=plan.gene_joinids[top], masks=plan.masks[:, top])
+    return plan, table.ref
+
+
+def _model_init(cfg: TrainingConfig, plan: Any, gene_ur: str | None, lake: Lake) -> dict[str, Any]:
+    """The JSON-able constructor arguments of the run's model (registered as ``init``)."""
+    if gene_ur is None:
+        return {"n_genes": plan.n_genes, "n_batches": plan.n_batches, **cfg.model.model_dump()}
+    from aivc.embeddings.store import get_version
+
+    return {"gene_dim": get_version(lake, gene_ur).dim, **cfg.model.model_dump()}
+
+
+def _prepare_run(lake: Lake, cfg: TrainingConfig, run_id: str) -> tuple[Path, bool, str | None]:
+    """Create the run folder and plan, or check a resumed run's config; returns
+    (dir, resumed, the exact gene UR ref of a gene-token model)."""
     rdir = run_dir(lake, run_id)
     record_path = rdir / "run.json"
     if record_path.is_file():
         rec = json.loads(record_path.read_text())
-        old = CellVaeConfig.model_validate(rec["config"])
+        old = parse_config(rec["config"])
         changed = [k for k in config_changes(old, cfg) if k not in RESUMABLE_CHANGES]
         if changed:
             raise UsageError(
@@ -286,18 +399,17 @@ def _prepare_run(lake: Lake, cfg: CellVaeConfig, run_id: str) -> tuple[Path, boo
                 f"run {run_id!r} already finished and was registered as {rec.get('model_ref')}; raise optim.epochs to train it further or use a new --run-id",
                 where="--run-id",
             )
-        return rdir, True
-    plan = build_plan(lake, cfg.data, cfg.seed)
-    plan_dir = rdir / "plan"
-    plan.save(plan_dir)
-    write_json_atomic(
-        record_path,
-        {"schema_name": RUN_SCHEMA, "schema_version": 1, "run_id": run_id, "created_at": utcnow(), "status": "running", "config": cfg.model_dump(mode="json")},
-    )
-    return rdir, False
+        return rdir, True, rec.get("gene_ur")
+    plan, gene_ur = _build_plan(lake, cfg)
+    plan.save(rdir / "plan")
+    record = {"schema_name": RUN_SCHEMA, "schema_version": 1, "run_id": run_id, "created_at": utcnow(), "status": "running", "config": cfg.model_dump(mode="json")}
+    if gene_ur is not None:
+        record["gene_ur"] = gene_ur
+    write_json_atomic(record_path, record)
+    return rdir, False, gene_ur
 
 
-def new_run_id(cfg: CellVaeConfig) -> str:
+def new_run_id(cfg: TrainingConfig) -> str:
     import uuid
 
     return f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:6]}"
@@ -305,7 +417,7 @@ def new_run_id(cfg: CellVaeConfig) -> str:
 
 def train(
     lake: Lake,
-    cfg: CellVaeConfig,
+    cfg: TrainingConfig,
     *,
     workers: int = 1,
     ray_address: str | None = None,
@@ -355,7 +467,7 @@ def _run_lock(rdir: Path) -> Iterator[None]:
 
 def _train_locked(
     lake: Lake,
-    cfg: CellVaeConfig,
+    cfg: TrainingConfig,
     run_id: str,
     *,
     workers: int,
@@ -364,11 +476,12 @@ def _train_locked(
     on_start: Callable[[dict[str, Any]], None] | None,
     object_store_memory: int | None,
 ) -> TrainResult:
-    rdir, resumed = _prepare_run(lake, cfg, run_id)
-    if on_start is not None:
-        from aivc.training.data import TrainingPlan
+    from aivc.training.data import TrainingPlan
 
-        plan = TrainingPlan.load(rdir / "plan", lake)
+    rdir, resumed, gene_ur = _prepare_run(lake, cfg, run_id)
+    plan = TrainingPlan.load(rdir / "plan", lake)
+    init = _model_init(cfg, plan, gene_ur, lake)
+    if on_start is not None:
         counts = plan.cells["split"].value_counts()
         on_start(
             {
@@ -380,6 +493,8 @@ def _train_locked(
                 "n_genes": plan.n_genes,
                 "batches": list(plan.batch_categories),
                 "workers": workers,
+                "model_type": cfg.model_type,
+                "gene_ur": gene_ur,
             }
         )
 
@@ -401,7 +516,15 @@ def _train_locked(
     try:
         trainer = TorchTrainer(
             train_loop_per_worker,
-            train_loop_config={"config": cfg.model_dump(mode="json"), "lake": str(lake.root), "run_dir": str(rdir), "threads": 1, "resume_dir": resume_from},
+            train_loop_config={
+                "config": cfg.model_dump(mode="json"),
+                "init": init,
+                "gene_ur": gene_ur,
+                "lake": str(lake.root),
+                "run_dir": str(rdir),
+                "threads": 1,
+                "resume_dir": resume_from,
+            },
             scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=False, resources_per_worker={"CPU": 1}),
             run_config=ray.train.RunConfig(
                 name=RAY_NAME,
@@ -423,7 +546,7 @@ def _train_locked(
                 tail.poll()
         if result.checkpoint is None:
             raise TrainingError(f"training run {run_id} ended without a checkpoint", where=str(rdir))
-        return _register(lake, cfg, rdir, run_id, result, workers)
+        return _register(lake, cfg, rdir, run_id, result, workers, init=init, gene_ur=gene_ur)
     finally:
         if started:
             ray.shutdown()
@@ -438,7 +561,7 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(inner).__name__}: {last[-1] if last else ''}"
 
 
-def _register(lake: Lake, cfg: CellVaeConfig, rdir: Path, run_id: str, result: Any, workers: int) -> TrainResult:
+def _register(lake: Lake, cfg: TrainingConfig, rdir: Path, run_id: str, result: Any, workers: int, *, init: dict[str, Any], gene_ur: str | None) -> TrainResult:
     import ray
     import torch
 
@@ -452,17 +575,20 @@ def _register(lake: Lake, cfg: CellVaeConfig, rdir: Path, run_id: str, result: A
     final = history[-1]
     resumed = int(final.get("resumed_from_epoch", 0))
     unmeasured = {ds: [g for g, m in zip(plan.gene_ids, plan.masks[b], strict=True) if not m] for b, ds in enumerate(plan.batch_categories)}
+    lineage = plan.lineage() | {"validation": plan.validation, "genes_mode": plan.genes_mode, "unmeasured_genes": {k: v for k, v in unmeasured.items() if v}}
+    if gene_ur is not None:
+        lineage["gene_ur"] = gene_ur  # the exact version whose vectors are the gene tokens
     rec = register_model(
         lake,
         cfg.name,
         model_type=cfg.model_type,
         state_dict=state["model"],
-        init={"n_genes": plan.n_genes, "n_batches": plan.n_batches, **cfg.model.model_dump()},
+        init=init,
         config=cfg.model_dump(mode="json"),
         gene_ids=plan.gene_ids,
         encodings={"batch": list(plan.batch_categories)},
         metrics={k: v for k, v in final.items() if k not in ("seconds",)},
-        lineage=plan.lineage() | {"validation": plan.validation, "genes_mode": plan.genes_mode, "unmeasured_genes": {k: v for k, v in unmeasured.items() if v}},
+        lineage=lineage,
         history=history,
         training={"run_id": run_id, "epochs": int(state["epoch"]), "resumed_from_epoch": resumed, "workers": workers, "ray_version": ray.__version__, "torch_version": torch.__version__},
     )

@@ -8,17 +8,20 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 from typer.testing import CliRunner
 
-from aivc.errors import UsageError
+from aivc.embeddings.gene_coexpr import embed_gene_coexpression
+from aivc.embeddings.store import EmbeddingWriter, read_vectors
+from aivc.errors import NotFoundError, UsageError
 from aivc.store.catalog import Catalog
-from aivc.training.config import CellVaeConfig, apply_overrides
+from aivc.training.config import CellVaeConfig, apply_overrides, load_config
 from aivc.training.data import CellDataset, TrainingPlan
 from aivc.training.registry import get_model, list_models, load_model, version_dir
-from aivc.training.trainer import latest_checkpoint_epoch, train
+from aivc.training.trainer import _prepare_run, gene_table, latest_checkpoint_epoch, train
 from tests.training.helpers import kill_tree, run_dir_of, tiny_overrides
 
 CLI_SCRIPT = """
@@ -112,3 +115,99 @@ def test_killed_run_resumes_from_its_checkpoint_exactly(train_lake, ray_session,
     for k in w1:
         torch.testing.assert_close(w1[k], w2[k], rtol=0, atol=0)
     assert rec_fresh.history[-1]["train_loss"] == rec.history[-1]["train_loss"]
+
+
+TINY_TRANSFORMER = ["optim.batch_size=32", "model.d_model=16", "model.n_heads=2", "model.n_layers=1", "model.max_tokens=32", "model.latent_dim=4", "data.chunk_rows=64"]
+
+
+@pytest.fixture(scope="module")
+def coexpr_tf(train_lake):  # noqa: ANN001, ANN201
+    """Co-expression gene URs (dim 16) of the training lake: ``gene:coexpr_tf@1``."""
+    return embed_gene_coexpression(train_lake, name="coexpr_tf", dim=16)
+
+
+def test_cell_transformer_trains_on_gene_urs_and_registers(train_lake, ray_session, cli_app, coexpr_tf):
+    gene_ur = coexpr_tf
+    runner = CliRunner()
+    args = ["train", "cell-transformer", "--lake", str(train_lake.root), "--run-id", "tf-basic", "--json"]
+    res = runner.invoke(cli_app, [*args, *_set_args(["gene_ur=gene:coexpr_tf", "optim.epochs=2", *TINY_TRANSFORMER])])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    rec = get_model(train_lake, out["model"])
+    assert (rec.name, rec.model_type, out["epochs"]) == ("cell-transformer", "cell-transformer", 2)
+    # the exact gene UR version is recorded (the config named only the latest)
+    assert rec.lineage["gene_ur"] == gene_ur.ref == "gene:coexpr_tf@1"
+    assert json.loads((run_dir_of(train_lake, "tf-basic") / "run.json").read_text())["gene_ur"] == gene_ur.ref
+    assert rec.init == {"gene_dim": 16, "d_model": 16, "n_heads": 2, "n_layers": 1, "max_tokens": 32, "n_bins": 32, "mask_fraction": 0.15, "dropout": 0.1, "latent_dim": 4}
+    # the genes: union of both datasets' genes that have a gene UR, in soma_joinid order
+    cat = Catalog(train_lake)
+    union = pd.concat([pd.read_parquet(cat.artifacts_path(cat.get(d)) / "genes.parquet") for d in ("synth-a", "synth-b")]).drop_duplicates("gene_id")
+    with_ur = set(read_vectors(train_lake, gene_ur)[0].column("id").to_pylist())
+    assert list(rec.gene_ids) == union[union.gene_id.isin(with_ur)].sort_values("soma_joinid").gene_id.tolist()
+    assert len(rec.gene_ids) >= 50 and rec.lineage["genes_mode"] == "union" and rec.lineage["unmeasured_genes"]["synth-b"]
+    for h in rec.history:
+        assert 0.0 <= h["data_wait_fraction"] <= 1.0 and h["train_kl"] == 0.0 and h["train_loss"] > 0
+    assert rec.metrics["data_wait_fraction"] == rec.history[-1]["data_wait_fraction"]
+    # the weights do not hold the gene table: set it from the recorded version, then embed the lake
+    module, _ = load_model(train_lake, rec.ref)
+    assert not any("gene_table" in k for k in torch.load(version_dir(train_lake, rec.name, rec.version) / "model.pt", weights_only=True))
+    table = gene_table(train_lake, rec.lineage["gene_ur"], rec.gene_ids, dim=rec.init["gene_dim"])
+    assert table.gene_ids == rec.gene_ids
+    module.set_gene_table(torch.from_numpy(table.vectors))
+    plan = TrainingPlan.load(run_dir_of(train_lake, "tf-basic") / "plan", train_lake)
+    z = torch.cat([module.embed(b) for b in CellDataset(plan, "all", batch_size=64, shuffle=False)])
+    assert z.shape == (100, 4) and torch.isfinite(z).all() and float(z.std(0).min()) > 0
+
+
+def test_cell_transformer_run_keeps_its_gene_ur_version_on_resume(train_lake, coexpr_tf):
+    """The run records the exact gene UR version when it starts; a resume reuses it (no Ray
+    needed: this is the driver's part; the worker reads what it is given)."""
+    table, vectors = read_vectors(train_lake, coexpr_tf)
+    with EmbeddingWriter(train_lake, "gene", "resume_tf", 16, source={"kind": "test"}) as w:
+        w.write(table.column("id"), vectors)
+    cfg = load_config(model_type="cell-transformer", overrides=["gene_ur=gene:resume_tf", "data.n_top_genes=60", *TINY_TRANSFORMER])
+    rdir, resumed, ref = _prepare_run(train_lake, cfg, "tf-resume")
+    assert (resumed, ref) == (False, "gene:resume_tf@1")
+    plan = TrainingPlan.load(rdir / "plan", train_lake)
+    with_ur = set(table.column("id").to_pylist())
+    assert plan.n_genes == 60 and set(plan.gene_ids) <= with_ur  # most variable among genes with a UR
+    # a newer version of the gene URs appears: the run keeps the version it started with
+    with EmbeddingWriter(train_lake, "gene", "resume_tf", 16, source={"kind": "test"}) as w:
+        w.write(list(plan.gene_ids[:50]), np.ones((50, 16), np.float32))
+    _, resumed, ref = _prepare_run(train_lake, apply_overrides(cfg, ["optim.epochs=40"]), "tf-resume")
+    assert (resumed, ref) == (True, "gene:resume_tf@1")
+    assert TrainingPlan.load(rdir / "plan", train_lake).gene_ids == plan.gene_ids
+    with pytest.raises(UsageError, match=r"different config \(gene_ur\)"):
+        _prepare_run(train_lake, apply_overrides(cfg, ["gene_ur=gene:resume_tf@2"]), "tf-resume")
+
+
+def test_cell_transformer_gene_ur_problems_are_usage_errors(train_lake):
+    cat = Catalog(train_lake)
+    genes = pd.read_parquet(cat.artifacts_path(cat.get("synth-a")) / "genes.parquet")["gene_id"].tolist()
+    with EmbeddingWriter(train_lake, "gene", "few_tf", 8, source={"kind": "test"}) as w:
+        w.write(genes[:20], np.random.default_rng(0).normal(size=(20, 8)).astype(np.float32))
+    cfg = load_config(model_type="cell-transformer", overrides=["gene_ur=gene:few_tf@1", *TINY_TRANSFORMER])
+    with pytest.raises(UsageError, match=r"only 20 of the 120 genes of the training data have a vector in gene:few_tf@1; cell-transformer needs at least 50"):
+        train(train_lake, cfg, run_id="tf-few")
+    assert not run_dir_of(train_lake, "tf-few").exists()
+    with pytest.raises(NotFoundError, match="no embedding gene:missing_tf"):
+        train(train_lake, apply_overrides(cfg, ["gene_ur=gene:missing_tf@1"]), run_id="tf-missing")
+    with pytest.raises(UsageError, match="has 8-dimensional vectors but the model takes 16"):
+        gene_table(train_lake, "gene:few_tf@1", genes, dim=16)
+    with pytest.raises(UsageError, match="is a cell embedding; gene tokens need a gene embedding"):
+        gene_table(train_lake, "cell:pca@1", genes)
+    t = gene_table(train_lake, "gene:few_tf", list(reversed(genes)))
+    assert t.ref == "gene:few_tf@1" and t.gene_ids == tuple(reversed(genes[:20])) and t.vectors.shape == (20, 8)
+    _, vecs = read_vectors(train_lake, "gene:few_tf@1", ids=[genes[3]])
+    np.testing.assert_array_equal(t.vectors[t.gene_ids.index(genes[3])], vecs[0])
+
+
+def test_cli_cell_transformer_without_gene_ur_is_one_line(train_lake, cli_app):
+    runner = CliRunner()
+    res = runner.invoke(cli_app, ["train", "cell-transformer", "--lake", str(train_lake.root), "--run-id", "tf-no-ur"])
+    assert res.exit_code == 2 and "gene_ur is required" in res.output and "Traceback" not in res.output
+    res = runner.invoke(cli_app, ["train", "cell-transformer", "--lake", str(train_lake.root), "--json", "--set", "gene_ur=gene:nope_tf@1"])
+    err = json.loads(res.stdout)
+    assert res.exit_code == 1 and err["status"] == "error" and err["errors"][0]["code"] == "NOT_FOUND"
+    assert not run_dir_of(train_lake, "tf-no-ur").exists()
+    assert "cell-transformer" in runner.invoke(cli_app, ["train", "--help"]).output

@@ -106,16 +106,15 @@ def build_apply_plan(
     overlap: dict[str, Any] = {}
     table: np.ndarray | None = None
     if gene_tokens:
-        from aivc.embeddings.store import read_vectors
+        from aivc.training.trainer import gene_table
 
         gene_ur = rec.lineage.get("gene_ur")
         if not gene_ur:
             raise UsageError(f"model {rec.ref} records no gene UR version (lineage.gene_ur); retrain it", where=rec.ref)
         union = sorted(joinid_of, key=joinid_of.__getitem__)
-        ids_tbl, vecs = read_vectors(lake, gene_ur, ids=union)
-        have = dict(zip(ids_tbl.column("id").to_pylist(), range(len(vecs)), strict=True))
-        gene_ids = tuple(g for g in union if g in have)
-        table = vecs[[have[g] for g in gene_ids]].astype(np.float32) if gene_ids else np.zeros((0, 1), np.float32)
+        gt = gene_table(lake, gene_ur, union, dim=rec.init.get("gene_dim"))
+        gene_ids = gt.gene_ids
+        table = np.ascontiguousarray(gt.vectors, dtype=np.float32)
         for v in versions:
             mine = set(measured[v.dataset_id]["gene_id"].astype(str))
             n_ur = len(mine & set(gene_ids))

@@ -220,14 +220,13 @@ def _set_training_gene_table(lake: Lake, module: Any, rec: ModelRecord) -> None:
     import numpy as np
     import torch
 
-    from aivc.embeddings.store import read_vectors
+    from aivc.training.trainer import gene_table
 
     ref = rec.lineage.get("gene_ur")
     if not ref:
         raise ModelError(f"model {rec.ref} records no gene UR version (lineage.gene_ur)", where=rec.ref)
-    ids, vecs = read_vectors(lake, ref, ids=list(rec.gene_ids))
-    row = {g: i for i, g in enumerate(ids.column("id").to_pylist())}
-    missing = [g for g in rec.gene_ids if g not in row]
-    if missing:
+    t = gene_table(lake, ref, list(rec.gene_ids), dim=rec.init.get("gene_dim"))
+    if len(t.gene_ids) != len(rec.gene_ids):
+        missing = [g for g in rec.gene_ids if g not in set(t.gene_ids)]
         raise ModelError(f"gene UR version {ref} of model {rec.ref} lacks {len(missing)} of its genes (e.g. {missing[0]})", where=ref)
-    module.set_gene_table(torch.from_numpy(np.ascontiguousarray(vecs[[row[g] for g in rec.gene_ids]], dtype=np.float32)))
+    module.set_gene_table(torch.from_numpy(np.ascontiguousarray(t.vectors, dtype=np.float32)))

@@ -166,3 +166,51 @@ def test_where_selects_cells_by_metadata(train_lake, ray_session):  # noqa: ANN0
         embed_model(train_lake, rec.ref, datasets=["synth-a"], where="no_such_column = 1")
     with pytest.raises(UsageError, match="selects no cell of synth-a@1"):
         embed_model(train_lake, rec.ref, datasets=["synth-a"], where="n_counts < 0")
+
+
+def test_gene_token_model_embeds_genes_it_never_saw(lake, write_submission, human_genes, ray_session):  # noqa: ANN001
+    """A cell-transformer trained on 100 genes embeds a dataset with 20 more: they have gene
+    URs, so they become tokens; the result equals the model applied directly."""
+    from aivc.embeddings.store import EmbeddingWriter
+    from aivc.ingest.submission import submit
+    from aivc.training.embed import embed_model
+    from aivc.training.models.cell_transformer import CellTransformer
+
+    assert submit(lake, *write_submission(mutate=lambda a: a[:, :100].copy(), dataset_id="train-a")).status == "committed"
+    assert submit(lake, *write_submission(dataset_id="new-b", seed=7)).status == "committed"  # all 120 genes
+    all_genes = _lake_genes(lake, ["new-b"])["new-b"]["gene_id"].tolist()
+    trained = _lake_genes(lake, ["train-a"])["train-a"]["gene_id"].tolist()
+    rng = np.random.default_rng(0)
+    with EmbeddingWriter(lake, "gene", "rand", dim=8, source={"kind": "import"}) as w:
+        w.write(all_genes, rng.normal(size=(len(all_genes), 8)).astype(np.float32))
+    torch.manual_seed(0)
+    init = {"gene_dim": 8, "d_model": 16, "n_heads": 2, "n_layers": 1, "max_tokens": 128, "latent_dim": 4}
+    m = CellTransformer(**init)
+    rec = register_model(
+        lake, "tiny-tf", model_type="cell-transformer", state_dict=m.state_dict(), init=init, config={}, gene_ids=trained,
+        encodings={"batch": ["train-a"]}, metrics={}, lineage={"organism": "homo_sapiens", "gene_ur": "gene:rand@1"},
+    )
+    module, _ = load_model(lake, rec.ref)  # the training gene table comes from lineage.gene_ur
+    assert module.gene_table.shape == (100, 8)
+
+    v = embed_model(lake, rec.ref, datasets=["new-b"])
+    assert v.lineage["gene_overlap"]["new-b"] == {"genes_used": 120, "genes_measured": 120, "fraction": 1.0}
+    assert v.lineage["gene_ur"] == "gene:rand@1"
+
+    # directly: the same weights over new-b's 120 genes, tokens from their URs
+    cat = Catalog(lake)
+    dv = cat.get("new-b")
+    cells = pd.read_parquet(cat.artifacts_path(dv) / "cells.parquet", columns=["obs_id", "soma_joinid"]).sort_values("soma_joinid")
+    genes = _lake_genes(lake, ["new-b"])["new-b"].sort_values("soma_joinid")
+    X = soma_io.read_rows(lake.soma_uri("homo_sapiens"), cat.high_water("homo_sapiens"), cells["soma_joinid"].to_numpy(), genes["soma_joinid"].to_numpy()).toarray()
+    tbl, vec = read_vectors(lake, "gene:rand@1", ids=genes["gene_id"].tolist())
+    row = {g: i for i, g in enumerate(tbl.column("id").to_pylist())}
+    module.set_gene_table(torch.from_numpy(vec[[row[g] for g in genes["gene_id"]]]))
+    x = torch.from_numpy(X.astype(np.float32))
+    direct = module.embed({"x": x, "mask": torch.ones_like(x, dtype=torch.bool), "batch": torch.zeros(len(x), dtype=torch.long)}).numpy()
+    pub = _published(lake, v.ref, "new-b")
+    got = np.stack([pub[i] for i in cells["obs_id"]])
+    np.testing.assert_allclose(got, direct, rtol=1e-4, atol=1e-5)
+    # the 20 new genes matter: restricted to the 100 trained genes the URs differ
+    old = module.embed({"x": x, "mask": torch.from_numpy(np.isin(genes["gene_id"].to_numpy(), trained))[None, :].expand_as(x), "batch": torch.zeros(len(x), dtype=torch.long)}).numpy()
+    assert np.abs(old - got).max() > 1e-3

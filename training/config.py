@@ -57,10 +57,15 @@ class ValidationSplit(_Strict):
 
 
 class DataConfig(_Strict):
-    """Which cells and genes of the lake the model trains on."""
+    """Which cells and genes of the lake the model trains on.
+
+    ``where`` selects cells by a SQL condition on the ``cells_all_versions`` view (e.g.
+    ``"is_primary_data AND n_counts >= 500"``), evaluated over the chosen dataset versions.
+    """
 
     organism: str | None = None
     datasets: tuple[str, ...] | None = None
+    where: str | None = None
     genes: Literal["intersection", "union"] = "intersection"
     n_top_genes: int | None = Field(None, ge=1)
     validation: ValidationSplit = ValidationSplit()

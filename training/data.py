@@ -241,6 +241,10 @@ def build_plan(lake: Lake, cfg: DataConfig, seed: int = 0) -> TrainingPlan:
     cols = ["obs_id", "soma_joinid", "dataset_id", "donor_id"]
     cells = pd.concat([pd.read_parquet(cat.artifacts_path(v) / "cells.parquet", columns=cols) for v in versions], ignore_index=True)
     cells = cells.sort_values("soma_joinid", kind="stable").reset_index(drop=True)
+    if cfg.where:
+        from aivc.training.select import select_joinids
+
+        cells = cells[cells["soma_joinid"].isin(select_joinids(lake, versions, cfg.where, option="data.where"))].reset_index(drop=True)
     cells["batch"] = pd.Categorical(cells["dataset_id"], categories=list(cats)).codes.astype(np.int32)
     genes, masks = _vocabulary(cat, versions, cfg.genes)
     if cfg.n_top_genes is not None and cfg.n_top_genes < len(genes):

@@ -131,3 +131,17 @@ def test_top_genes_and_plan_round_trip(train_lake, tmp_path):
     q = TrainingPlan.load(tmp_path / "plan", train_lake)
     assert q.gene_ids == p.gene_ids and (q.masks == p.masks).all() and q.high_water == p.high_water
     pd.testing.assert_frame_equal(q.cells, p.cells)
+
+
+def test_where_selects_training_cells_by_metadata(train_lake):
+    from aivc.errors import UsageError
+    from aivc.store.sql import query
+
+    want = {r[0] for r in query(train_lake, "SELECT soma_joinid FROM cells WHERE donor_id = 'd1' AND cell_type = 'T cell'").rows}
+    p = build_plan(train_lake, DataConfig(where="donor_id = 'd1' AND cell_type = 'T cell'", validation=ValidationSplit(by="none")))
+    assert set(p.cells["soma_joinid"].tolist()) == want and 0 < len(want) < 100
+    assert set(p.cells["dataset_id"]) == {"synth-a", "synth-b"}
+    with pytest.raises(UsageError, match="data.where 'n_counts < 0' selects no cell"):
+        build_plan(train_lake, DataConfig(where="n_counts < 0"))
+    with pytest.raises(UsageError, match="is not a valid condition"):
+        build_plan(train_lake, DataConfig(where="cell_type = "))

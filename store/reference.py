@@ -1,4 +1,5 @@
-"""Reference tables shipped in ``schemas/``: the genes of each supported organism."""
+"""Reference tables shipped in ``schemas/``: the genes of each supported organism and the
+one-to-one orthologs between them."""
 
 from __future__ import annotations
 
@@ -28,3 +29,54 @@ def gene_reference(organism_name: str) -> pd.DataFrame:
         df = pd.read_csv(fh, sep="\t", compression="gzip", dtype={"gene_id": str, "symbol": str, "gene_version": str, "gene_type": str}, keep_default_na=False)
     df.index = pd.Index(df["gene_id"], name="gene_id")
     return df
+
+
+# the shipped ortholog tables: (organism, organism) -> (file under schemas/orthologs, the two column prefixes)
+_ORTHOLOG_TABLES: dict[tuple[str, str], tuple[str, str, str]] = {
+    ("homo_sapiens", "mus_musculus"): ("human_mouse.tsv.gz", "human", "mouse"),
+}
+
+
+@lru_cache(maxsize=4)
+def _ortholog_table(file_name: str) -> pd.DataFrame:
+    res = resources.files("aivc.schemas").joinpath("orthologs", file_name)
+    if not res.is_file():
+        raise NotFoundError(f"no ortholog table {file_name!r} in this installation", where=str(res))
+    with res.open("rb") as fh:
+        return pd.read_csv(fh, sep="\t", compression="gzip", dtype=str, keep_default_na=False)
+
+
+def orthologs(from_organism: str, to_organism: str) -> pd.DataFrame:
+    """One-to-one orthologs from ``from_organism`` to ``to_organism``.
+
+    Organisms are named as in ``gene_reference`` (``homo_sapiens``, ``mus_musculus``);
+    NCBITaxon ids (``NCBITaxon:9606``, ``NCBITaxon:10090``) are accepted too. Both
+    directions of a shipped pair work (human -> mouse and mouse -> human); any other
+    pair raises ``NotFoundError``.
+
+    Columns: ``from_gene_id``, ``to_gene_id`` (Ensembl, no version, as in
+    ``gene_reference``), ``from_symbol``, ``to_symbol``; a plain RangeIndex, rows sorted
+    by ``from_gene_id``. Every gene id occurs at most once in each id column. The table is
+    read once and cached; each call returns a fresh copy, so callers may modify it.
+    Provenance is in ``schemas/orthologs/PROVENANCE.md``.
+    """
+    src = ORGANISM_NAMES.get(from_organism, from_organism)
+    dst = ORGANISM_NAMES.get(to_organism, to_organism)
+    if (src, dst) in _ORTHOLOG_TABLES:
+        file_name, a, b = _ORTHOLOG_TABLES[(src, dst)]
+    elif (dst, src) in _ORTHOLOG_TABLES:
+        file_name, b, a = _ORTHOLOG_TABLES[(dst, src)]
+    else:
+        known = ", ".join(f"{x} <-> {y}" for x, y in _ORTHOLOG_TABLES)
+        raise NotFoundError(
+            f"no ortholog table from {from_organism!r} to {to_organism!r}; shipped: {known}",
+            where=f"{from_organism}->{to_organism}",
+        )
+    t = _ortholog_table(file_name)
+    df = pd.DataFrame({
+        "from_gene_id": t[f"{a}_gene_id"].to_numpy(),
+        "to_gene_id": t[f"{b}_gene_id"].to_numpy(),
+        "from_symbol": t[f"{a}_symbol"].to_numpy(),
+        "to_symbol": t[f"{b}_symbol"].to_numpy(),
+    })
+    return df.sort_values("from_gene_id", kind="stable", ignore_index=True)

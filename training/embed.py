@@ -13,6 +13,9 @@
    in the model's gene UR version, so genes it never saw during training still count;
    the same overlap rule applies to the fraction of a dataset's genes that have a UR.
    The overlap per dataset is recorded in the version's lineage.
+   Data of another species (named with ``--datasets``) is mapped through the shipped
+   one-to-one ortholog table (:func:`aivc.store.reference.orthologs`): each measured gene
+   stands for its ortholog among the model's genes; genes without one are not used.
 3. **Batches**: a dataset the model was trained on keeps its batch code; any other
    dataset is encoded as the average of the training batches (recorded as ``average``).
 4. **Ray Data**: chunk descriptors become a dataset; ``map_batches`` with
@@ -66,9 +69,6 @@ def _select(lake: Lake, organism: str | None, datasets: list[str] | None) -> lis
     if not chosen:
         what = f"datasets of organism {organism!r}" if organism else "committed datasets"
         raise UsageError(f"the lake has no {what} to embed; submit one first or name --datasets", where="--datasets")
-    wrong = [v for v in chosen if organism is not None and v.organism_name != organism]
-    if wrong:
-        raise UsageError(f"dataset {wrong[0].ref} is {wrong[0].organism_name}, the model was trained on {organism}", where="--datasets")
     if len({v.organism_name for v in chosen}) > 1:
         raise UsageError("the chosen datasets are of several organisms; embed one organism at a time", where="--datasets")
     ids = [v.dataset_id for v in chosen]
@@ -100,6 +100,24 @@ def build_apply_plan(
     hw = cat.high_water(org)
     assert hw is not None
     measured = {v.dataset_id: pd.read_parquet(cat.artifacts_path(v) / "genes.parquet", columns=["gene_id", "soma_joinid"]) for v in versions}
+    model_org = rec.lineage.get("organism") or org
+    overlap_notes: dict[str, Any] = {}
+    if model_org != org:
+        # another species: each measured gene stands for its one-to-one ortholog in the
+        # model's species (genes without one are not used); the ids below are the model's
+        from aivc.errors import NotFoundError
+        from aivc.store.reference import orthologs
+
+        try:
+            orth = orthologs(org, model_org)
+        except NotFoundError:
+            raise UsageError(f"model {rec.ref} was trained on {model_org}; no ortholog table maps {org} genes to it", where="--datasets") from None
+        to_model = dict(zip(orth["from_gene_id"], orth["to_gene_id"], strict=True))
+        for ds, g in measured.items():
+            g = g[g["gene_id"].isin(to_model)].copy()
+            g["gene_id"] = g["gene_id"].map(to_model)
+            measured[ds] = g
+        overlap_notes["orthologs"] = {"from": org, "to": model_org, "table": f"schemas/orthologs ({org} -> {model_org}, one-to-one)", "pairs": len(orth)}
     joinid_of: dict[str, int] = {}
     for g in measured.values():
         joinid_of.update(zip(g["gene_id"].astype(str), g["soma_joinid"].astype(np.int64), strict=True))
@@ -146,7 +164,7 @@ def build_apply_plan(
     trained = list(rec.encodings.get("batch", []))
     code_of = {ds: (trained.index(ds) if ds in trained else -1) for ds in order}
     batch = np.array([code_of[ds] for ds in order], dtype=np.int64)[group]
-    notes = {"gene_overlap": overlap, "batch_encoding": {ds: ("own" if code_of[ds] >= 0 else "average") for ds in order}}
+    notes = {**overlap_notes, "gene_overlap": overlap, "batch_encoding": {ds: ("own" if code_of[ds] >= 0 else "average") for ds in order}}
     plan = ApplyPlan(
         soma_uri=lake.soma_uri(org),
         high_water=int(hw),
@@ -264,7 +282,7 @@ def embed_model(
     except KeyError:
         raise UsageError(f"model {rec.ref} has type {rec.model_type!r}, which this aivc cannot apply", where=rec.ref) from None
     name = name or rec.name.replace("-", "_")
-    versions = _select(lake, rec.lineage.get("organism"), datasets)
+    versions = _select(lake, None if datasets else rec.lineage.get("organism"), datasets)
     plan, cells, notes = build_apply_plan(lake, rec, versions, min_gene_overlap=min_gene_overlap, gene_tokens=bool(getattr(cls, "gene_tokens", False)), where=where)
     n = len(cells)
     chunks = [(lo, min(n, lo + chunk_rows)) for lo in range(0, n, chunk_rows)]

@@ -214,3 +214,38 @@ def test_gene_token_model_embeds_genes_it_never_saw(lake, write_submission, huma
     # the 20 new genes matter: restricted to the 100 trained genes the URs differ
     old = module.embed({"x": x, "mask": torch.from_numpy(np.isin(genes["gene_id"].to_numpy(), trained))[None, :].expand_as(x), "batch": torch.zeros(len(x), dtype=torch.long)}).numpy()
     assert np.abs(old - got).max() > 1e-3
+
+
+def test_model_applies_to_another_species_through_orthologs(lake, write_submission, human_genes, ray_session):  # noqa: ANN001
+    """A human model embeds mouse data: each mouse gene stands for its one-to-one human
+    ortholog. The same counts submitted as human (ortholog genes only) embed identically."""
+    from aivc.ingest.submission import submit
+    from aivc.store.reference import orthologs
+    from aivc.training.embed import embed_model
+    from tests.conftest import base_manifest
+
+    h2m = orthologs("homo_sapiens", "mus_musculus").set_index("from_symbol")["to_symbol"]
+    keep = [s for s in human_genes["symbol"] if s in h2m.index]
+    assert 60 < len(keep) < len(human_genes)  # some test genes have no one-to-one ortholog
+    assert submit(lake, *write_submission(dataset_id="train-h")).status == "committed"
+    rec = _register_vae(lake, _lake_genes(lake, ["train-h"])["train-h"]["gene_id"].tolist(), ["train-h"], name="human-vae")
+
+    def as_mouse(a):  # noqa: ANN001, ANN202
+        a = a[:, keep].copy()
+        a.var_names = [h2m[s] for s in keep]
+        return a
+
+    mouse = base_manifest("mouse-m", organism="NCBITaxon:10090")
+    mouse["obs"]["development_stage"] = {"value": "MmusDv:0000110"}
+    mouse["obs"]["self_reported_ethnicity"] = {"value": "na"}
+    assert submit(lake, *write_submission(mutate=as_mouse, manifest=mouse, seed=9)).status == "committed"
+    assert submit(lake, *write_submission(mutate=lambda a: a[:, keep].copy(), dataset_id="human-same", seed=9)).status == "committed"
+
+    vm = embed_model(lake, rec.ref, datasets=["mouse-m"])
+    vh = embed_model(lake, rec.ref, datasets=["human-same"], name="human_same")
+    assert vm.lineage["orthologs"]["from"] == "mus_musculus" and vm.lineage["orthologs"]["to"] == "homo_sapiens"
+    assert vm.lineage["gene_overlap"]["mouse-m"]["genes_used"] == len(keep) == vh.lineage["gene_overlap"]["human-same"]["genes_used"]
+    pm = {k.split(":", 1)[1]: x for k, x in _published(lake, vm.ref, "mouse-m").items()}
+    ph = {k.split(":", 1)[1]: x for k, x in _published(lake, vh.ref, "human-same").items()}
+    assert sorted(pm) == sorted(ph) and len(pm) == 60
+    np.testing.assert_allclose(np.stack([pm[k] for k in sorted(pm)]), np.stack([ph[k] for k in sorted(pm)]), rtol=1e-5, atol=1e-5)

@@ -369,8 +369,62 @@ class CellDataset(torch.utils.data.IterableDataset):
                 }
 
 
-def make_loader(ds: CellDataset, num_workers: int = 0) -> torch.utils.data.DataLoader | CellDataset:
-    """Iterate ``ds`` in ``num_workers`` spawned processes (or in-process when 0)."""
+class Prefetcher:
+    """Iterate a :class:`CellDataset` in a background thread, ``depth`` batches ahead.
+
+    TileDB reads and the dense conversion release the GIL, so reading the next chunk
+    overlaps the model's step on the main thread without another process (and without the
+    spawn start-up of DataLoader workers). Errors in the reader re-raise in the consumer.
+    """
+
+    _DONE = object()
+
+    def __init__(self, ds: CellDataset, depth: int = 4) -> None:
+        self.ds, self.depth = ds, max(1, int(depth))
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        import queue
+        import threading
+
+        q: queue.Queue[Any] = queue.Queue(maxsize=self.depth)
+        stop = threading.Event()
+
+        def produce() -> None:
+            try:
+                for item in self.ds:
+                    while not stop.is_set():
+                        try:
+                            q.put(item, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+                    if stop.is_set():
+                        return
+                q.put(self._DONE)
+            except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+                q.put(exc)
+
+        t = threading.Thread(target=produce, name="aivc-prefetch", daemon=True)
+        t.start()
+        try:
+            while True:
+                item = q.get()
+                if item is self._DONE:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            t.join(timeout=5)
+
+
+def make_loader(ds: CellDataset, num_workers: int = 0, prefetch: int = 4) -> Any:
+    """Iterate ``ds`` in ``num_workers`` spawned processes, or (``num_workers=0``) in a
+    background thread ``prefetch`` batches ahead (``prefetch=0``: plainly in-process)."""
     if num_workers <= 0:
-        return ds
+        return Prefetcher(ds, prefetch) if prefetch > 0 else ds
     return torch.utils.data.DataLoader(ds, batch_size=None, num_workers=num_workers, multiprocessing_context="spawn")

@@ -145,3 +145,37 @@ def test_where_selects_training_cells_by_metadata(train_lake):
         build_plan(train_lake, DataConfig(where="n_counts < 0"))
     with pytest.raises(UsageError, match="is not a valid condition"):
         build_plan(train_lake, DataConfig(where="cell_type = "))
+
+
+def test_prefetcher_yields_the_same_batches_and_reraises(train_lake):
+    import threading
+
+    from aivc.training.data import CellDataset, Prefetcher, make_loader
+
+    plan = build_plan(train_lake, DataConfig())
+    ds = CellDataset(plan, "train", batch_size=16, seed=3, chunk_rows=32)
+    ds.set_epoch(2)
+    plain = list(ds)
+    loader = make_loader(ds)
+    assert isinstance(loader, Prefetcher) and len(loader) == len(plain)
+    fetched = list(loader)
+    assert len(fetched) == len(plain) > 2
+    for a, b in zip(plain, fetched, strict=True):
+        assert torch.equal(a["x"], b["x"]) and torch.equal(a["index"], b["index"])
+    # leaving early stops the reader thread
+    it = iter(make_loader(ds, prefetch=1))
+    next(it)
+    it.close()
+    assert not any(t.name == "aivc-prefetch" and t.is_alive() for t in threading.enumerate())
+
+    class Broken(CellDataset):
+        def __iter__(self):  # noqa: ANN204
+            yield from list(super().__iter__())[:1]
+            raise OSError("disk gone")
+
+    bad = Broken(plan, "train", batch_size=16, chunk_rows=32)
+    got = []
+    with pytest.raises(OSError, match="disk gone"):
+        for b in make_loader(bad):
+            got.append(b)
+    assert len(got) == 1

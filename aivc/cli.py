@@ -220,10 +220,10 @@ def sql(
     json_: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Run SQL over the views: datasets, cells, genes, dataset_genes, cells_all_versions, embedding_versions and one per embedding version."""
+    """Run SQL over the views: datasets, cells, genes, dataset_genes, cells_all_versions, embedding_versions, prediction_versions, one per embedding version and one per prediction version."""
 
     def body() -> int:
-        from aivc.embeddings.sql import query as run_query
+        from aivc.instruments.sql import query as run_query
         from aivc.store.lake import Lake
 
         res = run_query(Lake.open(lake), query, principal=principal, limit=limit)
@@ -293,6 +293,11 @@ _register_neighbors(app)
 from aivc.cli_training import register as _register_training  # noqa: E402
 
 _register_training(app)
+
+from aivc.cli_instruments import register as _register_instruments  # noqa: E402
+
+_register_instruments(app)
+__import__("aivc.cli_perturb").cli_perturb.register(app)  # aivc manipulator train, aivc perturb
 
 
 def main() -> None:

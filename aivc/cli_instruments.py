@@ -1,0 +1,232 @@
+"""CLI for Virtual Instruments: ``aivc instruments train|list|show|predictions|report`` and ``aivc annotate``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Any, Optional
+
+import typer
+
+instruments_app = typer.Typer(help="Virtual Instruments (decoders, manipulators): NAME@VERSION under <lake>/instruments/.", no_args_is_help=True)
+train_app = typer.Typer(help="Train an instrument over a cell embedding version and register it.", no_args_is_help=True)
+instruments_app.add_typer(train_app, name="train")
+
+from aivc.cli_common import DebugOpt, JsonOpt, LakeOpt, print_table, run_command
+from aivc.cli_common import console as _console
+from aivc.cli_common import print_json as _print_json
+
+
+def _csv(value: str | None) -> list[str] | None:
+    return [x.strip() for x in value.split(",") if x.strip()] if value else None
+
+
+def _summary(r: Any) -> dict[str, Any]:
+    m = r.metrics
+    return {
+        "ref": r.ref, "name": r.name, "version": r.version, "kind": r.kind, "type": r.type, "reads": r.reads,
+        "classes": len(r.outputs.get("classes", [])), "alpha": r.outputs.get("alpha"), "created_at": r.created_at,
+        "calibration_macro_f1": (m.get("calibration") or {}).get("macro_f1"), "ece_before": m.get("ece_before"), "ece_after": m.get("ece_after"),
+    }  # fmt: skip
+
+
+def _prediction_summary(v: Any) -> dict[str, Any]:
+    return {
+        "ref": v.ref, "instrument_ref": v.instrument_ref, "embedding_ref": v.embedding_ref, "datasets": list(v.datasets), "n_rows": v.n_rows,
+        "created_at": v.created_at, "sql_view": v.view_name, "summary": v.summary, "job": v.job,
+    }  # fmt: skip
+
+
+@train_app.command("celltype")
+def train_celltype(
+    embedding: Annotated[str, typer.Option("--embedding", help="Cell embedding version to read, CELL:NAME@VERSION, e.g. cell:pca@1.")],
+    datasets: Annotated[Optional[str], typer.Option("--datasets", help="Comma-separated dataset ids whose labelled cells train it (default: all in the embedding).")] = None,
+    alpha: Annotated[float, typer.Option("--alpha", help="Conformal error rate: sets contain the true type with probability >= 1 - alpha.")] = 0.1,
+    name: Annotated[str, typer.Option("--name", help="Instrument name.")] = "celltype",
+    score: Annotated[str, typer.Option("--score", help="Conformal score: lac (smallest sets) or aps (adaptive).")] = "lac",
+    hidden: Annotated[int, typer.Option("--hidden", help="Hidden units of the one hidden layer (0: multinomial logistic regression).")] = 64,
+    min_cells: Annotated[int, typer.Option("--min-cells", help="Cell types with fewer labelled cells are excluded.")] = 10,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the split and the optimiser.")] = 0,
+    lake: LakeOpt = None,
+    json_: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Train, calibrate (temperature, conformal, novelty) and register a cell-type decoder."""
+
+    def body() -> int:
+        from aivc.instruments.celltype import CellTypeConfig
+        from aivc.instruments.celltype import train_celltype as train
+        from aivc.progress import make_progress
+        from aivc.store.lake import Lake
+
+        cfg = CellTypeConfig(alpha=alpha, score=score, hidden=hidden, min_cells_per_class=min_cells, seed=seed)  # type: ignore[arg-type]
+        progress = make_progress(json_)
+        try:
+            rec = train(Lake.open(lake), embedding, datasets=_csv(datasets), name=name, config=cfg, progress=progress)
+        finally:
+            progress.close()
+        if json_:
+            _print_json({"status": "registered", **_summary(rec), "metrics": rec.metrics, "lineage": rec.lineage})
+            return 0
+        m = rec.metrics
+        con = _console()
+        con.print(
+            f"registered {rec.ref}: {m['n_classes']} cell types from {m['n_train']} training + {m['n_calibration']} calibration cells of {rec.reads}; "
+            f"calibration macro-F1 {m['calibration']['macro_f1']:.3f}, ECE {m['ece_before']:.3f} -> {m['ece_after']:.3f} (T={m['temperature']:.2f}), "
+            f"mean set size {m['calibration_mean_set_size']:.2f} at alpha={alpha:g}",
+            highlight=False,
+        )
+        for t, x in m["excluded_classes"].items():
+            con.print(f"  excluded {x['label']} ({t}): {x['n_cells']} labelled cells < {min_cells}", highlight=False)
+        return 0
+
+    run_command(json_, debug, body)
+
+
+@instruments_app.command("list")
+def list_(lake: LakeOpt = None, json_: JsonOpt = False, debug: DebugOpt = False) -> None:
+    """List registered instrument versions."""
+
+    def body() -> int:
+        from aivc.instruments.registry import list_instruments
+        from aivc.store.lake import Lake
+
+        rows = [_summary(r) for r in list_instruments(Lake.open(lake))]
+        if json_:
+            _print_json(rows)
+            return 0
+        cols = ("ref", "kind", "type", "reads", "classes", "alpha", "calibration_macro_f1", "created_at")
+        print_table(cols, [[r[c] for c in cols] for r in rows], title="instruments")
+        return 0
+
+    run_command(json_, debug, body)
+
+
+@instruments_app.command("show")
+def show(
+    ref: Annotated[str, typer.Argument(help="NAME[@VERSION], e.g. celltype@1.")],
+    lake: LakeOpt = None,
+    json_: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Show one instrument version's record: reads, outputs, metrics, lineage, config."""
+
+    def body() -> int:
+        from aivc.instruments.registry import get_instrument
+        from aivc.store.lake import Lake
+
+        rec = get_instrument(Lake.open(lake), ref)
+        out = rec.to_record() | {"ref": rec.ref}
+        if json_:
+            _print_json(out)
+        else:
+            _console().print_json(json.dumps(out, default=str))
+        return 0
+
+    run_command(json_, debug, body)
+
+
+@instruments_app.command("predictions")
+def predictions(
+    instrument: Annotated[Optional[str], typer.Option("--instrument", help="Only the predictions of this instrument name.")] = None,
+    lake: LakeOpt = None,
+    json_: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """List prediction versions (the outputs of `aivc annotate`)."""
+
+    def body() -> int:
+        from aivc.instruments.predictions import list_prediction_versions
+        from aivc.store.lake import Lake
+
+        rows = [_prediction_summary(v) for v in list_prediction_versions(Lake.open(lake), instrument)]
+        if json_:
+            _print_json(rows)
+            return 0
+        cols = ("ref", "instrument_ref", "embedding_ref", "datasets", "n_rows", "sql_view", "created_at")
+        print_table(cols, [[", ".join(r[c]) if c == "datasets" else r[c] for c in cols] for r in rows], title="prediction versions")
+        return 0
+
+    run_command(json_, debug, body)
+
+
+@instruments_app.command("report")
+def report(
+    prediction: Annotated[str, typer.Argument(help="Prediction version, [predictions:]INSTRUMENT[@VERSION].")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Folder for report.json and report.html.")],
+    rollup: Annotated[Optional[str], typer.Option("--rollup", help="Roll terms up to CL ids (comma-separated) or depth:N.")] = None,
+    lake: LakeOpt = None,
+    json_: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Recompute the reannotation report of a prediction version (e.g. with another roll-up)."""
+
+    def body() -> int:
+        from aivc.instruments.report import write_report
+        from aivc.store.lake import Lake
+
+        j, h = write_report(Lake.open(lake), prediction, out, rollup=rollup)
+        if json_:
+            _print_json({"status": "ok", "json": str(j), "html": str(h)})
+        else:
+            _console().print(f"report: {h} ({j})", highlight=False)
+        return 0
+
+    run_command(json_, debug, body)
+
+
+def annotate(
+    instrument: Annotated[str, typer.Option("--instrument", help="Decoder NAME@VERSION, e.g. celltype@1.")],
+    datasets: Annotated[Optional[str], typer.Option("--datasets", help="Comma-separated dataset ids to annotate.")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Annotate every dataset with vectors in the instrument's embedding version.")] = False,
+    embedding: Annotated[Optional[str], typer.Option("--embedding", help="Embedding version to read (default and only allowed: the one the instrument was trained on).")] = None,
+    engine: Annotated[str, typer.Option("--engine", help="ray (Ray Data actor pool) or local (in-process, small inputs).")] = "ray",
+    actors: Annotated[int, typer.Option("--actors", help="Ray Data actors (each loads the instrument once).")] = 1,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Cells per batch.")] = 65536,
+    ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster address (default: start Ray locally).")] = None,
+    rollup: Annotated[Optional[str], typer.Option("--rollup", help="Add a roll-up table to the report: CL ids (comma-separated) or depth:N.")] = None,
+    no_report: Annotated[bool, typer.Option("--no-report", help="Do not write report.json/report.html.")] = False,
+    lake: LakeOpt = None,
+    json_: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Run a decoder over stored URs (batch reannotation) and publish a prediction version with its report."""
+
+    def body() -> int:
+        from aivc.instruments.annotate import annotate as run
+        from aivc.instruments.predictions import version_dir
+        from aivc.progress import make_progress
+        from aivc.store.lake import Lake
+
+        lk = Lake.open(lake)
+        progress = make_progress(json_)
+        try:
+            pv = run(
+                lk, instrument, datasets=_csv(datasets), all_datasets=all_, embedding=embedding, engine=engine,  # type: ignore[arg-type]
+                actors=actors, batch_size=batch_size, ray_address=ray_address, report=not no_report, rollup=rollup, progress=progress,
+            )  # fmt: skip
+        finally:
+            progress.close()
+        folder = version_dir(lk, pv.instrument, pv.version)
+        res = _prediction_summary(pv) | {"status": "published", "folder": str(folder)}
+        if pv.report:
+            res["report"] = str(folder / pv.report["html"])
+        if json_:
+            _print_json(res)
+            return 0
+        s = pv.summary
+        line = f"published {pv.ref}: {pv.n_rows} cells of {', '.join(pv.datasets)} by {pv.instrument_ref} over {pv.embedding_ref} in {pv.job['seconds']:.2f}s (SQL view {pv.view_name})"
+        _console().print(line, highlight=False)
+        if s:
+            agree = "n/a" if s.get("agree_fraction") is None else f"{s['agree_fraction']:.1%}"
+            cov = "n/a" if s.get("coverage") is None else f"{s['coverage']:.1%}"
+            sys.stdout.write(f"  labelled cells {s['n_labelled']}: agree {agree}, conformal coverage {cov} (nominal {s['nominal_coverage']:.0%}); abstained {s['n_abstain']}\n")
+            sys.stdout.write(f"  report: {res['report']}\n")
+        return 0
+
+    run_command(json_, debug, body)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(instruments_app, name="instruments")
+    app.command("annotate")(annotate)

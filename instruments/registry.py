@@ -1,0 +1,312 @@
+"""The instrument registry: Virtual Instruments as immutable, versioned folders of the lake.
+
+An instrument reads Universal Representations of one exact embedding version and produces
+outputs: a *decoder* maps a UR to something a person reads (a cell type with confidence),
+a *manipulator* maps a UR to a UR (a cell after a perturbation). Both kinds share this
+registry. Layout::
+
+    <lake>/instruments/<name>/v000001/
+        instrument.json   the record (schema_name aivc.instrument): name, version, kind,
+                          type, reads (the exact embedding ref), outputs, metrics,
+                          lineage, config, created_at, weights file and its sha256
+        weights.npz       NumPy arrays (saved without pickle), whatever the type needs
+
+A version is written into the lake's staging folder (``Lake.new_staging``, cleaned by
+``aivc recover`` when its writer died) and published by one folder rename under the lake's
+write lock, so a reader sees a whole version or none; retraining makes a new version and
+never touches an old one.
+
+Loading dispatches on ``(kind, type)`` to a loader (``"module:attribute"``, imported only
+when needed, or a callable): the cell-type decoder and the perturbation manipulator are
+built in, so a fresh process loads either without importing its module first; other types
+add theirs with :func:`register_loader`. A loader is called as ``loader(lake, record,
+weights)`` and returns the instrument object.
+
+Example
+-------
+>>> import numpy as np, tempfile
+>>> from aivc.store.lake import Lake
+>>> lake = Lake.init(tempfile.mkdtemp() + "/lake")
+>>> rec = register_instrument(lake, "demo", kind="decoder", type="identity", reads="cell:pca@1",
+...     weights={"w": np.eye(2, dtype=np.float32)}, outputs={"columns": {}}, metrics={}, lineage={}, config={})
+>>> rec.ref, [r.ref for r in list_instruments(lake)], read_weights(lake, rec)["w"].shape
+('demo@1', ['demo@1'], (2, 2))
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import re
+import shutil
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+
+from aivc.errors import AivcError, NotFoundError, UsageError
+from aivc.store.lake import Lake, _fsync_dir, utcnow, write_json_atomic
+from aivc.store.records import dump_record, load_record
+
+InstrumentKind = Literal["decoder", "manipulator"]
+KINDS: tuple[str, ...] = ("decoder", "manipulator")
+INSTRUMENT_SCHEMA = "aivc.instrument"
+RECORD_NAME = "instrument.json"
+WEIGHTS_NAME = "weights.npz"
+_NAME = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
+_TYPE = re.compile(r"^[a-z][a-z0-9_-]{0,40}$")
+_VERSION_DIR = re.compile(r"^v(\d{6})$")
+_REF = re.compile(r"^([a-z][a-z0-9_]{0,40})(?:@(\d+|latest))?$")
+
+
+class InstrumentError(AivcError):
+    """An instrument is invalid, unreadable, or applied to data it does not fit."""
+
+    code = "INSTRUMENT_ERROR"
+
+
+@dataclass(frozen=True)
+class InstrumentRecord:
+    """The record of one registered, immutable instrument version.
+
+    ``reads`` is the exact embedding version (``cell:NAME@VERSION``) the instrument was
+    trained on and may be applied to; ``outputs`` describes what it produces (for a
+    decoder the output columns and classes); ``lineage`` names the embedding, the
+    datasets it was computed from and the training cells per dataset.
+    """
+
+    name: str
+    version: int
+    kind: str
+    type: str
+    reads: str
+    outputs: dict[str, Any]
+    metrics: dict[str, Any]
+    lineage: dict[str, Any]
+    config: dict[str, Any]
+    created_at: str
+    description: str = ""
+    weights: str = WEIGHTS_NAME
+    weights_sha256: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    def to_record(self) -> dict[str, Any]:
+        return dump_record(self, INSTRUMENT_SCHEMA)
+
+    @classmethod
+    def from_record(cls, d: dict[str, Any]) -> InstrumentRecord:
+        return load_record(cls, d, INSTRUMENT_SCHEMA, error=InstrumentError)
+
+
+class Instrument(Protocol):
+    """What every loaded instrument has: its record."""
+
+    record: InstrumentRecord
+
+
+class Decoder(Instrument, Protocol):
+    """UR -> readable outputs: ``predict(vectors)`` returns one Arrow row per vector, of ``output_schema()``."""
+
+    dim: int
+
+    def predict(self, vectors: np.ndarray) -> Any: ...
+
+    def output_schema(self) -> Any: ...
+
+
+class Manipulator(Instrument, Protocol):
+    """UR -> UR: ``apply(vectors, **condition)`` returns the manipulated vectors."""
+
+    def apply(self, vectors: np.ndarray, **condition: Any) -> np.ndarray: ...
+
+
+Loader = Callable[[Lake, InstrumentRecord, Mapping[str, np.ndarray]], Any]
+_LOADERS: dict[tuple[str, str], str | Loader] = {
+    ("decoder", "celltype"): "aivc.instruments.celltype:CellTypeDecoder.load",
+    ("manipulator", "perturbation"): "aivc.instruments.manipulator:PerturbationManipulator.load",
+}
+
+
+def register_loader(kind: str, type: str, loader: str | Loader) -> None:
+    """Say how instruments of ``(kind, type)`` are loaded: a callable or ``"module:attr.attr"``."""
+    if kind not in KINDS:
+        raise UsageError(f"instrument kind {kind!r} is not one of {', '.join(KINDS)}", where="kind")
+    _LOADERS[(kind, type)] = loader
+
+
+def _resolve_loader(rec: InstrumentRecord) -> Loader:
+    spec = _LOADERS.get((rec.kind, rec.type))
+    if spec is None:
+        known = ", ".join(f"{k}/{t}" for k, t in sorted(_LOADERS))
+        raise InstrumentError(f"instrument {rec.ref} is a {rec.kind} of type {rec.type!r}, which this aivc cannot load (known: {known}); upgrade aivc", where=rec.ref)
+    if callable(spec):
+        return spec
+    module, _, attr = spec.partition(":")
+    obj: Any = importlib.import_module(module)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj  # type: ignore[no-any-return]
+
+
+# -- paths and references --------------------------------------------------------------
+def instruments_root(lake: Lake) -> Path:
+    return lake.root / "instruments"
+
+
+def version_dir(lake: Lake, name: str, version: int) -> Path:
+    return instruments_root(lake) / name / f"v{version:06d}"
+
+
+def parse_instrument_ref(ref: str) -> tuple[str, int | None]:
+    """``"celltype@2"`` -> ("celltype", 2); ``"celltype"`` / ``"celltype@latest"`` -> version None.
+
+    >>> parse_instrument_ref("celltype@2")
+    ('celltype', 2)
+    """
+    m = _REF.match(ref)
+    if not m:
+        raise UsageError(f"instrument reference {ref!r} must look like NAME[@VERSION], e.g. celltype@1", where=ref)
+    name, v = m.groups()
+    return name, None if v in (None, "latest") else int(v)
+
+
+def check_name(name: str, where: str = "--name") -> str:
+    if not _NAME.match(name):
+        raise UsageError(f"instrument name {name!r} must be lower-case letters, digits and _ (starting with a letter, at most 41)", where=where)
+    return name
+
+
+# -- reading ---------------------------------------------------------------------------
+def _read_record(path: Path) -> InstrumentRecord:
+    try:
+        return InstrumentRecord.from_record(json.loads(path.read_text()))
+    except (OSError, json.JSONDecodeError, TypeError) as exc:
+        raise InstrumentError(f"instrument record is unreadable ({exc})", where=str(path)) from None
+
+
+def list_instruments(lake: Lake, name: str | None = None, kind: str | None = None) -> list[InstrumentRecord]:
+    """Every registered instrument version (optionally of one name or kind), by name then version."""
+    root = instruments_root(lake)
+    out: list[InstrumentRecord] = []
+    if not root.is_dir():
+        return out
+    for nd in sorted(p for p in root.iterdir() if p.is_dir() and _NAME.match(p.name)):
+        if name and nd.name != name:
+            continue
+        for vd in sorted(nd.iterdir()):
+            rec = vd / RECORD_NAME
+            if _VERSION_DIR.match(vd.name) and rec.is_file():
+                r = _read_record(rec)
+                if kind is None or r.kind == kind:
+                    out.append(r)
+    return out
+
+
+def get_instrument(lake: Lake, ref: str) -> InstrumentRecord:
+    """The record of ``NAME[@VERSION]`` (latest version when none is given)."""
+    name, version = parse_instrument_ref(ref)
+    versions = list_instruments(lake, name)
+    if not versions:
+        raise NotFoundError(f"no instrument {name!r} in this lake; `aivc instruments list` shows them", where=ref)
+    if version is None:
+        return versions[-1]
+    for v in versions:
+        if v.version == version:
+            return v
+    have = ", ".join(str(v.version) for v in versions)
+    raise NotFoundError(f"instrument {name!r} has no version {version} (versions: {have})", where=ref)
+
+
+def read_weights(lake: Lake, rec: InstrumentRecord) -> dict[str, np.ndarray]:
+    """The arrays of an instrument version, checked against the sha256 of its record."""
+    path = version_dir(lake, rec.name, rec.version) / rec.weights
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise InstrumentError(f"weights of {rec.ref} are unreadable ({exc.strerror})", where=str(path)) from None
+    if rec.weights_sha256 and hashlib.sha256(raw).hexdigest() != rec.weights_sha256:
+        raise InstrumentError(f"weights of {rec.ref} do not match the sha256 of its record (the file was changed); re-register the instrument", where=str(path))
+    import io
+
+    with np.load(io.BytesIO(raw), allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def load_instrument(lake: Lake, ref: str | InstrumentRecord) -> Any:
+    """The instrument ``NAME[@VERSION]``, ready to apply (a :class:`Decoder` or :class:`Manipulator`)."""
+    rec = ref if isinstance(ref, InstrumentRecord) else get_instrument(lake, ref)
+    return _resolve_loader(rec)(lake, rec, read_weights(lake, rec))
+
+
+# -- writing ---------------------------------------------------------------------------
+def register_instrument(
+    lake: Lake,
+    name: str,
+    *,
+    kind: str,
+    type: str,
+    reads: str,
+    weights: Mapping[str, np.ndarray],
+    outputs: dict[str, Any],
+    metrics: dict[str, Any],
+    lineage: dict[str, Any],
+    config: dict[str, Any],
+    description: str = "",
+    extra: dict[str, Any] | None = None,
+    wait: float = 600.0,
+) -> InstrumentRecord:
+    """Publish an instrument as the next version of ``name``; returns its record.
+
+    Parameters
+    ----------
+    kind
+        ``"decoder"`` or ``"manipulator"``.
+    type
+        What it does within its kind, e.g. ``"celltype"``; selects the loader.
+    reads
+        The exact embedding version it reads, ``ENTITY:NAME@VERSION``.
+    weights
+        Named NumPy arrays (stored in ``weights.npz`` without pickle).
+    """
+    from aivc.embeddings.store import parse_ref
+
+    check_name(name)
+    if kind not in KINDS:
+        raise UsageError(f"instrument kind {kind!r} is not one of {', '.join(KINDS)}", where="kind")
+    if not _TYPE.match(type):
+        raise UsageError(f"instrument type {type!r} must be lower-case letters, digits, _ and -", where="type")
+    if parse_ref(reads)[2] is None:
+        raise UsageError(f"an instrument reads one exact embedding version, e.g. cell:pca@1, not {reads!r}", where="reads")
+    staging = lake.new_staging()
+    try:
+        with open(staging / WEIGHTS_NAME, "wb") as fh:
+            np.savez(fh, **{k: np.asarray(v) for k, v in weights.items()})
+        sha = hashlib.sha256((staging / WEIGHTS_NAME).read_bytes()).hexdigest()
+        with lake.write_lock(wait=wait):
+            existing = list_instruments(lake, name)
+            version = existing[-1].version + 1 if existing else 1
+            rec = InstrumentRecord(
+                name=name, version=version, kind=kind, type=type, reads=reads, outputs=dict(outputs), metrics=dict(metrics),
+                lineage=dict(lineage), config=dict(config), created_at=utcnow(), description=description,
+                weights=WEIGHTS_NAME, weights_sha256=sha, extra=dict(extra or {}),
+            )  # fmt: skip
+            write_json_atomic(staging / RECORD_NAME, rec.to_record())
+            final = version_dir(lake, name, version)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            if os.environ.get("AIVC_FAULT") == "before_instrument_publish":
+                os._exit(19)  # tests: a crash right before the publishing rename
+            os.rename(staging, final)
+            _fsync_dir(final.parent)
+        return rec
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+        staging.with_name(f"{staging.name}.owner").unlink(missing_ok=True)

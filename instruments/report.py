@@ -1,0 +1,480 @@
+"""The reannotation report: where a decoder's predictions agree with the submitted labels.
+
+Written as ``report.json`` (schema_name ``aivc.prediction_report``) and one self-contained
+``report.html`` (inline styles, PNG plots as ``data:`` URIs, every piece of text
+HTML-escaped, nothing loaded from anywhere) into the prediction version's folder before
+it is published. Sections:
+
+``summary``        cells, labelled cells, agreement, coverage, abstentions
+``agreement``      exact / ancestor / descendant / conflict / unlabelled counts and fractions
+                   (ontology-aware, :mod:`aivc.instruments.agreement`), overall and per dataset
+``per_class``      precision / recall / F1 per cell type (exact matches, labelled cells)
+``confusion``      submitted term x predicted term counts (and a row-normalized heatmap)
+``disagreements``  the 20 most confident conflicts
+``map``            a 2-D PCA map of the URs coloured by predicted type
+``conformal``      coverage of the submitted type by the prediction sets and mean set size,
+                   against the nominal ``1 - alpha`` (labelled cells of a type the decoder knows)
+``novelty``        abstentions, split by whether the submitted type is known to the decoder
+``rollup``         (with ``rollup``) the same agreement after rolling terms up to a coarser level
+
+Example
+-------
+>>> built = build_report(lake, version_folder, instrument_record)  # doctest: +SKIP
+>>> built.write(version_folder, prediction_version)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import os
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from aivc.instruments.agreement import CATEGORIES, RollUp, agreement_counts, agreement_many, is_unlabelled
+from aivc.instruments.registry import InstrumentRecord
+from aivc.store.lake import Lake
+
+REPORT_SCHEMA = "aivc.prediction_report"
+TOP_DISAGREEMENTS = 20
+MAX_MAP_POINTS = 20_000
+SECTIONS = ("summary", "agreement", "per_class", "confusion", "disagreements", "map", "conformal", "novelty", "rollup")
+
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;
+  margin:0 auto;max-width:1200px;padding:1.5rem;color:#1f2328;line-height:1.4}
+h1{margin:0 0 .5rem 0;font-size:1.6rem} h2{margin-top:2rem;border-bottom:1px solid #d0d7de;
+  padding-bottom:.3rem;font-size:1.25rem}
+table{border-collapse:collapse;width:100%;margin:.5rem 0;font-size:.9rem}
+th,td{border:1px solid #d0d7de;padding:.3rem .5rem;text-align:left;vertical-align:top}
+th{background:#f6f8fa} tr:nth-child(even) td{background:#fbfcfd}
+td.num{text-align:right;font-variant-numeric:tabular-nums}
+code{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:.85rem}
+.meta td:first-child{width:14rem;font-weight:600;background:#f6f8fa}
+.note{color:#57606a;font-style:italic} figure{margin:0} img{max-width:100%;border:1px solid #d0d7de}
+figcaption{font-size:.85rem;color:#57606a}
+"""
+
+
+@dataclass
+class Report:
+    """A computed report, written by :meth:`write` once the version number is known."""
+
+    data: dict[str, Any]
+    images: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        return dict(self.data["summary"])
+
+    def write(self, folder: Path, record: Any = None) -> tuple[Path, Path]:
+        """Write ``report.json`` and ``report.html`` into ``folder`` (atomically each)."""
+        data = dict(self.data)
+        if record is not None:
+            data["prediction"] = record.ref
+            data["created_at"] = record.created_at
+        payload = {"schema_name": REPORT_SCHEMA, "schema_version": 1, **_finite(data)}
+        folder.mkdir(parents=True, exist_ok=True)
+        j = _write_atomic(folder / "report.json", json.dumps(payload, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+        h = _write_atomic(folder / "report.html", render_html(payload, self.images))
+        return j, h
+
+
+# -- computing ---------------------------------------------------------------------------
+def _submitted(lake: Lake, datasets: Sequence[str]) -> pd.DataFrame:
+    from aivc.store.catalog import Catalog
+
+    cat = Catalog(lake)
+    frames = [
+        pd.read_parquet(cat.artifacts_path(v) / "cells.parquet", columns=["obs_id", "cell_type_ontology_term_id", "cell_type"])
+        for d in datasets
+        for v in cat.versions(d)
+    ]
+    if not frames:
+        return pd.DataFrame({"obs_id": [], "cell_type_ontology_term_id": [], "cell_type": []})
+    return pd.concat(frames, ignore_index=True).rename(columns={"cell_type_ontology_term_id": "submitted_term_id", "cell_type": "submitted_label"})
+
+
+def build_report(lake: Lake, folder: Path, rec: InstrumentRecord, *, rollup: RollUp | None = None) -> Report:
+    """Compute the report of the prediction rows staged or published in ``folder``."""
+    import pyarrow.dataset as pds
+
+    files = sorted(str(f) for f in folder.rglob("*.parquet"))
+    pred = pds.dataset(files, format="parquet").to_table().to_pandas() if files else pd.DataFrame(columns=["obs_id", "dataset_id"])
+    datasets = sorted(pred["dataset_id"].unique().tolist())
+    df = pred.merge(_submitted(lake, datasets), on="obs_id", how="left")
+    df["submitted_term_id"] = df["submitted_term_id"].where(df["submitted_term_id"].notna(), None)
+    df["agreement"] = agreement_many(df["predicted_term_id"].tolist(), df["submitted_term_id"].tolist())
+    classes = [c["term_id"] for c in rec.outputs.get("classes", [])]
+    label_of = {c["term_id"]: c["label"] for c in rec.outputs.get("classes", [])}
+    label_of.update({t: lab for t, lab in zip(df["submitted_term_id"], df["submitted_label"], strict=True) if isinstance(t, str) and isinstance(lab, str)})
+    labelled = ~df["submitted_term_id"].map(is_unlabelled).astype(bool)
+    known = labelled & df["submitted_term_id"].isin(classes)
+    alpha = float(rec.outputs.get("alpha", rec.config.get("alpha", 0.1)))
+
+    agreement = agreement_counts(df["agreement"])
+    by_dataset = {d: agreement_counts(g["agreement"]) for d, g in df.groupby("dataset_id")}
+    per_class = _per_class(df[labelled], classes, label_of)
+    conformal = _conformal(df, labelled, known, alpha)
+    novelty = {
+        "n_abstain": int(df["abstain"].sum()),
+        "fraction": _r(df["abstain"].mean()) if len(df) else None,
+        "fraction_known_type": _r(df.loc[known, "abstain"].mean()) if known.any() else None,
+        "fraction_unknown_type": _r(df.loc[labelled & ~known, "abstain"].mean()) if (labelled & ~known).any() else None,
+        "fraction_unlabelled": _r(df.loc[~labelled, "abstain"].mean()) if (~labelled).any() else None,
+        "threshold": rec.metrics.get("novelty_threshold"),
+        "method": rec.outputs.get("novelty", ""),
+    }
+    conflicts = df[df["agreement"] == "conflict"].sort_values(["probability", "obs_id"], ascending=[False, True]).head(TOP_DISAGREEMENTS)
+    disagreements = [
+        {"obs_id": r.obs_id, "dataset_id": r.dataset_id, "submitted_term_id": r.submitted_term_id, "submitted_label": r.submitted_label,
+         "predicted_term_id": r.predicted_term_id, "predicted_label": r.predicted_label, "probability": _r(r.probability),
+         "prediction_set": list(r.prediction_set), "novelty": _r(r.novelty), "abstain": bool(r.abstain)}
+        for r in conflicts.itertuples()
+    ]  # fmt: skip
+    confusion = _confusion(df[labelled], classes, label_of)
+    images: dict[str, str] = {}
+    map_info = _map(lake, rec, df, images)
+    if confusion["rows"]:
+        images["confusion"] = _plot(lambda ax: _heatmap(ax, confusion, label_of), size=(7.5, 5.5))
+    data: dict[str, Any] = {
+        "prediction": None,
+        "instrument": rec.ref,
+        "embedding": rec.reads,
+        "datasets": datasets,
+        "classes": [{"term_id": t, "label": label_of.get(t, t)} for t in classes],
+        "labels": {t: label_of[t] for t in sorted(label_of)},
+        "summary": {
+            "n_cells": int(len(df)), "n_labelled": int(labelled.sum()), "n_labelled_known_type": int(known.sum()),
+            "agree_fraction": agreement["agree_fraction"], "exact_fraction": agreement["fractions"].get("exact"),
+            "coverage": conformal["coverage"], "nominal_coverage": conformal["nominal_coverage"], "mean_set_size": conformal["mean_set_size_known"],
+            "n_abstain": novelty["n_abstain"], "macro_f1": per_class["macro_f1"],
+        },  # fmt: skip
+        "agreement": {**agreement, "by_dataset": by_dataset},
+        "per_class": per_class,
+        "confusion": confusion,
+        "disagreements": disagreements,
+        "map": map_info,
+        "conformal": conformal,
+        "novelty": novelty,
+        "rollup": _rollup(df, labelled, rollup, label_of) if rollup is not None else None,
+    }
+    return Report(data, images)
+
+
+def _r(x: Any, nd: int = 6) -> float | None:
+    x = float(x)
+    return round(x, nd) if math.isfinite(x) else None
+
+
+def _per_class(df: pd.DataFrame, classes: list[str], label_of: Mapping[str, str]) -> dict[str, Any]:
+    terms = list(classes) + sorted(set(df["submitted_term_id"]) - set(classes))
+    rows = []
+    sub, pred = df["submitted_term_id"].to_numpy(), df["predicted_term_id"].to_numpy()
+    for t in terms:
+        tp = int(((sub == t) & (pred == t)).sum())
+        support, n_pred = int((sub == t).sum()), int((pred == t).sum())
+        p = tp / n_pred if n_pred else None
+        r = tp / support if support else None
+        f1 = 2 * p * r / (p + r) if p and r else (0.0 if (p is not None and r is not None) else None)
+        rows.append({"term_id": t, "label": label_of.get(t, t), "known": t in classes, "support": support, "n_predicted": n_pred,
+                     "precision": None if p is None else _r(p), "recall": None if r is None else _r(r), "f1": None if f1 is None else _r(f1)})  # fmt: skip
+    scored = [r["f1"] if r["f1"] is not None else 0.0 for r in rows if r["known"] and r["support"] > 0]
+    return {"classes": rows, "macro_f1": _r(np.mean(scored)) if scored else None, "note": "exact term matches; macro_f1 over the decoder's types with submitted cells"}
+
+
+def _confusion(df: pd.DataFrame, classes: list[str], label_of: Mapping[str, str]) -> dict[str, Any]:
+    rows = [t for t in classes if (df["submitted_term_id"] == t).any()] + sorted(set(df["submitted_term_id"]) - set(classes))
+    tab = pd.crosstab(df["submitted_term_id"], df["predicted_term_id"]).reindex(index=rows, columns=classes, fill_value=0)
+    return {"rows": rows, "columns": classes, "counts": tab.to_numpy().astype(int).tolist(), "note": "rows: submitted term, columns: predicted term"}
+
+
+def _conformal(df: pd.DataFrame, labelled: pd.Series, known: pd.Series, alpha: float) -> dict[str, Any]:
+    covered = np.array([t in s for t, s in zip(df["submitted_term_id"], df["prediction_set"], strict=True)], dtype=bool)
+    sizes = df["set_size"].to_numpy()
+    per_class = {str(t): {"n": int(len(g)), "coverage": _r(covered[g.index].mean())} for t, g in df[known].groupby("submitted_term_id")}
+    return {
+        "alpha": alpha,
+        "nominal_coverage": _r(1 - alpha),
+        "n_evaluated": int(known.sum()),
+        "coverage": _r(covered[known.to_numpy()].mean()) if known.any() else None,
+        "mean_set_size_known": _r(sizes[known.to_numpy()].mean()) if known.any() else None,
+        "mean_set_size_all": _r(sizes.mean()) if len(sizes) else None,
+        "empty_sets": int((sizes == 0).sum()),
+        "per_class": per_class,
+        "n_labelled_unknown_type": int((labelled & ~known).sum()),
+        "note": "coverage: share of labelled cells, of a type the decoder knows, whose submitted term is in the prediction set",
+    }
+
+
+def _rollup(df: pd.DataFrame, labelled: pd.Series, spec: RollUp, label_of: Mapping[str, str]) -> dict[str, Any]:
+    from aivc.ontology import get_ontologies
+
+    sub = spec.apply_many(df["submitted_term_id"].tolist())
+    pred = spec.apply_many(df["predicted_term_id"].tolist())
+    onto = get_ontologies()
+    lab = labelled.to_numpy()
+    both = np.array([lab[i] and sub[i] is not None and pred[i] is not None for i in range(len(df))], dtype=bool)
+    same = np.array([both[i] and sub[i] == pred[i] for i in range(len(df))], dtype=bool)
+    terms = sorted({t for t in sub + pred if t is not None})
+    rows = []
+    for t in terms:
+        s = np.array([x == t for x in sub]) & lab
+        p = np.array([x == t for x in pred]) & lab
+        rows.append({"term_id": t, "label": label_of.get(t) or onto.label(t), "n_submitted": int(s.sum()), "n_predicted": int(p.sum()),
+                     "n_agree": int((s & p).sum()), "recall": _r((s & p).sum() / s.sum()) if s.any() else None})  # fmt: skip
+    return {
+        "spec": spec.describe(),
+        "n_compared": int(both.sum()),
+        "agree": int(same.sum()),
+        "agree_fraction": _r(same.sum() / both.sum()) if both.any() else None,
+        "n_not_rolled": int((lab & ~both).sum()),
+        "classes": rows,
+    }
+
+
+# -- plots -------------------------------------------------------------------------------------
+def _plot(draw: Any, size: tuple[float, float] = (6.5, 5.0)) -> str:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size, dpi=100, layout="constrained")
+    draw(fig.add_subplot())
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _map(lake: Lake, rec: InstrumentRecord, df: pd.DataFrame, images: dict[str, str]) -> dict[str, Any]:
+    """PCA of (a fixed sample of) the URs, coloured by predicted type."""
+    from aivc.embeddings.store import read_vectors
+
+    if df.empty:
+        return {"method": "pca", "n_points": 0}
+    idx = np.arange(len(df))
+    if len(idx) > MAX_MAP_POINTS:
+        idx = np.sort(np.random.default_rng(0).choice(idx, MAX_MAP_POINTS, replace=False))
+    ids = df["obs_id"].to_numpy()[idx]
+    table, vec = read_vectors(lake, rec.reads, ids=ids.tolist(), datasets=set(df["dataset_id"]), columns=("id",))
+    order = pd.Index(table.column("id").to_pylist()).get_indexer(ids)
+    vec = vec[order].astype(np.float64)
+    centred = vec - vec.mean(axis=0)
+    _, s, vt = np.linalg.svd(centred, full_matrices=False)
+    xy = centred @ vt[:2].T if vt.shape[0] >= 2 else np.column_stack([centred[:, 0], np.zeros(len(centred))])
+    explained = (s[:2] ** 2 / (s**2).sum()).tolist() if s.sum() > 0 else [0.0, 0.0]
+    labels = df["predicted_label"].to_numpy()[idx]
+    abstain = df["abstain"].to_numpy()[idx]
+
+    def draw(ax: Any) -> None:
+        import matplotlib
+
+        cmap = matplotlib.colormaps["tab10" if len(set(labels)) <= 10 else "tab20"]
+        for i, lab in enumerate(sorted(set(labels))):
+            m = (labels == lab) & ~abstain
+            ax.scatter(xy[m, 0], xy[m, 1], s=6, color=cmap(i % 20), label=str(lab), linewidths=0, rasterized=True)
+        if abstain.any():
+            ax.scatter(xy[abstain, 0], xy[abstain, 1], s=10, color="#6e7781", marker="x", label="abstain (novel)", linewidths=0.8)
+        ax.set_xlabel(f"PC1 ({explained[0]:.0%})")
+        ax.set_ylabel(f"PC2 ({explained[1]:.0%})" if len(explained) > 1 else "PC2")
+        ax.legend(fontsize=7, markerscale=2, loc="best", frameon=False)
+
+    images["map"] = _plot(draw)
+    return {"method": "pca", "n_points": int(len(idx)), "explained_variance_ratio": [_r(e) for e in explained]}
+
+
+def _heatmap(ax: Any, confusion: Mapping[str, Any], label_of: Mapping[str, str]) -> None:
+    m = np.asarray(confusion["counts"], dtype=float)
+    frac = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
+    im = ax.imshow(frac, cmap="Blues", vmin=0, vmax=1, aspect="auto")
+    ax.set_xticks(range(len(confusion["columns"])), [label_of.get(t, t) for t in confusion["columns"]], rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(len(confusion["rows"])), [label_of.get(t, t) for t in confusion["rows"]], fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("submitted")
+    ax.figure.colorbar(im, ax=ax, label="fraction of submitted row")
+
+
+# -- HTML --------------------------------------------------------------------------------------
+def render_html(data: Mapping[str, Any], images: Mapping[str, str]) -> str:
+    """The whole report as one HTML page with no external resources."""
+    s = data["summary"]
+    title = f"aivc reannotation report: {data.get('prediction') or data['instrument']}"
+    head = _table(
+        ("", ""),
+        [
+            ("prediction version", _e(data.get("prediction") or "")), ("instrument", _e(data["instrument"])), ("embedding", _e(data["embedding"])),
+            ("datasets", _e(", ".join(data["datasets"]))), ("created", _e(data.get("created_at") or "")),
+        ],
+        cls="meta",
+    )  # fmt: skip
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{_e(title)}</h1>",
+        head,
+        '<h2 id="summary">Summary</h2>',
+        _table(
+            ("cells", "labelled", "labelled, type known to the decoder", "agree (ontology-aware)", "exact", "macro-F1", "coverage (nominal)", "mean set size", "abstain"),
+            [(_n(s["n_cells"]), _n(s["n_labelled"]), _n(s["n_labelled_known_type"]), _pct(s["agree_fraction"]), _pct(s["exact_fraction"]),
+              _f(s["macro_f1"]), f"{_pct(s['coverage'])} ({_pct(s['nominal_coverage'])})", _f(s["mean_set_size"]), _n(s["n_abstain"]))],
+            numeric=range(9),
+        ),  # fmt: skip
+        _agreement_section(data["agreement"]),
+        _per_class_section(data["per_class"]),
+        _confusion_section(data["confusion"], data.get("labels", {}), images.get("confusion")),
+        _disagreement_section(data["disagreements"]),
+        '<h2 id="map">Map of the URs</h2>',
+        _figure(images.get("map"), f"PCA of {_n(data['map'].get('n_points', 0))} cells' URs, coloured by predicted cell type; grey crosses: abstained (novel)"),
+        _conformal_section(data["conformal"], data.get("labels", {})),
+        _novelty_section(data["novelty"]),
+        _rollup_section(data.get("rollup")),
+        "</body></html>",
+    ]
+    return "\n".join(parts) + "\n"
+
+
+def _agreement_section(a: Mapping[str, Any]) -> str:
+    rows = [(_e(c), _n(a["counts"][c]), _pct(a["fractions"][c])) for c in CATEGORIES]
+    by = [(_e(d), _n(x["n_cells"]), _n(x["n_labelled"]), *(_n(x["counts"][c]) for c in CATEGORIES), _pct(x["agree_fraction"])) for d, x in a["by_dataset"].items()]
+    return (
+        '<h2 id="agreement">Agreement with submitted labels</h2>'
+        '<p class="note">ancestor: the prediction is coarser than the submitted term; descendant: finer; both agree. '
+        "Fractions are among labelled cells (unlabelled: among all cells).</p>"
+        + _table(("agreement", "cells", "fraction"), rows, numeric=(1, 2))
+        + _table(("dataset", "cells", "labelled", *CATEGORIES, "agree"), by, numeric=range(1, 9))
+    )
+
+
+def _per_class_section(p: Mapping[str, Any]) -> str:
+    rows = [
+        (f"{_e(r['label'])} <code>{_e(r['term_id'])}</code>", "yes" if r["known"] else "no", _n(r["support"]), _n(r["n_predicted"]), _f(r["precision"]), _f(r["recall"]), _f(r["f1"]))
+        for r in p["classes"]
+    ]
+    return f'<h2 id="per-class">Per cell type (macro-F1 {_f(p["macro_f1"])})</h2>' + _table(
+        ("cell type", "known to decoder", "submitted", "predicted", "precision", "recall", "F1"), rows, numeric=range(2, 7)
+    )
+
+
+def _confusion_section(c: Mapping[str, Any], label: Mapping[str, str], img: str | None) -> str:
+    rows = [(_e(label.get(t, t)) + f" <code>{_e(t)}</code>", *(_n(v) for v in counts)) for t, counts in zip(c["rows"], c["counts"], strict=True)]
+    return (
+        '<h2 id="confusion">Confusion matrix</h2>'
+        + _figure(img, "rows: submitted type; columns: predicted type; colour: fraction of the row")
+        + _table(("submitted \\ predicted", *(label.get(t, t) for t in c["columns"])), rows, numeric=range(1, len(c["columns"]) + 1))
+    )
+
+
+def _disagreement_section(rows: Sequence[Mapping[str, Any]]) -> str:
+    body = [
+        (f"<code>{_e(r['obs_id'])}</code>", _e(r["submitted_label"]), _e(r["predicted_label"]), _f(r["probability"]), _e(", ".join(r["prediction_set"])), _f(r["novelty"]))
+        for r in rows
+    ]
+    note = "" if rows else '<p class="note">No conflicting predictions.</p>'
+    return f'<h2 id="disagreements">Most confident disagreements (top {TOP_DISAGREEMENTS})</h2>{note}' + (
+        _table(("cell", "submitted", "predicted", "probability", "prediction set", "novelty"), body, numeric=(3, 5)) if rows else ""
+    )
+
+
+def _conformal_section(c: Mapping[str, Any], label: Mapping[str, str]) -> str:
+    rows = [(f"{_e(label.get(t, t))} <code>{_e(t)}</code>", _n(x["n"]), _pct(x["coverage"])) for t, x in c["per_class"].items()]
+    return (
+        '<h2 id="conformal">Conformal prediction sets</h2>'
+        f"<p>Coverage on {_n(c['n_evaluated'])} labelled cells of a type the decoder knows: <b>{_pct(c['coverage'])}</b> "
+        f"(nominal {_pct(c['nominal_coverage'])}, alpha {_f(c['alpha'])}); mean set size {_f(c['mean_set_size_known'])} "
+        f"({_f(c['mean_set_size_all'])} over all cells, {_n(c['empty_sets'])} empty sets). "
+        f"{_n(c['n_labelled_unknown_type'])} labelled cells have a type the decoder was not trained on.</p>"
+        + _table(("submitted type", "cells", "coverage"), rows, numeric=(1, 2))
+    )
+
+
+def _novelty_section(n: Mapping[str, Any]) -> str:
+    return (
+        '<h2 id="novelty">Novelty and abstentions</h2>'
+        f"<p>{_e(n['method'])} (threshold {_f(n['threshold'])}). Abstained: {_n(n['n_abstain'])} cells ({_pct(n['fraction'])}); "
+        f"among labelled cells of a known type {_pct(n['fraction_known_type'])}, of a type unknown to the decoder "
+        f"{_pct(n['fraction_unknown_type'])}, unlabelled {_pct(n['fraction_unlabelled'])}.</p>"
+    )
+
+
+def _rollup_section(r: Mapping[str, Any] | None) -> str:
+    if r is None:
+        return '<h2 id="rollup">Roll-up</h2><p class="note">No roll-up was asked for (<code>--rollup</code>).</p>'
+    rows = [(f"{_e(x['label'])} <code>{_e(x['term_id'])}</code>", _n(x["n_submitted"]), _n(x["n_predicted"]), _n(x["n_agree"]), _pct(x["recall"])) for x in r["classes"]]
+    return (
+        f'<h2 id="rollup">Roll-up to {_e(r["spec"])}</h2>'
+        f"<p>After rolling both terms up, {_n(r['agree'])} of {_n(r['n_compared'])} labelled cells agree ({_pct(r['agree_fraction'])}); "
+        f"{_n(r['n_not_rolled'])} labelled cells have a term that does not roll up.</p>"
+        + _table(("rolled-up type", "submitted", "predicted", "agree", "recall"), rows, numeric=range(1, 5))
+    )
+
+
+def _figure(img: str | None, caption: str) -> str:
+    if not img:
+        return '<p class="note">No plot (no cells).</p>'
+    return f'<figure><img alt="{_e(caption)}" src="{img}"><figcaption>{_e(caption)}</figcaption></figure>'
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], numeric: Any = (), cls: str = "") -> str:
+    num = set(numeric)
+    th = "" if cls == "meta" else "<thead><tr>" + "".join(f"<th>{_e(h)}</th>" for h in header) + "</tr></thead>"
+    body = "".join("<tr>" + "".join(f"<td{' class=num' if i in num else ''}>{c}</td>" for i, c in enumerate(row)) + "</tr>" for row in rows)
+    return f'<table{f" class={cls}" if cls else ""}>{th}<tbody>{body}</tbody></table>'
+
+
+def _e(v: Any) -> str:
+    return html.escape("" if v is None else str(v), quote=True)
+
+
+def _n(v: Any) -> str:
+    return "" if v is None else f"{int(v):,}"
+
+
+def _f(v: Any) -> str:
+    return "n/a" if v is None else f"{float(v):.3f}"
+
+
+def _pct(v: Any) -> str:
+    return "n/a" if v is None else f"{100 * float(v):.1f}%"
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(k): _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def _write_atomic(path: Path, text: str) -> Path:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+    return path
+
+
+def write_report(lake: Lake, prediction: str, out_dir: str | Path, *, rollup: str | None = None) -> tuple[Path, Path]:
+    """Recompute the report of a published prediction version into ``out_dir`` (e.g. with another roll-up)."""
+    from aivc.instruments.predictions import get_prediction_version, version_dir
+    from aivc.instruments.registry import get_instrument
+
+    pv = get_prediction_version(lake, prediction)
+    rec = get_instrument(lake, pv.instrument_ref)
+    built = build_report(lake, version_dir(lake, pv.instrument, pv.version), rec, rollup=RollUp.parse(rollup) if rollup else None)
+    return built.write(Path(out_dir), pv)

@@ -59,6 +59,10 @@ ONTOLOGY_FIELDS: tuple[str, ...] = (
     "tissue",
 )
 DEFAULTS: dict[str, Any] = {"tissue_type": "tissue", "is_primary_data": True}
+#: Optional cell fields, declared only by datasets that have them (always from an obs column):
+#: ``perturbation_targets`` makes the dataset a perturbation screen (see
+#: :mod:`aivc.ingest.perturbation_fields`).
+OPTIONAL_FIELDS: tuple[str, ...] = ("perturbation_targets",)
 
 
 class FieldSpec(BaseModel):
@@ -114,9 +118,15 @@ class Manifest(BaseModel):
 
     @model_validator(mode="after")
     def _complete(self) -> Manifest:
-        unknown = sorted(set(self.obs) - set(STANDARD_FIELDS))
+        unknown = sorted(set(self.obs) - set(STANDARD_FIELDS) - set(OPTIONAL_FIELDS))
         if unknown:
-            raise ValueError(f"unknown obs fields {unknown}; the standard fields are {list(STANDARD_FIELDS)}")
+            raise ValueError(
+                f"unknown obs fields {unknown}; the standard fields are {list(STANDARD_FIELDS)} "
+                f"and the optional ones {list(OPTIONAL_FIELDS)}"
+            )
+        for name in OPTIONAL_FIELDS:
+            if name in self.obs and self.obs[name].column is None:
+                raise ValueError(f"obs/{name} must name an obs column ('column'), not a constant 'value'")
         obs = dict(self.obs)
         for name, default in DEFAULTS.items():
             obs.setdefault(name, FieldSpec(value=default))
@@ -125,10 +135,15 @@ class Manifest(BaseModel):
         missing = [f for f in STANDARD_FIELDS if f not in obs]
         if missing:
             raise ValueError(f"obs is missing the standard fields {missing}")
-        object.__setattr__(self, "obs", {f: obs[f] for f in STANDARD_FIELDS})
+        object.__setattr__(self, "obs", {f: obs[f] for f in (*STANDARD_FIELDS, *OPTIONAL_FIELDS) if f in obs})
         if self.access == "embargoed" and self.embargo_until is None:
             raise ValueError("access 'embargoed' needs 'embargo_until' (a date)")
         return self
+
+    @property
+    def is_perturbation_screen(self) -> bool:
+        """Whether the cells carry perturbation targets (``obs.perturbation_targets``)."""
+        return "perturbation_targets" in self.obs
 
     @property
     def organism_name(self) -> str:

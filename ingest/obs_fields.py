@@ -245,7 +245,8 @@ class ObsResult:
     """Harmonized standard cell fields plus what was found and decided on the way.
 
     ``frame`` has the index of the submitted obs and the columns :data:`OUTPUT_COLUMNS`
-    (strings, except the boolean ``is_primary_data``). Values that could not be harmonized are
+    (strings, except the boolean ``is_primary_data``), then, for a perturbation screen, the
+    columns of :data:`aivc.ingest.perturbation_fields.PERTURBATION_COLUMNS`. Values that could not be harmonized are
     left as submitted (and their label empty); missing values are empty strings.
     """
 
@@ -569,6 +570,13 @@ def harmonize_obs(obs: pd.DataFrame, manifest: Manifest, *, ontologies: Ontologi
         labels = outputs[name].labels
         columns[name] = labels if labels is not None else np.full(n, "", dtype=object)
     frame = pd.DataFrame({c: columns[c] for c in OUTPUT_COLUMNS}, index=obs.index)
+    if manifest.is_perturbation_screen:  # optional field: adds PERTURBATION_COLUMNS after OUTPUT_COLUMNS
+        from aivc.ingest.perturbation_fields import harmonize_perturbations
+
+        screen = harmonize_perturbations(obs, manifest)
+        frame = pd.concat([frame, screen.frame], axis=1)
+        findings.extend(screen.findings)
+        decisions.extend(screen.decisions)
     return ObsResult(frame, findings, decisions)
 
 

@@ -320,6 +320,11 @@ def _write_artifacts(staging: Path, prepared: Prepared, obs: pd.DataFrame, obs_j
     assert prepared.data is not None and prepared.genes is not None and prepared.manifest is not None
     cells = obs.reset_index()
     cells.insert(1, "soma_joinid", obs_joinids)
+    from aivc.ingest.perturbation_fields import PERTURBATION_COLUMNS
+
+    for c in PERTURBATION_COLUMNS:  # optional fields live in cells.parquet (the `cells` view), not in SOMA obs
+        if prepared.obs is not None and c in prepared.obs.columns:
+            cells[c] = prepared.obs[c].to_numpy(dtype=object)
     pq.write_table(pa.Table.from_pandas(cells, preserve_index=False), staging / "cells.parquet")
     submitted_ids = prepared.data.var.index.astype(str)[prepared.genes.keep_cols]
     genes = pd.DataFrame(

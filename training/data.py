@@ -347,14 +347,17 @@ class CellDataset(torch.utils.data.IterableDataset):
         info = torch.utils.data.get_worker_info()
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
         masks = torch.from_numpy(self.plan.masks)
+        with soma_io.DenseReader(self.plan.soma_uri, self.plan.high_water, self.plan.gene_joinids) as reader:
+            yield from self._chunks(pos, wid, nw, masks, reader)
+
+    def _chunks(self, pos: np.ndarray, wid: int, nw: int, masks: torch.Tensor, reader: Any) -> Iterator[dict[str, torch.Tensor]]:
         for ci, start in enumerate(range(0, len(pos), self.chunk_rows)):
             if ci % nw != wid:
                 continue
             chunk = pos[start : start + self.chunk_rows]
             joins = self._joinids[chunk]
             uniq, inverse = np.unique(joins, return_inverse=True)
-            X = soma_io.read_rows(self.plan.soma_uri, self.plan.high_water, uniq, self.plan.gene_joinids)
-            dense = np.asarray(X.toarray(), dtype=np.float32)[inverse]
+            dense = reader.read(uniq)[inverse]
             batch = self._batch[chunk]
             for b0 in range(0, len(chunk), self.batch_size):
                 sl = slice(b0, b0 + self.batch_size)

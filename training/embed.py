@@ -19,9 +19,11 @@
 3. **Batches**: a dataset the model was trained on keeps its batch code; any other
    dataset is encoded as the average of the training batches (recorded as ``average``).
 4. **Ray Data**: chunk descriptors become a dataset; ``map_batches`` with
-   ``compute=ActorPoolStrategy(size=actors)`` runs an :class:`_Embedder` actor that loads
-   the model once and, per chunk, reads the counts from SOMA, builds the masked inputs and
-   calls ``module.embed``. The driver streams the results (``preserve_order``) into the
+   ``compute=ActorPoolStrategy(size=actors)`` runs an :class:`_Embedder` actor that gets
+   the driver's plan (cells, columns, masks, batch codes) as a constructor argument, loads
+   the model once, opens the SOMA experiment once (:class:`_ChunkReader`) and, per chunk,
+   reads the counts straight into a dense matrix, builds the masked inputs and calls
+   ``module.embed``. The driver streams the results (``preserve_order``) into the
    feature store's :class:`~aivc.embeddings.store.EmbeddingWriter`, so memory is bounded by
    the chunks in flight, and publishes ``cell:<name>@N`` with lineage to the model.
 
@@ -31,7 +33,6 @@ The vectors equal ``load_model(...)[0].embed(batch)`` applied directly to the sa
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from dataclasses import dataclass
@@ -179,17 +180,45 @@ def build_apply_plan(
     return plan, cells, notes
 
 
-def read_inputs(plan: ApplyPlan, lo: int, hi: int) -> dict[str, Any]:
-    """The model inputs of cells ``lo:hi`` of ``plan`` (counts of unmeasured genes are 0 and masked)."""
+class _ChunkReader:
+    """Counts of ``plan``'s cells over its columns (0 where no chosen dataset measured the
+    gene), through one :class:`~aivc.store.soma_io.DenseReader` kept open."""
+
+    def __init__(self, plan: ApplyPlan) -> None:
+        from aivc.store.soma_io import DenseReader
+
+        self.plan = plan
+        self.valid = np.flatnonzero(plan.col_joinids >= 0)
+        self.reader = DenseReader(plan.soma_uri, plan.high_water, plan.col_joinids[self.valid])
+
+    def close(self) -> None:
+        self.reader.close()
+
+    def counts(self, lo: int, hi: int) -> np.ndarray:
+        """Dense float32 counts of cells ``lo:hi`` over the plan's columns."""
+        x = self.reader.read(self.plan.joinids[lo:hi])
+        if len(self.valid) == len(self.plan.col_joinids):
+            return x
+        full = np.zeros((hi - lo, len(self.plan.col_joinids)), dtype=np.float32)
+        full[:, self.valid] = x
+        return full
+
+
+def read_inputs(plan: ApplyPlan, lo: int, hi: int, reader: _ChunkReader | None = None) -> dict[str, Any]:
+    """The model inputs of cells ``lo:hi`` of ``plan`` (counts of unmeasured genes are 0 and masked).
+
+    ``reader`` (an open :class:`_ChunkReader` of ``plan``) is reused across chunks; without
+    one, a reader is opened for this call.
+    """
     import torch
 
-    from aivc.store import soma_io
-
-    valid = np.flatnonzero(plan.col_joinids >= 0)
-    x = np.zeros((hi - lo, len(plan.col_joinids)), dtype=np.float32)
-    if valid.size:
-        X = soma_io.read_rows(plan.soma_uri, plan.high_water, plan.joinids[lo:hi], plan.col_joinids[valid])
-        x[:, valid] = X.toarray()
+    own = reader is None
+    rd = _ChunkReader(plan) if reader is None else reader
+    try:
+        x = rd.counts(lo, hi)
+    finally:
+        if own:
+            rd.close()
     mask = plan.masks[plan.group[lo:hi]]
     x *= mask
     xt = torch.from_numpy(x)
@@ -207,33 +236,26 @@ def embed_inputs(module: Any, inputs: dict[str, Any], batch_size: int) -> np.nda
 
 
 class _Embedder:
-    """Ray Data actor: loads the model once, embeds chunk descriptors ``{lo, hi}``."""
+    """Ray Data actor: loads the model once, embeds chunk descriptors ``{lo, hi}`` of ``plan``."""
 
-    def __init__(
-        self, lake_root: str, model_ref: str, dataset_refs: list[str], where: str | None, high_water: int, min_gene_overlap: float, batch_size: int, threads: int
-    ) -> None:
+    def __init__(self, plan: ApplyPlan, lake_root: str, model_ref: str, batch_size: int, threads: int) -> None:
         import torch
 
-        from aivc.training.models import model_class
         from aivc.training.registry import load_model
 
         torch.set_num_threads(max(1, threads))
-        lake = Lake.open(lake_root)
-        self.module, rec = load_model(lake, model_ref)
-        # the plan is rebuilt here from the pinned versions (small constructor arguments:
-        # nothing in the object store, so Ray can restart a lost actor)
-        versions = [Catalog(lake).get(r) for r in dataset_refs]
-        tokens = bool(getattr(model_class(rec.model_type), "gene_tokens", False))
-        plan, _, _ = build_apply_plan(lake, rec, versions, min_gene_overlap=min_gene_overlap, gene_tokens=tokens, where=where)
-        plan = dataclasses.replace(plan, high_water=high_water)
+        # the plan comes built by the driver (Ray Data keeps constructor arguments in the
+        # object store either way); the actor loads the model and opens the experiment once
+        self.module, _ = load_model(Lake.open(lake_root), model_ref)
         if plan.gene_table is not None:
             self.module.set_gene_table(torch.from_numpy(plan.gene_table))
         self.plan, self.batch_size = plan, batch_size
+        self.reader = _ChunkReader(plan)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         pos, vecs = [], []
         for lo, hi in zip(batch["lo"].tolist(), batch["hi"].tolist(), strict=True):
-            vecs.append(embed_inputs(self.module, read_inputs(self.plan, lo, hi), self.batch_size))
+            vecs.append(embed_inputs(self.module, read_inputs(self.plan, lo, hi, self.reader), self.batch_size))
             pos.append(np.arange(lo, hi, dtype=np.int64))
         return {"pos": np.concatenate(pos), "vector": np.concatenate(vecs)}
 
@@ -303,10 +325,7 @@ def embed_model(
         items = ray.data.from_items([{"lo": lo, "hi": hi} for lo, hi in chunks], override_num_blocks=max(1, len(chunks)))
         out = items.map_batches(
             _Embedder,
-            fn_constructor_kwargs={
-                "lake_root": str(lake.root), "model_ref": rec.ref, "dataset_refs": [v.ref for v in versions], "where": where, "high_water": plan.high_water,
-                "min_gene_overlap": min_gene_overlap, "batch_size": batch_size, "threads": threads,
-            },
+            fn_constructor_kwargs={"plan": plan, "lake_root": str(lake.root), "model_ref": rec.ref, "batch_size": batch_size, "threads": threads},
             batch_size=1,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=n_actors),

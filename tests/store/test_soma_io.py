@@ -35,6 +35,16 @@ def test_global_order_writes_round_trip_across_tiles(tmp_path):
     assert abs(S.read_rows(uri, hw2, r1.obs_joinids, r1.var_joinids) - X).sum() == 0
     assert abs(S.read_rows(uri, hw2, r2.obs_joinids, r2.var_joinids) - X2).sum() == 0
     assert sorted(r2.var_joinids[: 2500]) == list(range(2000, 4500))
+    # the dense reader gives the same matrices, in any row/column order, sparse or clustered rows
+    sel_o = rng.permutation(r2.obs_joinids)[:700]
+    sel_v = rng.permutation(np.unique(np.concatenate([r1.var_joinids, r2.var_joinids])))[:3000]
+    with S.DenseReader(uri, hw2, sel_v) as rd:
+        np.testing.assert_array_equal(rd.read(sel_o), S.read_rows(uri, hw2, sel_o, sel_v).toarray())
+        far = np.array([r1.obs_joinids[3], r2.obs_joinids[-1]])  # rows far apart: the searchsorted path
+        np.testing.assert_array_equal(rd.read(far), S.read_rows(uri, hw2, far, sel_v).toarray())
+        assert rd.read(far[:0]).shape == (0, 3000)
+    with S.DenseReader(uri, hw, np.sort(r1.var_joinids)[:100]) as rd:  # pinned at the first commit
+        np.testing.assert_array_equal(rd.read(r1.obs_joinids[:50]), X[:50].toarray()[:, np.argsort(r1.var_joinids)[:100]])
     # pinned at the first commit, the second append is invisible
     assert S.read_rows(uri, hw, r1.obs_joinids, r1.var_joinids).nnz == X.nnz
     S.rollback_uncommitted(uri, hw)

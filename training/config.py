@@ -70,6 +70,9 @@ class DataConfig(_Strict):
     n_top_genes: int | None = Field(None, ge=1)
     validation: ValidationSplit = ValidationSplit()
     chunk_rows: int = Field(4096, ge=1)
+    #: cells are shuffled in runs of this many consecutive cells (1: cell by cell), then
+    #: within each read of chunk_rows; larger runs read faster from TileDB
+    shuffle_block: int = Field(64, ge=1)
     loader_workers: int = Field(0, ge=0)
 
 

@@ -270,10 +270,13 @@ def build_plan(lake: Lake, cfg: DataConfig, seed: int = 0) -> TrainingPlan:
 
 
 # -- streaming -------------------------------------------------------------------------------
-def rank_order(n: int, *, epoch: int, seed: int, shuffle: bool, rank: int, world_size: int, pad: bool) -> np.ndarray:
+def rank_order(n: int, *, epoch: int, seed: int, shuffle: bool, rank: int, world_size: int, pad: bool, block: int = 1) -> np.ndarray:
     """Positions (into the split's cells) that one rank visits in one epoch.
 
-    The order is a permutation drawn from ``seed + epoch`` (or the identity); rank ``r``
+    The order is a permutation drawn from ``seed + epoch`` (or the identity); with
+    ``block > 1`` it permutes runs of ``block`` consecutive cells instead of single cells
+    (reads of nearby cells are several times faster from TileDB; the loader shuffles the
+    cells within each read, so batches still mix many blocks). Rank ``r``
     takes every ``world_size``-th position starting at ``r``. With ``pad`` the order is
     first extended by repeating its head so every rank gets the same number of cells
     (needed by data-parallel training, where ranks must run the same number of steps);
@@ -281,7 +284,14 @@ def rank_order(n: int, *, epoch: int, seed: int, shuffle: bool, rank: int, world
     """
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} outside world of size {world_size}")
-    order = np.random.default_rng(seed + epoch).permutation(n) if shuffle else np.arange(n)
+    if not shuffle:
+        order = np.arange(n)
+    elif block > 1:
+        starts = np.random.default_rng(seed + epoch).permutation(-(-n // block)) * block
+        order = (starts[:, None] + np.arange(block)[None, :]).ravel()
+        order = order[order < n]
+    else:
+        order = np.random.default_rng(seed + epoch).permutation(n)
     if pad and n % world_size:
         extra = world_size - n % world_size
         order = np.concatenate([order, np.resize(order, extra)]) if n else order
@@ -313,6 +323,7 @@ class CellDataset(torch.utils.data.IterableDataset):
         world_size: int = 1,
         chunk_rows: int = 4096,
         pad: bool = False,
+        shuffle_block: int = 1,
     ) -> None:
         super().__init__()
         self.plan = plan
@@ -324,6 +335,7 @@ class CellDataset(torch.utils.data.IterableDataset):
         # whole batches per read: no batch straddles two reads
         self.chunk_rows = max(1, int(chunk_rows) // self.batch_size) * self.batch_size
         self.pad = pad
+        self.shuffle_block = max(1, int(shuffle_block))
         self.epoch = 0
         cells = plan.split_cells(split)
         self._joinids = cells["soma_joinid"].to_numpy(np.int64)
@@ -334,13 +346,24 @@ class CellDataset(torch.utils.data.IterableDataset):
         self.epoch = int(epoch)
 
     def _positions(self) -> np.ndarray:
-        return rank_order(len(self._joinids), epoch=self.epoch, seed=self.seed, shuffle=self.shuffle, rank=self.rank, world_size=self.world_size, pad=self.pad)
+        return rank_order(
+            len(self._joinids), epoch=self.epoch, seed=self.seed, shuffle=self.shuffle, rank=self.rank, world_size=self.world_size, pad=self.pad, block=self.shuffle_block
+        )
+
+    def _chunk_bounds(self, n: int) -> list[tuple[int, int]]:
+        """Reads of an epoch: one batch first (the only read nothing can prefetch, so it
+        is small), then ``chunk_rows`` at a time; every read holds whole batches."""
+        bounds, start = [], 0
+        size = min(self.batch_size, self.chunk_rows)
+        while start < n:
+            bounds.append((start, min(n, start + size)))
+            start += size
+            size = self.chunk_rows
+        return bounds
 
     def __len__(self) -> int:
         """Batches this rank yields per epoch (over all DataLoader workers)."""
-        n = len(self._positions())
-        full, rest = divmod(n, self.chunk_rows)
-        return full * (self.chunk_rows // self.batch_size) + -(-rest // self.batch_size)
+        return sum(-(-(hi - lo) // self.batch_size) for lo, hi in self._chunk_bounds(len(self._positions())))
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         pos = self._positions()
@@ -351,10 +374,12 @@ class CellDataset(torch.utils.data.IterableDataset):
             yield from self._chunks(pos, wid, nw, masks, reader)
 
     def _chunks(self, pos: np.ndarray, wid: int, nw: int, masks: torch.Tensor, reader: Any) -> Iterator[dict[str, torch.Tensor]]:
-        for ci, start in enumerate(range(0, len(pos), self.chunk_rows)):
+        for ci, (lo, hi) in enumerate(self._chunk_bounds(len(pos))):
             if ci % nw != wid:
                 continue
-            chunk = pos[start : start + self.chunk_rows]
+            chunk = pos[lo:hi]
+            if self.shuffle and self.shuffle_block > 1:  # mix the blocks of this read
+                chunk = chunk[np.random.default_rng([self.seed, self.epoch, ci]).permutation(len(chunk))]
             joins = self._joinids[chunk]
             uniq, inverse = np.unique(joins, return_inverse=True)
             dense = reader.read(uniq)[inverse]

@@ -213,7 +213,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     core = model.module if hasattr(model, "module") else model
 
     bs, chunk = cfg.optim.batch_size, cfg.data.chunk_rows
-    train_ds = CellDataset(plan, "train", batch_size=bs, seed=cfg.seed, rank=rank, world_size=world, chunk_rows=chunk, pad=True)
+    train_ds = CellDataset(plan, "train", batch_size=bs, seed=cfg.seed, rank=rank, world_size=world, chunk_rows=chunk, pad=True, shuffle_block=cfg.data.shuffle_block)
     val_ds = CellDataset(plan, "validation", batch_size=bs, shuffle=False, rank=rank, world_size=world, chunk_rows=chunk)
     def loader(ds: CellDataset) -> Any:
         return make_loader(ds, cfg.data.loader_workers)

@@ -211,11 +211,12 @@ def _demo_models(lake: Any, con: Any, json_mode: bool) -> dict[str, Any]:
     from aivc.progress import make_progress
     from aivc.training.config import apply_overrides, load_config
     from aivc.training.embed import embed_model
-    from aivc.training.trainer import _start_ray, train
+    from aivc.ray_local import start_ray
+    from aivc.training.trainer import train
 
     con.rule("[bold]scale models[/]: cell-vae trained with Ray Train, applied with Ray Data")
     cfg = apply_overrides(load_config(None), list(DEMO_VAE_OVERRIDES))
-    started = _start_ray(None, 1, None)
+    started = start_ray()
     try:
         def epoch(m: dict[str, Any]) -> None:
             if m["epoch"] % 10 == 0 or m["epoch"] == cfg.optim.epochs:

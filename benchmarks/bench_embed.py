@@ -195,14 +195,14 @@ def warm(lake: Any, dataset_id: str) -> float:
 def run(a: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from aivc.training.trainer import _start_ray
+    from aivc.ray_local import start_ray
 
     work = Path(a.workdir).absolute()
     work.mkdir(parents=True, exist_ok=True)
     lake, dataset_id, stats = build_lake(work, a)
     rec = register_vae(lake, dataset_id, a.seed)
     t0 = time.perf_counter()
-    _start_ray(None, 1, None)
+    start_ray()
     ray_s = time.perf_counter() - t0
     warm_s = warm(lake, dataset_id)
     _log(f"bench: Ray started in {ray_s:.1f}s; page cache warmed in {warm_s:.1f}s; model {rec.ref} ({len(rec.gene_ids)} genes)")

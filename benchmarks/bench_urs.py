@@ -345,7 +345,7 @@ def score(X: np.ndarray, cells: pd.DataFrame, urs: dict[str, np.ndarray], n_jobs
 # -- the benchmark ---------------------------------------------------------------------------
 def run(a: argparse.Namespace) -> dict[str, Any]:
     from aivc.store.lake import Lake
-    from aivc.training.trainer import _start_ray
+    from aivc.ray_local import start_ray
 
     work = Path(a.workdir).absolute()
     work.mkdir(parents=True, exist_ok=True)
@@ -360,7 +360,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         scenarios = write_inputs(work, a.seed)
         submit_all(lake, scenarios, work / "reports")
         timings["inputs_and_submit"] = time.perf_counter() - t0
-        _start_ray(None, 1, None)  # one Ray for every job of the run (train/embed_model reuse it)
+        start_ray()  # one Ray for every job of the run (train/embed_model reuse it)
         importlib.import_module("scib_metrics")  # JAX start-up, timed on its own
 
         timings["ray_and_jax_startup"] = time.perf_counter() - t0 - timings["inputs_and_submit"]

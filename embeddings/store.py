@@ -37,9 +37,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from aivc.errors import AivcError, NotFoundError, UsageError
+from aivc.errors import AivcError, UsageError
 from aivc.store.lake import Lake, _fsync_dir, write_json_atomic
-from aivc.store.records import dump_record, load_record
+from aivc.store.records import dump_record, load_record, pick_version
 
 Entity = Literal["cell", "gene", "niche"]
 ENTITIES: tuple[str, ...] = ("cell", "gene", "niche")
@@ -141,16 +141,7 @@ def latest_versions(lake: Lake) -> list[EmbeddingVersion]:
 
 def get_version(lake: Lake, ref: str) -> EmbeddingVersion:
     entity, name, version = parse_ref(ref)
-    versions = list_versions(lake, entity, name)
-    if not versions:
-        raise NotFoundError(f"no embedding {entity}:{name} in this lake; `aivc features list` shows them", where=ref)
-    if version is None:
-        return versions[-1]
-    for v in versions:
-        if v.version == version:
-            return v
-    have = ", ".join(str(v.version) for v in versions)
-    raise NotFoundError(f"embedding {entity}:{name} has no version {version} (versions: {have})", where=ref)
+    return pick_version(list_versions(lake, entity, name), version, ref=ref, what=f"embedding {entity}:{name}", hint="aivc features list")
 
 
 def parquet_files(lake: Lake, v: EmbeddingVersion, datasets: set[str] | None = None) -> list[Path]:

@@ -29,7 +29,6 @@ Example
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -180,21 +179,10 @@ def write_parts(root: Path, tables: Iterable[Any], schema: Any, tag: str) -> lis
 
 
 def start_ray(ray_address: str | None) -> bool:
-    """Connect to (or start) Ray; True when this call started it."""
-    import ray
+    """Connect to (or start) Ray; True when this call started it (see :mod:`aivc.ray_local`)."""
+    from aivc.ray_local import start_ray as _start
 
-    if ray.is_initialized():
-        return False
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    common: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": "WARNING", "configure_logging": False}
-    if ray_address:
-        try:
-            ray.init(address=ray_address, **common)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise UsageError(f"cannot connect to the Ray cluster at {ray_address} ({str(exc).splitlines()[0]})", where="--ray-address") from None
-        return True
-    ray.init(num_cpus=max(2, os.cpu_count() or 1), object_store_memory=256 * 1024**2, **common)
-    return True
+    return _start(ray_address, workers=2)
 
 
 @contextlib.contextmanager

@@ -37,10 +37,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aivc.errors import NotFoundError, UsageError
+from aivc.errors import UsageError
 from aivc.instruments.registry import InstrumentError
 from aivc.store.lake import Lake, _fsync_dir, write_json_atomic
-from aivc.store.records import dump_record, load_record
+from aivc.store.records import dump_record, load_record, pick_version
 
 RECORD_NAME = "_version.json"
 RECORD_SCHEMA = "aivc.prediction_version"
@@ -130,16 +130,7 @@ def list_prediction_versions(lake: Lake, instrument: str | None = None) -> list[
 def get_prediction_version(lake: Lake, ref: str) -> PredictionVersion:
     """The record of ``[predictions:]INSTRUMENT[@VERSION]`` (latest when no version is given)."""
     name, version = parse_prediction_ref(ref)
-    versions = list_prediction_versions(lake, name)
-    if not versions:
-        raise NotFoundError(f"no predictions of instrument {name!r} in this lake; `aivc instruments predictions` lists them", where=ref)
-    if version is None:
-        return versions[-1]
-    for v in versions:
-        if v.version == version:
-            return v
-    have = ", ".join(str(v.version) for v in versions)
-    raise NotFoundError(f"predictions of {name!r} have no version {version} (versions: {have})", where=ref)
+    return pick_version(list_prediction_versions(lake, name), version, ref=ref, what=f"prediction version of instrument {name!r}", hint="aivc instruments predictions")
 
 
 def parquet_files(lake: Lake, v: PredictionVersion, datasets: set[str] | None = None) -> list[Path]:

@@ -48,9 +48,9 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from aivc.errors import AivcError, NotFoundError, UsageError
+from aivc.errors import AivcError, UsageError
 from aivc.store.lake import Lake, _fsync_dir, utcnow, write_json_atomic
-from aivc.store.records import dump_record, load_record
+from aivc.store.records import dump_record, load_record, pick_version
 
 InstrumentKind = Literal["decoder", "manipulator"]
 KINDS: tuple[str, ...] = ("decoder", "manipulator")
@@ -213,16 +213,7 @@ def list_instruments(lake: Lake, name: str | None = None, kind: str | None = Non
 def get_instrument(lake: Lake, ref: str) -> InstrumentRecord:
     """The record of ``NAME[@VERSION]`` (latest version when none is given)."""
     name, version = parse_instrument_ref(ref)
-    versions = list_instruments(lake, name)
-    if not versions:
-        raise NotFoundError(f"no instrument {name!r} in this lake; `aivc instruments list` shows them", where=ref)
-    if version is None:
-        return versions[-1]
-    for v in versions:
-        if v.version == version:
-            return v
-    have = ", ".join(str(v.version) for v in versions)
-    raise NotFoundError(f"instrument {name!r} has no version {version} (versions: {have})", where=ref)
+    return pick_version(list_instruments(lake, name), version, ref=ref, what=f"instrument {name!r}", hint="aivc instruments list")
 
 
 def read_weights(lake: Lake, rec: InstrumentRecord) -> dict[str, np.ndarray]:

@@ -40,3 +40,22 @@ def load_record(
         if f.name in body and str(f.type).startswith("tuple") and isinstance(body[f.name], list):
             body[f.name] = tuple(body[f.name])
     return cls(**body)
+
+
+def pick_version(versions: list[T], version: int | None, *, ref: str, what: str, hint: str) -> T:
+    """The record of ``version`` among ``versions`` (ordered; ``None``: the latest).
+
+    ``what`` names the thing in messages (``model 'cell-vae'``), ``hint`` says where to
+    look when there is none (``aivc models list``). Raises :class:`NotFoundError`.
+    """
+    from aivc.errors import NotFoundError
+
+    if not versions:
+        raise NotFoundError(f"no {what} in this lake; `{hint}` shows them", where=ref)
+    if version is None:
+        return versions[-1]
+    for v in versions:
+        if v.version == version:  # type: ignore[attr-defined]
+            return v
+    have = ", ".join(str(v.version) for v in versions)  # type: ignore[attr-defined]
+    raise NotFoundError(f"{what} has no version {version} (versions: {have})", where=ref)

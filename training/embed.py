@@ -312,9 +312,9 @@ def embed_model(
 
     import ray
 
-    from aivc.training.trainer import _start_ray
+    from aivc.ray_local import start_ray
 
-    started = _start_ray(ray_address, 1, None)
+    started = start_ray(ray_address)
     try:
         n_actors = actors or max(1, min(len(chunks), int(ray.available_resources().get("CPU", 1))))
         threads = max(1, (os.cpu_count() or 1) // n_actors)

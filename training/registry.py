@@ -35,9 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aivc.errors import NotFoundError, UsageError
+from aivc.errors import UsageError
 from aivc.store.lake import Lake, _fsync_dir, utcnow, write_json_atomic
-from aivc.store.records import dump_record, load_record
+from aivc.store.records import dump_record, load_record, pick_version
 from aivc.training.errors import ModelError
 
 MODEL_SCHEMA = "aivc.model"
@@ -121,16 +121,7 @@ def _read_record(path: Path) -> ModelRecord:
 def get_model(lake: Lake, ref: str) -> ModelRecord:
     """The record of ``NAME[@VERSION]`` (latest version when none is given)."""
     name, version = parse_model_ref(ref)
-    versions = list_models(lake, name)
-    if not versions:
-        raise NotFoundError(f"no model {name!r} in this lake; `aivc models list` shows them", where=ref)
-    if version is None:
-        return versions[-1]
-    for v in versions:
-        if v.version == version:
-            return v
-    have = ", ".join(str(v.version) for v in versions)
-    raise NotFoundError(f"model {name!r} has no version {version} (versions: {have})", where=ref)
+    return pick_version(list_models(lake, name), version, ref=ref, what=f"model {name!r}", hint="aivc models list")
 
 
 def register_model(

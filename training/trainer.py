@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import tempfile
 import threading
@@ -257,21 +256,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
 
 # -- the driver ---------------------------------------------------------------------------------
 def _start_ray(ray_address: str | None, workers: int, object_store_memory: int | None) -> bool:
-    """Connect to (or start) Ray; True when this call started it."""
-    import ray
+    """Connect to (or start) Ray; True when this call started it (see :mod:`aivc.ray_local`)."""
+    from aivc.ray_local import start_ray
 
-    if ray.is_initialized():
-        return False
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    common: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": "WARNING", "configure_logging": False}
-    if ray_address:
-        try:
-            ray.init(address=ray_address, **common)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise UsageError(f"cannot connect to the Ray cluster at {ray_address} ({str(exc).splitlines()[0]})", where="--ray-address") from None
-        return True
-    ray.init(num_cpus=max(workers, os.cpu_count() or 1), object_store_memory=object_store_memory or 256 * 1024**2, **common)
-    return True
+    return start_ray(ray_address, workers=workers, object_store_memory=object_store_memory)
 
 
 class _Tail(threading.Thread):

@@ -222,7 +222,7 @@ def model(
     def body() -> int:
         from aivc.progress import make_progress
         from aivc.store.lake import Lake
-        from aivc.training.embed import embed_model
+        from aivc.embeddings.model_job import embed_model
 
         progress = make_progress(json_)
         try:

@@ -210,7 +210,7 @@ def _demo_models(lake: Any, con: Any, json_mode: bool) -> dict[str, Any]:
     from aivc.embeddings.sql import query as equery
     from aivc.progress import make_progress
     from aivc.training.config import apply_overrides, load_config
-    from aivc.training.embed import embed_model
+    from aivc.embeddings.model_job import embed_model
     from aivc.ray_local import start_ray
     from aivc.training.trainer import train
 

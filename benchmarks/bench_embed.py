@@ -157,7 +157,7 @@ def run_peer(lake: Any, model_ref: str, dataset_id: str) -> tuple[float, np.ndar
 
 
 def run_aivc(lake: Any, model_ref: str, actors: int | None) -> tuple[float, Any]:
-    from aivc.training.embed import embed_model
+    from aivc.embeddings.model_job import embed_model
 
     t0 = time.perf_counter()
     v = embed_model(lake, model_ref, batch_size=BATCH_SIZE, actors=actors, name="bench_vae")

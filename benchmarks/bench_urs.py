@@ -32,7 +32,7 @@ What it does
        trained with :func:`aivc.training.trainer.train` (1 Ray Train worker; latent 16,
        hidden 128, one layer, batch size 32, ``--epochs`` epochs (default 40) with a 10-epoch
        KL warm-up, lr 1e-3, 10 % of the cells held out for validation), then applied to every
-       cell of the scenario with :func:`aivc.training.embed.embed_model` (Ray Data). On these
+       cell of the scenario with :func:`aivc.embeddings.model_job.embed_model` (Ray Data). On these
        630 training cells the validation loss plateaus after ~40 epochs at batch size 32 and
        rises after ~50 (over-fitting); at batch size 128 it is still falling at 40 epochs.
    ``cell-transformer``
@@ -211,7 +211,7 @@ def vae_config(sc: Scenario, a: argparse.Namespace) -> Any:
 def _embed(lake: Any, model_ref: str, sc: Scenario, name: str, cells: pd.DataFrame) -> tuple[str, np.ndarray, str]:
     """Apply a registered model with ``embed_model`` (or directly when this aivc has none)."""
     try:
-        from aivc.training.embed import embed_model
+        from aivc.embeddings.model_job import embed_model
     except ImportError:
         embed_model = None
     if embed_model is not None:

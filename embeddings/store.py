@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import re
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -38,7 +36,7 @@ from typing import Any, Literal
 import numpy as np
 
 from aivc.errors import AivcError, UsageError
-from aivc.store.lake import Lake, _fsync_dir, write_json_atomic
+from aivc.store.lake import Lake, write_json_atomic
 from aivc.store.records import dump_record, load_record, pick_version
 
 Entity = Literal["cell", "gene", "niche"]
@@ -306,20 +304,13 @@ class EmbeddingWriter:
                 partitions=partitions,
             )
             write_json_atomic(self.staging / RECORD_NAME, record.to_record())
-            final = version_dir(self.lake, self.entity, self.name, version)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            if os.environ.get("AIVC_FAULT") == "before_embedding_publish":
-                os._exit(97)
-            os.rename(self.staging, final)
-            _fsync_dir(final.parent)
-            self.staging.with_name(f"{self.staging.name}.owner").unlink(missing_ok=True)
+            self.lake.publish_staging(self.staging, version_dir(self.lake, self.entity, self.name, version), fault="before_embedding_publish", fault_exit=97)
         self.version = record
         return record
 
     def abort(self) -> None:
         self._close_files()
-        shutil.rmtree(self.staging, ignore_errors=True)
-        self.staging.with_name(f"{self.staging.name}.owner").unlink(missing_ok=True)
+        self.lake.discard_staging(self.staging)
 
     def __enter__(self) -> EmbeddingWriter:
         return self

@@ -38,7 +38,7 @@ from typing import Any, Literal
 import numpy as np
 
 from aivc.errors import UsageError
-from aivc.instruments.predictions import ROWS_SCHEMA, PredictionVersion, discard, publish
+from aivc.instruments.predictions import ROWS_SCHEMA, PredictionVersion, publish
 from aivc.instruments.registry import InstrumentError, InstrumentRecord, get_instrument, load_instrument
 from aivc.progress import NullProgress, Progress
 from aivc.store.lake import Lake, utcnow
@@ -364,7 +364,7 @@ def annotate(
         progress.phase("publishing")
         return publish(lake, staging, rec.name, make, finish)
     except BaseException:
-        discard(staging)
+        lake.discard_staging(staging)
         raise
 
 

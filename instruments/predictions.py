@@ -29,9 +29,7 @@ Example
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +37,7 @@ from typing import Any
 
 from aivc.errors import UsageError
 from aivc.instruments.registry import InstrumentError
-from aivc.store.lake import Lake, _fsync_dir, write_json_atomic
+from aivc.store.lake import Lake, write_json_atomic
 from aivc.store.records import dump_record, load_record, pick_version
 
 RECORD_NAME = "_version.json"
@@ -176,18 +174,7 @@ def publish(
         if before_rename is not None:
             before_rename(staging, record)
         write_json_atomic(staging / RECORD_NAME, record.to_record())
-        final = version_dir(lake, record.instrument, version)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        if os.environ.get("AIVC_FAULT") == "before_prediction_publish":
-            os._exit(23)  # tests: a crash right before the publishing rename
-        os.rename(staging, final)
-        _fsync_dir(final.parent)
-        staging.with_name(f"{staging.name}.owner").unlink(missing_ok=True)
+        lake.publish_staging(staging, version_dir(lake, record.instrument, version), fault="before_prediction_publish", fault_exit=23)
     return record
 
-
-def discard(staging: Path) -> None:
-    """Remove a staged version that will not be published."""
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.with_name(f"{staging.name}.owner").unlink(missing_ok=True)
 

@@ -38,9 +38,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
-import os
 import re
-import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +47,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from aivc.errors import AivcError, UsageError
-from aivc.store.lake import Lake, _fsync_dir, utcnow, write_json_atomic
+from aivc.store.lake import Lake, utcnow, write_json_atomic
 from aivc.store.records import dump_record, load_record, pick_version
 
 InstrumentKind = Literal["decoder", "manipulator"]
@@ -290,14 +288,8 @@ def register_instrument(
                 weights=WEIGHTS_NAME, weights_sha256=sha, extra=dict(extra or {}),
             )  # fmt: skip
             write_json_atomic(staging / RECORD_NAME, rec.to_record())
-            final = version_dir(lake, name, version)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            if os.environ.get("AIVC_FAULT") == "before_instrument_publish":
-                os._exit(19)  # tests: a crash right before the publishing rename
-            os.rename(staging, final)
-            _fsync_dir(final.parent)
+            lake.publish_staging(staging, version_dir(lake, name, version), fault="before_instrument_publish", fault_exit=19)
         return rec
     finally:
         if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-        staging.with_name(f"{staging.name}.owner").unlink(missing_ok=True)
+            lake.discard_staging(staging)

@@ -153,6 +153,25 @@ class Lake:
         self.staging_dir.joinpath(f"{p.name}.owner").write_text(f"{socket.gethostname()} {os.getpid()}")
         return p
 
+    def publish_staging(self, staging: Path, final: Path, *, fault: str = "", fault_exit: int = 17) -> None:
+        """Publish a staged folder (from :meth:`new_staging`) as ``final`` by one rename.
+
+        Call under :meth:`write_lock` with the record already inside ``staging``: the rename
+        is the commit, readers see the whole version or none. ``fault`` names the
+        ``AIVC_FAULT`` value at which tests crash (exit ``fault_exit``) right before it.
+        """
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if fault and os.environ.get("AIVC_FAULT") == fault:
+            os._exit(fault_exit)
+        os.rename(staging, final)
+        _fsync_dir(final.parent)
+        staging.with_name(f"{staging.name}.owner").unlink(missing_ok=True)
+
+    def discard_staging(self, staging: Path) -> None:
+        """Remove a staged folder that will not be published (and its owner mark)."""
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.with_name(f"{staging.name}.owner").unlink(missing_ok=True)
+
     def _owner_alive(self, folder: Path) -> bool:
         marker = folder.with_name(f"{folder.name}.owner")
         try:

@@ -28,15 +28,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from aivc.errors import UsageError
-from aivc.store.lake import Lake, _fsync_dir, utcnow, write_json_atomic
+from aivc.store.lake import Lake, utcnow, write_json_atomic
 from aivc.store.records import dump_record, load_record, pick_version
 from aivc.training.errors import ModelError
 
@@ -169,17 +167,11 @@ def register_model(
                 weights_sha256=sha,
             )
             write_json_atomic(staging / RECORD_NAME, rec.to_record())
-            final = version_dir(lake, name, version)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            if os.environ.get("AIVC_FAULT") == "before_model_publish":
-                os._exit(17)  # tests: a crash right before the publishing rename
-            os.rename(staging, final)
-            _fsync_dir(final.parent)
+            lake.publish_staging(staging, version_dir(lake, name, version), fault="before_model_publish", fault_exit=17)
         return rec
     finally:
         if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-        staging.with_name(f"{staging.name}.owner").unlink(missing_ok=True)
+            lake.discard_staging(staging)
 
 
 def load_model(lake: Lake, ref: str) -> tuple[Any, ModelRecord]:

@@ -65,7 +65,7 @@ def _published(lake, ref, dataset_id):  # noqa: ANN001, ANN202
 
 
 def test_published_vectors_equal_model_applied_directly(train_lake, ray_session):  # noqa: ANN001
-    from aivc.training.embed import embed_model
+    from aivc.embeddings.model_job import embed_model
 
     genes = _lake_genes(train_lake, ["synth-a", "synth-b"])
     union = sorted(set(genes["synth-a"]["gene_id"]) | set(genes["synth-b"]["gene_id"]))
@@ -91,7 +91,7 @@ def test_published_vectors_equal_model_applied_directly(train_lake, ray_session)
 
 def test_unseen_dataset_gets_average_batch_and_masked_genes(lake, write_submission, ray_session):  # noqa: ANN001
     from aivc.ingest.submission import submit
-    from aivc.training.embed import embed_model
+    from aivc.embeddings.model_job import embed_model
 
     assert submit(lake, *write_submission(dataset_id="train-a")).status == "committed"
     genes = _lake_genes(lake, ["train-a"])["train-a"]["gene_id"].tolist()
@@ -110,7 +110,7 @@ def test_unseen_dataset_gets_average_batch_and_masked_genes(lake, write_submissi
 
 def test_too_few_overlapping_genes_is_a_clear_error_and_publishes_nothing(lake, write_submission, ray_session):  # noqa: ANN001
     from aivc.ingest.submission import submit
-    from aivc.training.embed import embed_model
+    from aivc.embeddings.model_job import embed_model
 
     assert submit(lake, *write_submission(dataset_id="train-a")).status == "committed"
     genes = _lake_genes(lake, ["train-a"])["train-a"]["gene_id"].tolist()
@@ -150,7 +150,7 @@ def test_cli_embed_model_ref_and_errors(train_lake, ray_session):  # noqa: ANN00
 
 def test_where_selects_cells_by_metadata(train_lake, ray_session):  # noqa: ANN001
     from aivc.store.sql import query
-    from aivc.training.embed import embed_model
+    from aivc.embeddings.model_job import embed_model
 
     genes = _lake_genes(train_lake, ["synth-a"])["synth-a"]["gene_id"].tolist()
     rec = _register_vae(train_lake, genes, ["synth-a"], name="where-vae")
@@ -173,7 +173,7 @@ def test_gene_token_model_embeds_genes_it_never_saw(lake, write_submission, huma
     URs, so they become tokens; the result equals the model applied directly."""
     from aivc.embeddings.store import EmbeddingWriter
     from aivc.ingest.submission import submit
-    from aivc.training.embed import embed_model
+    from aivc.embeddings.model_job import embed_model
     from aivc.training.models.cell_transformer import CellTransformer
 
     assert submit(lake, *write_submission(mutate=lambda a: a[:, :100].copy(), dataset_id="train-a")).status == "committed"
@@ -221,7 +221,7 @@ def test_model_applies_to_another_species_through_orthologs(lake, write_submissi
     ortholog. The same counts submitted as human (ortholog genes only) embed identically."""
     from aivc.ingest.submission import submit
     from aivc.store.reference import orthologs
-    from aivc.training.embed import embed_model
+    from aivc.embeddings.model_job import embed_model
     from tests.conftest import base_manifest
 
     h2m = orthologs("homo_sapiens", "mus_musculus").set_index("from_symbol")["to_symbol"]

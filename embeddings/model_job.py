@@ -28,7 +28,7 @@
    the chunks in flight, and publishes ``cell:<name>@N`` with lineage to the model.
 
 The vectors equal ``load_model(...)[0].embed(batch)`` applied directly to the same cells
-(``tests/training/test_embed.py`` checks this).
+(``tests/embeddings/test_model_job.py`` checks this).
 """
 
 from __future__ import annotations

@@ -132,3 +132,29 @@ def test_too_few_genes_or_bad_sizes_are_usage_errors(co_lake):
     with pytest.raises(UsageError, match="named twice"):
         embed_gene_coexpression(lake, name="bad", datasets=["co-a", "co-a@1"])
     assert len(list_versions(lake)) == before
+
+
+def test_cli_embed_coexpr_publishes_and_refuses_bad_input(co_lake):
+    import json
+
+    from typer.testing import CliRunner
+
+    from aivc.cli import app
+    from tests.conftest import lake_snapshot
+
+    lake, _ = co_lake
+    runner = CliRunner()
+    before = lake_snapshot(lake.root)
+    for args, code, text in (
+        (["--dim", "0"], 2, "--dim must be at least 1, got 0"),
+        (["--datasets", "nope"], 1, "no dataset 'nope' in this lake"),
+    ):
+        res = runner.invoke(app, ["embed", "coexpr", "--name", "cli_bad", *args, "--lake", str(lake.root)])
+        assert res.exit_code == code and text in res.output and "Traceback" not in res.output
+        assert len(res.output.strip().splitlines()) == 1
+    assert lake_snapshot(lake.root) == before
+    res = runner.invoke(app, ["embed", "coexpr", "--name", "cli_co", "--dim", "4", "--lake", str(lake.root), "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["status"] == "published" and out["ref"] == "gene:cli_co@1" and out["dim"] == 4
+    assert get_version(lake, "gene:cli_co@1").n_rows == out["n_rows"] > 0

@@ -44,7 +44,9 @@ def train_celltype(
     alpha: Annotated[float, typer.Option("--alpha", help="Conformal error rate: sets contain the true type with probability >= 1 - alpha.")] = 0.1,
     name: Annotated[str, typer.Option("--name", help="Instrument name.")] = "celltype",
     score: Annotated[str, typer.Option("--score", help="Conformal score: lac (smallest sets) or aps (adaptive).")] = "lac",
-    hidden: Annotated[int, typer.Option("--hidden", help="Hidden units of the one hidden layer (0: multinomial logistic regression).")] = 64,
+    hidden: Annotated[Optional[int], typer.Option("--hidden", help="Hidden units of the one hidden layer (0: multinomial logistic regression); default: chosen by cross-validation from 0 and 64.")] = None,
+    weight_decay: Annotated[Optional[float], typer.Option("--weight-decay", help="L2 strength; default: chosen by cross-validation from 0.001, 0.01, 0.1.")] = None,
+    folds: Annotated[int, typer.Option("--folds", help="Cross-fitting folds: out-of-fold predictions select the model and calibrate it.")] = 5,
     min_cells: Annotated[int, typer.Option("--min-cells", help="Cell types with fewer labelled cells are excluded.")] = 10,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the split and the optimiser.")] = 0,
     lake: LakeOpt = None,
@@ -59,7 +61,7 @@ def train_celltype(
         from aivc.progress import make_progress
         from aivc.store.lake import Lake
 
-        cfg = CellTypeConfig(alpha=alpha, score=score, hidden=hidden, min_cells_per_class=min_cells, seed=seed)  # type: ignore[arg-type]
+        cfg = CellTypeConfig(alpha=alpha, score=score, hidden=hidden, weight_decay=weight_decay, folds=folds, min_cells_per_class=min_cells, seed=seed)  # type: ignore[arg-type]
         progress = make_progress(json_)
         try:
             rec = train(Lake.open(lake), embedding, datasets=_csv(datasets), name=name, config=cfg, progress=progress)
@@ -71,9 +73,10 @@ def train_celltype(
         m = rec.metrics
         con = _console()
         con.print(
-            f"registered {rec.ref}: {m['n_classes']} cell types from {m['n_train']} training + {m['n_calibration']} calibration cells of {rec.reads}; "
-            f"calibration macro-F1 {m['calibration']['macro_f1']:.3f}, ECE {m['ece_before']:.3f} -> {m['ece_after']:.3f} (T={m['temperature']:.2f}), "
-            f"mean set size {m['calibration_mean_set_size']:.2f} at alpha={alpha:g}",
+            f"registered {rec.ref}: {m['n_classes']} cell types from {m['n_train']} labelled cells of {rec.reads} "
+            f"(hidden={m['selected']['hidden']}, weight decay {m['selected']['weight_decay']:g}, chosen over {m['folds']} folds); "
+            f"out-of-fold macro-F1 {m['calibration']['macro_f1']:.3f}, ECE {m['ece_before']:.3f} -> {m['ece_after']:.3f} (T={m['temperature']:.2f}), "
+            f"conformal coverage {m['calibration_coverage']:.3f} with mean set size {m['calibration_mean_set_size']:.2f} at alpha={alpha:g}",
             highlight=False,
         )
         for t, x in m["excluded_classes"].items():
@@ -181,7 +184,7 @@ def annotate(
     all_: Annotated[bool, typer.Option("--all", help="Annotate every dataset with vectors in the instrument's embedding version.")] = False,
     embedding: Annotated[Optional[str], typer.Option("--embedding", help="Embedding version to read (default and only allowed: the one the instrument was trained on).")] = None,
     engine: Annotated[str, typer.Option("--engine", help="ray (Ray Data actor pool) or local (in-process, small inputs).")] = "ray",
-    actors: Annotated[int, typer.Option("--actors", help="Ray Data actors (each loads the instrument once).")] = 1,
+    actors: Annotated[int, typer.Option("--actors", help="Ray engine: 0 runs the decoder in Ray tasks fused with the writes (reusing running workers); N >= 1 in a pool of N actors.")] = 0,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Cells per batch.")] = 65536,
     ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster address (default: start Ray locally).")] = None,
     rollup: Annotated[Optional[str], typer.Option("--rollup", help="Add a roll-up table to the report: CL ids (comma-separated) or depth:N.")] = None,

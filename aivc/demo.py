@@ -173,9 +173,9 @@ def _demo_reannotation(lake: Any, con: Any, embedding: str, json_mode: bool) -> 
     rec = train_celltype(lake, embedding, datasets=["pbmc68k-part1"], name="celltype")
     m = rec.metrics
     con.print(
-        f"registered decoder [bold]{rec.ref}[/] reading {embedding}: {m['n_classes']} cell types, held-out calibration macro-F1 "
+        f"registered decoder [bold]{rec.ref}[/] reading {embedding}: {m['n_classes']} cell types, cross-validated (out-of-fold) macro-F1 "
         f"{m['calibration']['macro_f1']:.3f}, ECE {m['ece_before']:.3f} -> {m['ece_after']:.3f} after temperature scaling, "
-        f"conformal sets at alpha 0.1 cover {m['calibration_coverage']:.1%} of calibration cells",
+        f"conformal sets at alpha 0.1 cover {m['calibration_coverage']:.1%} of the labelled cells out of fold",
         highlight=False,
     )
     progress = make_progress(json_mode)

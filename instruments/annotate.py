@@ -9,9 +9,14 @@ Engines
 -------
 ``ray`` (default)
     A Ray Data job: ``read_parquet`` over the partitions of the chosen datasets,
-    ``map_batches`` with a fixed pool of actors (``ActorPoolStrategy(size=actors)``),
-    each of which loads the instrument once, and a :class:`PredictionSink` whose write
-    tasks write Parquet parts per dataset into the staging folder. The driver then
+    ``map_batches`` and a :class:`PredictionSink` whose write tasks write Parquet parts
+    per dataset into the staging folder. By default (``actors=0``) the decoder runs in
+    plain Ray tasks, which Ray Data fuses with the write into one task per block and
+    which reuse the cluster's running worker processes; each worker loads the instrument
+    once (a per-process cache keyed by lake, ref and weights digest; decoders are a few
+    NumPy arrays). ``actors=N`` uses a fixed pool of N actors instead
+    (``ActorPoolStrategy(size=N)``; new processes per job, for decoders that are
+    expensive to load). The driver then
     keeps exactly the parts the successful write tasks reported (a retried task's
     leftovers are dropped), checks the row count and publishes. ``ray_address``
     connects to a cluster (the lake must be reachable from its workers); otherwise an
@@ -111,6 +116,21 @@ def _resolve(lake: Lake, instrument: str, embedding: str | None, datasets: list[
 
 
 # -- the Ray engine ----------------------------------------------------------------------
+_DECODERS: dict[tuple[str, str, str], Any] = {}
+
+
+def predict_task(batch: Any, lake_root: str, instrument_ref: str, sha256: str, dim: int) -> Any:
+    """Ray Data task function: the decoder is loaded once per worker process and reused.
+
+    The cache key includes the weights' digest, so a worker never predicts with stale weights.
+    """
+    key = (lake_root, instrument_ref, sha256)
+    decoder = _DECODERS.get(key)
+    if decoder is None:
+        decoder = _DECODERS[key] = load_instrument(Lake.open(lake_root), instrument_ref)
+    return predict_batch(decoder, batch, dim)
+
+
 class DecoderActor:
     """Ray Data actor: loads the instrument once, then predicts batch after batch."""
 
@@ -220,19 +240,19 @@ def _run_ray(lake: Lake, rec: InstrumentRecord, emb: Any, files: list[Path], sta
     started = start_ray(ray_address)
     try:
         cpus = int(ray.cluster_resources().get("CPU", 0))
-        if cpus < actors + 1:
+        if actors and cpus < actors + 1:
             fix = f"use --actors {cpus - 1} or fewer" if cpus >= 2 else "use --engine local"
             raise UsageError(f"--actors {actors} would hold all {cpus} CPUs of the Ray cluster and leave none to read and write (the job would wait forever); {fix}", where="--actors")
         with _data_context():
             ds = ray.data.read_parquet([str(f) for f in files], columns=["id", "soma_joinid", "dataset_id", "vector"], partitioning=None)
-            preds = ds.map_batches(
-                DecoderActor,
-                fn_constructor_kwargs={"lake_root": str(lake.root), "instrument_ref": rec.ref, "dim": int(emb.dim)},
-                compute=ray.data.ActorPoolStrategy(size=actors),
-                batch_size=batch_size,
-                batch_format="pyarrow",
-                zero_copy_batch=True,
-            )
+            common = {"batch_size": batch_size, "batch_format": "pyarrow", "zero_copy_batch": True}
+            if actors:
+                preds = ds.map_batches(
+                    DecoderActor, fn_constructor_kwargs={"lake_root": str(lake.root), "instrument_ref": rec.ref, "dim": int(emb.dim)},
+                    compute=ray.data.ActorPoolStrategy(size=actors), **common,
+                )  # fmt: skip
+            else:
+                preds = ds.map_batches(predict_task, fn_kwargs={"lake_root": str(lake.root), "instrument_ref": rec.ref, "sha256": rec.weights_sha256, "dim": int(emb.dim)}, **common)
             sink = make_sink(staging, schema)
             preds.write_datasink(sink)
         return list(sink.written)
@@ -275,7 +295,7 @@ def annotate(
     all_datasets: bool = False,
     embedding: str | None = None,
     engine: Engine = "ray",
-    actors: int = 1,
+    actors: int = 0,
     batch_size: int = 65536,
     ray_address: str | None = None,
     report: bool = True,
@@ -294,7 +314,10 @@ def annotate(
         The embedding version to read; default (and the only one allowed) is the one the
         instrument was trained on: any other raises :class:`InstrumentError`.
     engine
-        ``"ray"`` (Ray Data, actor pool of ``actors``) or ``"local"`` (in-process).
+        ``"ray"`` (Ray Data) or ``"local"`` (in-process).
+    actors
+        Ray engine: 0 (default) runs the decoder in Ray tasks fused with the writes; N >= 1
+        in a pool of N actors.
     report, rollup
         Write ``report.json``/``report.html`` into the version; ``rollup`` (``"CL:…,CL:…"``
         or ``"depth:N"``) adds a roll-up table.
@@ -308,8 +331,10 @@ def annotate(
 
     if engine not in ENGINES:
         raise UsageError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}", where="--engine")
-    if actors < 1 or batch_size < 1:
-        raise UsageError("--actors and --batch-size must be at least 1", where="--actors")
+    if actors < 0:
+        raise UsageError(f"--actors must be 0 (Ray tasks) or more, got {actors}", where="--actors")
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {batch_size}", where="--batch-size")
     progress = progress or NullProgress()
     rec, emb, chosen = _resolve(lake, instrument, embedding, datasets, all_datasets)
     rollup_spec = None
@@ -388,6 +413,7 @@ def _job_record(engine: str, actors: int, batch_size: int, seconds: float, n: in
     if engine == "ray":
         import ray
 
+        job["ray_mode"] = f"actor pool of {actors}" if actors else "tasks"
         job["ray_version"] = ray.__version__
     return job
 

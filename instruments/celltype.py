@@ -3,18 +3,21 @@
 Training (:func:`train_celltype`) reads the URs of the labelled cells of one exact cell
 embedding version (joined on ``obs_id`` with each dataset version's
 ``cell_type_ontology_term_id``; ``unknown``/``na`` cells are skipped), drops cell types
-with fewer than ``min_cells_per_class`` labelled cells (reported in the record), holds out
-a stratified calibration split, and fits a class-balanced classifier on standardized URs:
-one hidden ReLU layer of 64 units (the default) or, with ``hidden=0``, a multinomial
-logistic regression; L2 weight decay 1e-2 keeps it from over-confidence (its fitted
-temperature stays near 1 on PBMC, see ``benchmarks/bench_annotate.py``).
-On the calibration split it then fits
+with fewer than ``min_cells_per_class`` labelled cells (reported in the record) and
+cross-fits a class-balanced softmax classifier on the centred, uniformly scaled URs over
+``folds`` stratified folds: a multinomial logistic regression (``hidden=0``, L-BFGS) or one
+hidden ReLU layer of 64 units (Adam), with the L2 strength and the width chosen by
+out-of-fold macro-F1 unless given. Every labelled cell is predicted once by a model that
+never saw it, and those out-of-fold predictions fit
 
 - a temperature (scaling the logits; ECE before/after is recorded),
-- the split-conformal threshold ``qhat`` at error rate ``alpha`` (``lac`` or ``aps`` score,
-  see :mod:`aivc.instruments.calibration`),
-- the novelty threshold: the ``novelty_quantile`` of the calibration cells' Mahalanobis
-  distance to the nearest class centroid (pooled within-class covariance).
+- the conformal threshold ``qhat`` at error rate ``alpha`` (``lac`` or ``aps`` score,
+  see :mod:`aivc.instruments.calibration`) from all labelled cells, not a small split,
+- the novelty threshold: the ``novelty_quantile`` of the out-of-fold Mahalanobis distance
+  to the nearest class centroid (pooled within-class covariance).
+
+The registered model is the chosen configuration trained on every labelled cell (25 % more
+data than each fold model, so its sets are, if anything, a little conservative).
 
 Prediction (:meth:`CellTypeDecoder.predict`) is NumPy only: standardization and whitening
 are folded into the weights, so a batch costs a few small matrix products, a softmax and a
@@ -73,6 +76,11 @@ OUTPUT_COLUMNS: dict[str, str] = {
 }
 
 
+#: candidate hidden widths and L2 strengths searched by cross-validation when not given
+HIDDEN_GRID: tuple[int, ...] = (0, 64)
+WEIGHT_DECAY_GRID: tuple[float, ...] = (1e-3, 1e-2, 1e-1)
+
+
 @dataclass(frozen=True)
 class CellTypeConfig:
     """How a cell-type decoder is trained and calibrated.
@@ -84,25 +92,33 @@ class CellTypeConfig:
     score
         Conformal score: ``"lac"`` (smallest sets, may be empty) or ``"aps"`` (adaptive, never empty).
     hidden
-        Hidden units of the one hidden layer; 0 trains a multinomial logistic regression.
-    steps, lr, weight_decay, batch_size
-        Adam optimisation (full batch when the training split fits in one batch).
-    calibration_fraction
-        Share of each cell type held out for calibration.
+        Hidden units of the one hidden layer; 0 trains a multinomial logistic regression;
+        ``None`` (default) picks from :data:`HIDDEN_GRID` by cross-validated macro-F1.
+    weight_decay
+        L2 penalty ``weight_decay / 2 * ||W||^2`` on the weights; ``None`` (default) picks
+        from :data:`WEIGHT_DECAY_GRID` by cross-validated macro-F1.
+    steps, lr, batch_size
+        Adam steps for the hidden-layer model (full batch when the cells fit in one batch);
+        the logistic regression is solved by L-BFGS (at most ``steps`` iterations).
+    folds
+        Cross-fitting folds (stratified): each labelled cell is predicted once by a model
+        that did not train on it; those out-of-fold predictions select the model, fit the
+        temperature, the conformal threshold and the novelty threshold. The registered
+        model is then trained on every labelled cell.
     min_cells_per_class
         Cell types with fewer labelled cells are excluded (and reported).
     novelty_quantile
-        Quantile of the calibration cells' novelty above which a cell is flagged ``abstain``.
+        Quantile of the out-of-fold novelty above which a cell is flagged ``abstain``.
     """
 
     alpha: float = 0.1
     score: Literal["lac", "aps"] = "lac"
-    hidden: int = 64
+    hidden: int | None = None
+    weight_decay: float | None = None
     steps: int = 300
     lr: float = 0.01
-    weight_decay: float = 1e-2
     batch_size: int = 4096
-    calibration_fraction: float = 0.25
+    folds: int = 5
     min_cells_per_class: int = 10
     novelty_quantile: float = 0.99
     seed: int = 0
@@ -111,15 +127,22 @@ class CellTypeConfig:
         checks = [
             (0.0 < self.alpha < 1.0, "--alpha", f"alpha must be between 0 and 1, got {self.alpha}"),
             (self.score in SCORES, "--score", f"score must be one of {', '.join(SCORES)}, got {self.score!r}"),
-            (self.hidden >= 0, "--hidden", f"hidden units must be >= 0, got {self.hidden}"),
+            (self.hidden is None or self.hidden >= 0, "--hidden", f"hidden units must be >= 0, got {self.hidden}"),
+            (self.weight_decay is None or self.weight_decay >= 0, "--weight-decay", f"weight decay must be >= 0, got {self.weight_decay}"),
             (self.steps >= 1, "--steps", f"steps must be >= 1, got {self.steps}"),
-            (0.0 < self.calibration_fraction < 1.0, "--calibration-fraction", f"calibration fraction must be between 0 and 1, got {self.calibration_fraction}"),
+            (self.folds >= 2, "--folds", f"folds must be >= 2, got {self.folds}"),
             (self.min_cells_per_class >= 2, "--min-cells", f"min cells per class must be >= 2, got {self.min_cells_per_class}"),
             (0.5 <= self.novelty_quantile <= 1.0, "--novelty-quantile", f"novelty quantile must be in [0.5, 1], got {self.novelty_quantile}"),
         ]
         for ok, where, msg in checks:
             if not ok:
                 raise UsageError(msg, where=where)
+
+    def candidates(self) -> list[tuple[int, float]]:
+        """The ``(hidden, weight_decay)`` pairs cross-validation chooses from (one when both are fixed)."""
+        hs = HIDDEN_GRID if self.hidden is None else (self.hidden,)
+        wds = WEIGHT_DECAY_GRID if self.weight_decay is None else (self.weight_decay,)
+        return [(h, w) for h in hs for w in wds]
 
 
 # -- the model: NumPy inference ----------------------------------------------------------
@@ -246,56 +269,85 @@ def output_schema() -> Any:
 
 
 # -- training -----------------------------------------------------------------------------
-def _stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def stratified_folds(y: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """Fold index of each cell: every class dealt round-robin over the folds in a random order.
+
+    With at least 2 cells per class, every training split (all folds but one) holds every class.
+    """
     rng = np.random.default_rng(seed)
-    cal: list[np.ndarray] = []
+    out = np.empty(len(y), dtype=np.int64)
+    start = 0
     for k in np.unique(y):
         idx = rng.permutation(np.flatnonzero(y == k))
-        n_cal = min(max(1, int(round(fraction * len(idx)))), len(idx) - 1)
-        cal.append(idx[:n_cal])
-    cal_idx = np.sort(np.concatenate(cal))
-    train = np.ones(len(y), bool)
-    train[cal_idx] = False
-    return np.flatnonzero(train), cal_idx
+        out[idx] = (start + np.arange(len(idx))) % folds
+        start += len(idx)  # the next class continues where this one stopped: folds stay balanced
+    return out
 
 
-def _train_classifier(z: np.ndarray, y: np.ndarray, n_classes: int, cfg: CellTypeConfig) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Class-balanced softmax classifier on standardized ``z``; returns ``[(W, b), ...]``."""
+def _train_classifier(z: np.ndarray, y: np.ndarray, n_classes: int, hidden: int, weight_decay: float, cfg: CellTypeConfig, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Class-balanced softmax classifier on scaled URs ``z``; returns ``[(W, b), ...]``.
+
+    Loss: class-weighted cross-entropy + ``weight_decay / 2 * ||W||^2`` (weights, not biases).
+    ``hidden == 0`` is convex and solved by L-BFGS; the hidden-layer model by Adam.
+    """
     import torch
 
-    gen = torch.Generator().manual_seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
     d = z.shape[1]
-    dims = [d, cfg.hidden, n_classes] if cfg.hidden else [d, n_classes]
+    dims = [d, hidden, n_classes] if hidden else [d, n_classes]
     layers: list[torch.nn.Module] = []
     for i in range(len(dims) - 1):
         layers.append(torch.nn.Linear(dims[i], dims[i + 1]))
         if i < len(dims) - 2:
             layers.append(torch.nn.ReLU())
     net = torch.nn.Sequential(*layers)
+    linears = [m for m in net if isinstance(m, torch.nn.Linear)]
     counts = np.bincount(y, minlength=n_classes).astype(np.float64)
-    weight = torch.tensor(len(y) / (n_classes * counts), dtype=torch.float32)
+    weight = torch.tensor(len(y) / (n_classes * np.maximum(counts, 1)), dtype=torch.float32)
     loss_fn = torch.nn.CrossEntropyLoss(weight=weight)
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     X = torch.from_numpy(np.ascontiguousarray(z, dtype=np.float32))
     Y = torch.from_numpy(y.astype(np.int64))
+
+    def objective(xb: Any, yb: Any) -> Any:
+        return loss_fn(net(xb), yb) + 0.5 * weight_decay * sum((m.weight * m.weight).sum() for m in linears)
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the model is tiny: more threads only contend (10x slower on a busy machine)
     try:
-        for _ in range(cfg.steps):
-            if len(Y) > cfg.batch_size:
-                idx = torch.randint(0, len(Y), (cfg.batch_size,), generator=gen)
-                xb, yb = X[idx], Y[idx]
-            else:
-                xb, yb = X, Y
-            opt.zero_grad(set_to_none=True)
-            loss = loss_fn(net(xb), yb)
-            loss.backward()
-            opt.step()
+        if not hidden:
+            opt = torch.optim.LBFGS(net.parameters(), lr=1.0, max_iter=cfg.steps, history_size=20, line_search_fn="strong_wolfe", tolerance_grad=1e-6)
+
+            def closure() -> Any:
+                opt.zero_grad(set_to_none=True)
+                loss = objective(X, Y)
+                loss.backward()
+                return loss
+
+            opt.step(closure)
+        else:
+            adam = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+            for _ in range(cfg.steps):
+                if len(Y) > cfg.batch_size:
+                    idx = torch.randint(0, len(Y), (cfg.batch_size,), generator=gen)
+                    xb, yb = X[idx], Y[idx]
+                else:
+                    xb, yb = X, Y
+                adam.zero_grad(set_to_none=True)
+                objective(xb, yb).backward()
+                adam.step()
     finally:
         torch.set_num_threads(threads)
-    linears = [m for m in net if isinstance(m, torch.nn.Linear)]
     return [(m.weight.detach().numpy().T.astype(np.float32).copy(), m.bias.detach().numpy().astype(np.float32).copy()) for m in linears]
+
+
+def _forward(layers: list[tuple[np.ndarray, np.ndarray]], z: np.ndarray) -> np.ndarray:
+    h = np.asarray(z, dtype=np.float32)
+    for i, (W, b) in enumerate(layers):
+        h = h @ W + b
+        if i < len(layers) - 1:
+            np.maximum(h, 0.0, out=h)
+    return h
 
 
 def _classification_metrics(y: np.ndarray, pred: np.ndarray, n_classes: int) -> dict[str, float]:
@@ -316,59 +368,87 @@ def fit_decoder(
     term_ids: list[str],
     labels: list[str],
     cfg: CellTypeConfig = CellTypeConfig(),
+    progress: Progress | None = None,
 ) -> CellTypeDecoder:
     """Fit a decoder on URs ``x`` with class indices ``y`` (every class present); no lake needed.
 
-    ``decoder.fit_metrics`` holds the calibration-split metrics afterwards.
+    ``decoder.fit_metrics`` holds the cross-validated metrics afterwards.
     """
-    model, _ = _fit(np.asarray(x, np.float32), np.asarray(y, np.int64), term_ids, labels, cfg)
-    return model
+    return _fit(np.asarray(x, np.float32), np.asarray(y, np.int64), term_ids, labels, cfg, progress or NullProgress())
 
 
-def _fit(x: np.ndarray, y: np.ndarray, term_ids: list[str], labels: list[str], cfg: CellTypeConfig) -> tuple[CellTypeDecoder, dict[str, Any]]:
+def _fit(x: np.ndarray, y: np.ndarray, term_ids: list[str], labels: list[str], cfg: CellTypeConfig, progress: Progress) -> CellTypeDecoder:
+    """Cross-fit, select, calibrate on the out-of-fold predictions, then train on every cell.
+
+    URs are centred and divided by one scale (their root-mean-square distance to the mean
+    per dimension), not standardized per dimension: a UR's geometry is information (PCA
+    components, for one, carry their variance), and per-dimension scaling inflates its
+    noisiest directions.
+    """
     K = len(term_ids)
-    tr, cal = _stratified_split(y, cfg.calibration_fraction, cfg.seed)
-    mean = x[tr].astype(np.float64).mean(axis=0)
-    sd = x[tr].astype(np.float64).std(axis=0)
-    sd[sd < 1e-8] = 1.0
-    z = ((x - mean) / sd).astype(np.float32)
-    layers = _train_classifier(z[tr], y[tr], K, cfg)
-    # fold standardization into the first layer: ((x - m) / s) @ W + b == x @ (W / s) + (b - (m / s) @ W)
+    mean = x.astype(np.float64).mean(axis=0)
+    scale = float(np.sqrt(((x.astype(np.float64) - mean) ** 2).sum(axis=1).mean() / x.shape[1])) or 1.0
+    z = ((x - mean) / scale).astype(np.float32)
+    fold = stratified_folds(y, cfg.folds, cfg.seed)
+    cands = cfg.candidates()
+    progress.phase(f"cross-validating {len(cands)} model(s) x {cfg.folds} folds on {len(y)} cells", total=len(cands) * cfg.folds + 1)
+    trials: list[dict[str, Any]] = []
+    best: tuple[float, float] | None = None
+    oof, chosen = np.zeros((len(y), K), dtype=np.float32), cands[0]
+    for hidden, wd in cands:
+        logits = np.zeros((len(y), K), dtype=np.float32)
+        for f in range(cfg.folds):
+            held = fold == f
+            layers = _train_classifier(z[~held], y[~held], K, hidden, wd, cfg, cfg.seed + f)
+            logits[held] = _forward(layers, z[held])
+            progress.advance(1)
+        m = _classification_metrics(y, logits.argmax(axis=1), K)
+        trial = {"hidden": hidden, "weight_decay": wd, "macro_f1": m["macro_f1"], "nll": round(nll(logits, y), 6)}
+        trials.append(trial)
+        key = (m["macro_f1"], -trial["nll"])
+        if best is None or key > best:
+            best, oof, chosen = key, logits, (hidden, wd)
+    hidden, wd = chosen
+    layers = _train_classifier(z, y, K, hidden, wd, cfg, cfg.seed)
+    progress.advance(1)
+    # fold the scaling into the first layer: ((x - m) / s) @ W + b == x @ (W / s) + (b - (m / s) @ W)
     W0, b0 = layers[0]
-    layers[0] = ((W0 / sd[:, None]).astype(np.float32), (b0 - (mean / sd) @ W0).astype(np.float32))
-    wh = Whitening.fit(z[tr], y[tr], K)
-    whiten = (wh.matrix / sd[:, None]).astype(np.float32)
-    offset = ((mean / sd) @ wh.matrix).astype(np.float32)
+    layers[0] = ((W0 / scale).astype(np.float32), (b0 - (mean / scale) @ W0).astype(np.float32))
+    # novelty: out-of-fold distances calibrate the threshold; the registered whitening uses every cell
+    nov_oof = np.zeros(len(y), dtype=np.float32)
+    for f in range(cfg.folds):
+        held = fold == f
+        nov_oof[held] = Whitening.fit(z[~held], y[~held], K).distance(z[held])
+    wh = Whitening.fit(z, y, K)
+    T = fit_temperature(oof, y)
+    p_before, p_after = softmax(oof), softmax(oof, T)
+    qhat = conformal_quantile(conformal_scores(p_after, y, cfg.score), cfg.alpha)  # type: ignore[arg-type]
     model = CellTypeDecoder(
-        term_ids=np.array(term_ids), labels=np.array(labels), layers=layers, temperature=1.0, qhat=1.0, score=cfg.score,
-        whiten=whiten, whiten_offset=offset, centroids=wh.centroids, novelty_threshold=float("inf"),
+        term_ids=np.array(term_ids), labels=np.array(labels), layers=layers, temperature=T, qhat=qhat, score=cfg.score,
+        whiten=(wh.matrix / scale).astype(np.float32), whiten_offset=((mean / scale) @ wh.matrix).astype(np.float32), centroids=wh.centroids,
+        novelty_threshold=float(np.quantile(nov_oof, cfg.novelty_quantile)),
     )  # fmt: skip
-    logits_cal = model.logits(x[cal])
-    T = fit_temperature(logits_cal, y[cal])
-    p_before, p_after = softmax(logits_cal), softmax(logits_cal, T)
-    qhat = conformal_quantile(conformal_scores(p_after, y[cal], cfg.score), cfg.alpha)  # type: ignore[arg-type]
-    nov_cal = model.novelty(x[cal])
-    model.temperature, model.qhat = T, qhat
-    model.novelty_threshold = float(np.quantile(nov_cal, cfg.novelty_quantile))
     members = prediction_sets(p_after, qhat, cfg.score)  # type: ignore[arg-type]
-    metrics: dict[str, Any] = {
-        "n_train": int(len(tr)),
-        "n_calibration": int(len(cal)),
+    model.fit_metrics = {
+        "n_train": int(len(y)),
+        "n_calibration": int(len(y)),
+        "folds": cfg.folds,
         "n_classes": K,
+        "selected": {"hidden": hidden, "weight_decay": wd},
+        "model_selection": trials,
         "temperature": round(T, 6),
         "qhat": None if not np.isfinite(qhat) else round(qhat, 6),
-        "nll_before": round(nll(logits_cal, y[cal]), 6),
-        "nll_after": round(nll(logits_cal, y[cal], T), 6),
-        "ece_before": expected_calibration_error(p_before, y[cal]),
-        "ece_after": expected_calibration_error(p_after, y[cal]),
-        "calibration": _classification_metrics(y[cal], p_after.argmax(axis=1), K),
-        "train": _classification_metrics(y[tr], model.logits(x[tr]).argmax(axis=1), K),
-        "calibration_coverage": round(float(members[np.arange(len(cal)), y[cal]].mean()), 6),
+        "nll_before": round(nll(oof, y), 6),
+        "nll_after": round(nll(oof, y, T), 6),
+        "ece_before": expected_calibration_error(p_before, y),
+        "ece_after": expected_calibration_error(p_after, y),
+        "calibration": _classification_metrics(y, oof.argmax(axis=1), K),
+        "train": _classification_metrics(y, model.logits(x).argmax(axis=1), K),
+        "calibration_coverage": round(float(members[np.arange(len(y)), y].mean()), 6),
         "calibration_mean_set_size": round(float(members.sum(axis=1).mean()), 6),
         "novelty_threshold": round(model.novelty_threshold, 6),
     }
-    model.fit_metrics = metrics
-    return model, {"train_idx": tr, "cal_idx": cal, "metrics": metrics}
+    return model
 
 
 def labelled_cells(lake: Lake, embedding: Any, datasets: list[str] | None = None) -> tuple[Any, np.ndarray]:
@@ -455,11 +535,10 @@ def train_celltype(
     cells, x = cells[m].reset_index(drop=True), x[m]
     y = pd.Categorical(cells["cell_type_ontology_term_id"], categories=kept).codes.astype(np.int64)
     progress.phase(f"training on {len(cells)} cells, {len(kept)} cell types")
-    model, fit = _fit(x, y, kept, [label_of[t] for t in kept], config)
-    metrics = dict(fit["metrics"])
+    model = _fit(x, y, kept, [label_of[t] for t in kept], config, progress)
+    metrics = dict(model.fit_metrics)
     metrics["excluded_classes"] = excluded
-    n_tr = np.bincount(y[fit["train_idx"]], minlength=len(kept))
-    n_cal = np.bincount(y[fit["cal_idx"]], minlength=len(kept))
+    n_tr = n_cal = np.bincount(y, minlength=len(kept))  # cross-fitting: every cell trains and calibrates
     refs = sorted({f"{d}@{int(v)}" for d, v in zip(cells["dataset_id"], cells["dataset_version"], strict=True)})
     lineage = {
         "embedding": emb.ref,

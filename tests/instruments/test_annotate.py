@@ -37,7 +37,7 @@ def test_cli_publishes_a_prediction_version_with_ray(annotated, cli_app):
     lake, out = annotated
     assert out["status"] == "published" and out["ref"] == "predictions:celltype@1" and out["sql_view"] == "predictions_celltype_v1"
     assert (out["instrument_ref"], out["embedding_ref"], out["datasets"], out["n_rows"]) == ("celltype@1", "cell:pca@1", ["pbmc68k-part2@1"], 350)
-    assert out["job"]["engine"] == "ray" and out["job"]["actors"] == 1
+    assert out["job"]["engine"] == "ray" and out["job"]["actors"] == 0 and out["job"]["ray_mode"] == "tasks"
     pv = get_prediction_version(lake, "celltype")
     assert pv.rows_per_dataset == {"pbmc68k-part2": 350} and pv.partitions == ("dataset=pbmc68k-part2",)
     assert out["report"] == str(version_dir(lake, "celltype", 1) / "report.html")
@@ -74,13 +74,15 @@ def test_new_versions_never_change_old_ones(plake, ray_session):
     assert second.instrument_ref == "celltype@2" and second.rows_per_dataset == {"pbmc68k-part1": 350, "pbmc68k-part2": 350}
     assert lake_snapshot(v1) == before
     assert [v.instrument_ref for v in list_prediction_versions(plake)] == ["celltype@1", "celltype@2"]
-    # the in-process and the Ray engine give the same rows
+    # the in-process engine, Ray tasks and a Ray actor pool give the same rows
     a = read_predictions(plake, first).to_pandas().set_index("obs_id").sort_index()
     dec = load_instrument(plake, "celltype@1")
-    local_again = annotate(plake, "celltype@1", datasets=["pbmc68k-part2"], engine="ray", report=False)
-    b = read_predictions(plake, local_again).to_pandas().set_index("obs_id").sort_index()
-    assert a["predicted_term_id"].equals(b["predicted_term_id"]) and dec.record.ref == "celltype@1"
-    np.testing.assert_allclose(a["novelty"], b["novelty"], rtol=1e-5)
+    for actors in (0, 1):
+        again = annotate(plake, "celltype@1", datasets=["pbmc68k-part2"], engine="ray", actors=actors, report=False)
+        assert again.job["ray_mode"] == ("tasks" if actors == 0 else "actor pool of 1")
+        b = read_predictions(plake, again).to_pandas().set_index("obs_id").sort_index()
+        assert a["predicted_term_id"].equals(b["predicted_term_id"]) and dec.record.ref == "celltype@1"
+        np.testing.assert_allclose(a["novelty"], b["novelty"], rtol=1e-5)
 
 
 def _pca_v2(lake) -> None:  # noqa: ANN001

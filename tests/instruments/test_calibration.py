@@ -14,7 +14,7 @@ from aivc.instruments.calibration import (
     prediction_sets,
     softmax,
 )
-from aivc.instruments.celltype import CellTypeConfig, fit_decoder
+from aivc.instruments.celltype import CellTypeConfig, fit_decoder, stratified_folds
 
 TERMS = ["CL:0000236", "CL:0000084", "CL:0000623", "CL:0001054"]
 LABELS = ["B cell", "T cell", "natural killer cell", "CD14-positive monocyte"]
@@ -35,8 +35,8 @@ def fresh():
 
 @pytest.mark.parametrize("score", ["lac", "aps"])
 def test_conformal_sets_cover_fresh_data_at_the_nominal_rate(fresh, score):
-    x, y = _mixture(8_000, seed=1)  # 2,000 calibration cells
-    model = fit_decoder(x, y, TERMS, LABELS, CellTypeConfig(alpha=0.1, score=score))
+    x, y = _mixture(8_000, seed=1)
+    model = fit_decoder(x, y, TERMS, LABELS, CellTypeConfig(alpha=0.1, score=score, hidden=0, weight_decay=1e-2))
     xt, yt = fresh
     a = model.predict_arrays(xt)
     coverage = a["members"][np.arange(len(yt)), yt].mean()
@@ -45,7 +45,8 @@ def test_conformal_sets_cover_fresh_data_at_the_nominal_rate(fresh, score):
     assert 1.0 < sizes.mean() < 3.0  # informative: the classes overlap, but not entirely
     if score == "aps":
         assert sizes.min() >= 1  # APS keeps the top class
-    assert model.fit_metrics["n_calibration"] == 2000
+    assert model.fit_metrics["n_calibration"] == 8000  # cross-fitting: every labelled cell calibrates, out of fold
+    assert abs(model.fit_metrics["calibration_coverage"] - 0.9) < 0.01
 
 
 def test_sets_shrink_as_alpha_grows(fresh):
@@ -109,3 +110,31 @@ def test_predict_table_is_consistent(fresh):
     assert all(order_ok)
     assert t.column("predicted_label").to_pylist()[:5] == [LABELS[k] for k in a["top"][:5]]
     np.testing.assert_allclose(t.column("probability").to_numpy(), a["probs"].max(axis=1), rtol=1e-6)
+
+
+def test_folds_are_stratified_and_balanced():
+    y = np.repeat([0, 1, 2], [103, 7, 2])
+    f = stratified_folds(y, 5, seed=3)
+    assert np.bincount(f).tolist() == [23, 23, 22, 22, 22]  # 112 cells, dealt round-robin
+    for k, n in ((0, 103), (1, 7), (2, 2)):
+        per_fold = np.bincount(f[y == k], minlength=5)
+        assert per_fold.sum() == n and per_fold.max() - per_fold.min() <= 1
+    for fold in range(5):  # every training split (all folds but one) keeps every class
+        assert set(y[f != fold]) == {0, 1, 2}
+    assert (stratified_folds(y, 5, seed=3) == f).all() and not (stratified_folds(y, 5, seed=4) == f).all()
+
+
+def test_cross_validation_picks_a_hidden_layer_when_the_classes_are_not_linearly_separable():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, size=(1200, 2)).astype(np.float32)
+    y = ((x[:, 0] * x[:, 1]) > 0).astype(np.int64)  # XOR: no line separates it
+    model = fit_decoder(x, y, TERMS[:2], LABELS[:2], CellTypeConfig(steps=400))
+    trials = model.fit_metrics["model_selection"]
+    assert [(t["hidden"], t["weight_decay"]) for t in trials] == [(h, w) for h in (0, 64) for w in (1e-3, 1e-2, 1e-1)]
+    linear = max(t["macro_f1"] for t in trials if t["hidden"] == 0)
+    assert model.fit_metrics["selected"]["hidden"] == 64 and linear < 0.7
+    assert model.fit_metrics["calibration"]["macro_f1"] == max(t["macro_f1"] for t in trials) > 0.9
+    xt = rng.uniform(-1, 1, size=(2000, 2)).astype(np.float32)
+    assert (model.predict_arrays(xt)["top"] == ((xt[:, 0] * xt[:, 1]) > 0)).mean() > 0.9
+    fixed = fit_decoder(x, y, TERMS[:2], LABELS[:2], CellTypeConfig(hidden=0, weight_decay=1e-2))
+    assert [(t["hidden"], t["weight_decay"]) for t in fixed.fit_metrics["model_selection"]] == [(0, 1e-2)]

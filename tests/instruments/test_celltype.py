@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from aivc.embeddings.store import read_vectors
+from aivc.embeddings.store import get_version, read_vectors
 from aivc.errors import UsageError
 from aivc.instruments.celltype import CellTypeConfig, labelled_cells, train_celltype
 from aivc.instruments.registry import get_instrument, load_instrument
@@ -34,10 +34,15 @@ def test_record_names_what_it_read_and_what_it_left_out(pbmc_base):
     assert rec.lineage["datasets"] == ["pbmc68k-part1@1"]
     assert rec.lineage["embedding_lineage_datasets"] == ["pbmc68k-part1@1", "pbmc68k-part2@1"]
     m = rec.metrics
-    assert m["n_train"] + m["n_calibration"] == 331 and m["n_calibration"] == sum(c["n_calibration"] for c in rec.outputs["classes"])
-    assert all(c["n_calibration"] >= 2 for c in rec.outputs["classes"])  # stratified
+    # cross-fitting: the registered model trains on all 331 cells, each of which is also predicted out of fold once
+    assert m["n_train"] == m["n_calibration"] == 331 == sum(c["n_calibration"] for c in rec.outputs["classes"])
+    assert [c["n_train"] for c in rec.outputs["classes"]] == [46, 116, 18, 27, 33, 27, 64]
+    assert m["folds"] == 5 and len(m["model_selection"]) == 6 and rec.config["hidden"] is None
+    best = max(m["model_selection"], key=lambda t: (t["macro_f1"], -t["nll"]))
+    assert m["selected"] == {"hidden": best["hidden"], "weight_decay": best["weight_decay"]} and m["calibration"]["macro_f1"] == best["macro_f1"]
     assert m["nll_after"] <= m["nll_before"]
-    assert m["calibration_coverage"] >= 0.9 and rec.config["alpha"] == 0.1 and rec.config["hidden"] == 64
+    # out-of-fold coverage of all 331 cells: ceil(332 * 0.9) = 299 of them at least
+    assert round(299 / 331, 6) <= m["calibration_coverage"] < 0.93 and rec.config["alpha"] == 0.1
 
 
 def test_transfers_to_the_held_out_half(pbmc_base, held_out):
@@ -53,26 +58,32 @@ def test_transfers_to_the_held_out_half(pbmc_base, held_out):
     assert abstain[~known].mean() > 5 * abstain[known].mean()
 
 
-def test_held_out_coverage_is_close_to_nominal(plake, held_out):
-    """Averaged over five calibration splits, part 2 coverage is within a few points of 1 - alpha.
+def test_held_out_coverage_is_close_to_nominal(plake):
+    """Trained on one half and applied to the other, coverage averages out at 1 - alpha.
 
-    With 83 calibration cells the expected coverage is 76/84 = 0.905 (split conformal is
-    conservative by ceil((n+1)(1-alpha))/(n+1)); part 2 comes from other 10x lanes than
-    part 1 (barcode suffixes -5..-8 vs -1..-4), so it is close to, not exactly, exchangeable.
+    The halves come from different 10x lanes (barcode suffixes -1..-4 vs -5..-8), so they
+    are close to, not exactly, exchangeable: part 2 is easier than part 1 (a decoder trained
+    on part 1 covers part 2 a few points above nominal, and the other way round below).
+    Averaged over both directions and three fold assignments each, coverage is within
+    3 points of 0.9 with informative sets.
     """
     lake = plake
-    cells, x, truth = held_out
-    covs, sizes = [], []
-    for seed in range(5):
-        rec = train_celltype(lake, "cell:pca@1", datasets=["pbmc68k-part1"], name="cov", config=CellTypeConfig(seed=seed))
-        t = load_instrument(lake, rec).predict(x)
-        known = np.isin(truth, [c["term_id"] for c in rec.outputs["classes"]])
-        sets = t.column("prediction_set").to_pylist()
-        covs.append(np.mean([truth[i] in sets[i] for i in np.flatnonzero(known)]))
-        sizes.append(t.column("set_size").to_numpy()[known].mean())
-    assert -0.03 < np.mean(covs) - 0.9 < 0.06, (covs, sizes)
-    assert min(covs) > 0.85
-    assert 1.0 < np.mean(sizes) < 2.5
+    covs: dict[str, list[float]] = {}
+    sizes = []
+    for train, test in (("pbmc68k-part1", "pbmc68k-part2"), ("pbmc68k-part2", "pbmc68k-part1")):
+        cells, x = labelled_cells(lake, get_version(lake, "cell:pca@1"), [test])
+        truth = cells["cell_type_ontology_term_id"].to_numpy()
+        for seed in range(3):
+            rec = train_celltype(lake, "cell:pca@1", datasets=[train], name="cov", config=CellTypeConfig(seed=seed, hidden=64, weight_decay=1e-2))
+            t = load_instrument(lake, rec).predict(x)
+            known = np.isin(truth, [c["term_id"] for c in rec.outputs["classes"]])
+            sets = t.column("prediction_set").to_pylist()
+            covs.setdefault(test, []).append(np.mean([truth[i] in sets[i] for i in np.flatnonzero(known)]))
+            sizes.append(t.column("set_size").to_numpy()[known].mean())
+    mean = {k: float(np.mean(v)) for k, v in covs.items()}
+    assert abs(np.mean(list(mean.values())) - 0.9) < 0.03, covs
+    assert mean["pbmc68k-part2"] > 0.9 > mean["pbmc68k-part1"] > 0.82, covs  # the shift between the halves
+    assert 1.0 < np.mean(sizes) < 2.0
 
 
 def test_training_is_deterministic_and_reads_only_its_version(pbmc_base, plake):

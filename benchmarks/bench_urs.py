@@ -287,13 +287,14 @@ def run_transformer(lake: Any, sc: Scenario, cells: pd.DataFrame, a: argparse.Na
     if isinstance(api, str):
         return MethodResult("cell-transformer", ok=False, note=f"not run: {api}")
     _, embed_gene_coexpression = api
+    from aivc.embeddings.gene_tables import gene_table
     from aivc.training.trainer import train
 
     t0 = time.perf_counter()
     gv = embed_gene_coexpression(lake, name=f"coexpr_{sc.key}", dim=32, **_if_accepted(embed_gene_coexpression, datasets=sc.datasets))
     cfg = transformer_config(sc, gv.ref, a)
     t1 = time.perf_counter()
-    res = train(lake, cfg, workers=1)
+    res = train(lake, cfg, workers=1, gene_tables=gene_table)
     t2 = time.perf_counter()
     ref, vec, how = _embed(lake, res.model_ref, sc, f"tf_{sc.key}", cells)
     m = res.metrics

@@ -125,7 +125,7 @@ def build_apply_plan(
     overlap: dict[str, Any] = {}
     table: np.ndarray | None = None
     if gene_tokens:
-        from aivc.training.trainer import gene_table
+        from aivc.embeddings.gene_tables import gene_table
 
         gene_ur = rec.lineage.get("gene_ur")
         if not gene_ur:
@@ -241,12 +241,13 @@ class _Embedder:
     def __init__(self, plan: ApplyPlan, lake_root: str, model_ref: str, batch_size: int, threads: int) -> None:
         import torch
 
+        from aivc.embeddings.gene_tables import gene_table
         from aivc.training.registry import load_model
 
         torch.set_num_threads(max(1, threads))
         # the plan comes built by the driver (Ray Data keeps constructor arguments in the
         # object store either way); the actor loads the model and opens the experiment once
-        self.module, _ = load_model(Lake.open(lake_root), model_ref)
+        self.module, _ = load_model(Lake.open(lake_root), model_ref, gene_tables=gene_table)
         if plan.gene_table is not None:
             self.module.set_gene_table(torch.from_numpy(plan.gene_table))
         self.plan, self.batch_size = plan, batch_size

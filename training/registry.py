@@ -37,6 +37,7 @@ from aivc.errors import UsageError
 from aivc.store.lake import Lake, utcnow, write_json_atomic
 from aivc.store.records import dump_record, load_record, pick_version
 from aivc.training.errors import ModelError
+from aivc.training.gene_tokens import GeneTableReader, require_reader
 
 MODEL_SCHEMA = "aivc.model"
 RECORD_NAME = "model.json"
@@ -174,8 +175,14 @@ def register_model(
             lake.discard_staging(staging)
 
 
-def load_model(lake: Lake, ref: str) -> tuple[Any, ModelRecord]:
-    """The module of ``NAME[@VERSION]`` with its weights, in eval mode, and its record."""
+def load_model(lake: Lake, ref: str, *, gene_tables: GeneTableReader | None = None) -> tuple[Any, ModelRecord]:
+    """The module of ``NAME[@VERSION]`` with its weights, in eval mode, and its record.
+
+    A gene-token model (``cell-transformer``) gets the gene table it was trained with (its
+    ``lineage["gene_ur"]``), read with ``gene_tables``
+    (:func:`aivc.embeddings.gene_tables.gene_table`), which it then needs; other models
+    ignore it.
+    """
     import torch
 
     rec = get_model(lake, ref)
@@ -186,29 +193,28 @@ def load_model(lake: Lake, ref: str) -> tuple[Any, ModelRecord]:
         cls = model_class(rec.model_type)
     except KeyError:
         raise ModelError(f"model {rec.ref} has type {rec.model_type!r}, which this aivc cannot load; upgrade aivc", where=rec.ref) from None
+    read = require_reader(gene_tables, rec.model_type) if getattr(cls, "gene_tokens", False) else None
     module = cls(**rec.init)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         module.load_state_dict(state)
     except (OSError, RuntimeError) as exc:
         raise ModelError(f"weights of {rec.ref} are unreadable or do not fit the model ({str(exc).splitlines()[0]})", where=str(path)) from None
-    if getattr(cls, "gene_tokens", False):
-        _set_training_gene_table(lake, module, rec)
+    if read is not None:
+        _set_training_gene_table(lake, module, rec, read)
     module.eval()
     return module, rec
 
 
-def _set_training_gene_table(lake: Lake, module: Any, rec: ModelRecord) -> None:
+def _set_training_gene_table(lake: Lake, module: Any, rec: ModelRecord, gene_tables: GeneTableReader) -> None:
     """Give a gene-token model the molecular URs of the genes it was trained on."""
     import numpy as np
     import torch
 
-    from aivc.training.trainer import gene_table
-
     ref = rec.lineage.get("gene_ur")
     if not ref:
         raise ModelError(f"model {rec.ref} records no gene UR version (lineage.gene_ur)", where=rec.ref)
-    t = gene_table(lake, ref, list(rec.gene_ids), dim=rec.init.get("gene_dim"))
+    t = gene_tables(lake, ref, list(rec.gene_ids), dim=rec.init.get("gene_dim"))
     if len(t.gene_ids) != len(rec.gene_ids):
         missing = [g for g in rec.gene_ids if g not in set(t.gene_ids)]
         raise ModelError(f"gene UR version {ref} of model {rec.ref} lacks {len(missing)} of its genes (e.g. {missing[0]})", where=ref)

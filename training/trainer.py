@@ -2,10 +2,13 @@
 
 One loop serves every model type (``cfg.model_type``, built with
 :func:`aivc.training.models.model_class`). A model with ``gene_tokens`` (``cell-transformer``)
-reads genes through gene URs: the driver resolves ``cfg.gene_ur`` to one exact version,
-keeps only the genes that have a vector in it (:func:`gene_table`), records the version
-in the run and in the registered model's ``lineage["gene_ur"]``, and every worker sets
-the vectors, in plan gene order, as the model's (non-persistent) gene table.
+reads genes through gene URs, which live in the feature store above training: the caller
+passes a :class:`~aivc.training.gene_tokens.GeneTableReader` (``gene_tables=``, normally
+:func:`aivc.embeddings.gene_tables.gene_table`). The driver resolves ``cfg.gene_ur`` to one
+exact version, keeps only the genes that have a vector in it, records the version in the
+run and in the registered model's ``lineage["gene_ur"]``, reads the vectors in plan gene
+order and hands them to every worker, which sets them as the model's (non-persistent)
+gene table.
 
 A run lives in ``<lake>/models/.runs/<run_id>/``::
 
@@ -47,6 +50,7 @@ from aivc.errors import LakeBusyError, UsageError
 from aivc.store.lake import Lake, utcnow, write_json_atomic
 from aivc.training.config import RESUMABLE_CHANGES, TrainingConfig, config_changes, parse_config
 from aivc.training.errors import TrainingError
+from aivc.training.gene_tokens import GeneTable, GeneTableReader, require_reader
 
 RUN_SCHEMA = "aivc.training_run"
 RAY_NAME = "ray"
@@ -172,8 +176,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     """Ray Train loop of every model type: runs in every worker, reports once per epoch.
 
     The model is ``model_class(cfg.model_type)(**loop_config["init"])``; a model with
-    ``gene_tokens`` gets the vectors of ``loop_config["gene_ur"]`` in plan gene order.
+    ``gene_tokens`` gets ``loop_config["gene_vectors"]`` (the URs of ``loop_config["gene_ur"]``,
+    in plan gene order, read by the driver) as its gene table.
     """
+    import numpy as np
     import ray.train
     import ray.train.torch
     import torch
@@ -192,11 +198,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     _seed_everything(cfg.seed)  # identical initial weights on every rank
     cls = model_class(cfg.model_type)
     model = cls(**loop_config["init"])
-    if getattr(cls, "gene_tokens", False):
-        table = gene_table(lake, loop_config["gene_ur"], plan.gene_ids, dim=int(loop_config["init"]["gene_dim"]))
-        if table.gene_ids != plan.gene_ids:
-            raise TrainingError(f"{table.ref} has no vector for some genes of the run's plan", where=str(rdir))
-        model.set_gene_table(torch.from_numpy(table.vectors))
+    if getattr(cls, "gene_tokens", False):  # a copy: what Ray hands over may be read-only
+        model.set_gene_table(torch.from_numpy(np.array(loop_config["gene_vectors"], dtype=np.float32)))
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     start_epoch, history = 0, []
     ckpt = ray.train.get_checkpoint()
@@ -288,47 +291,11 @@ class _Tail(threading.Thread):
             self.poll()
 
 
-@dataclass(frozen=True)
-class GeneTable:
-    """Gene URs of some genes from one gene embedding version (the tokens of a
-    ``gene_tokens`` model): ``vectors[i]`` is the UR of ``gene_ids[i]``."""
-
-    ref: str
-    gene_ids: tuple[str, ...]
-    vectors: Any  # numpy float32 [len(gene_ids), dim]
-    dim: int
-
-
-def gene_table(lake: Lake, ref: str, gene_ids: tuple[str, ...] | list[str], *, dim: int | None = None) -> GeneTable:
-    """The URs in ``ref`` of those ``gene_ids`` that have one, in the order given.
-
-    ``ref`` must name a gene embedding (``gene:NAME[@VERSION]``; no version: the latest,
-    returned exactly in ``GeneTable.ref``); ``dim``, when given, must be its width.
-
-    Examples
-    --------
-    >>> t = gene_table(lake, "gene:coexpr@1", plan.gene_ids, dim=32)  # doctest: +SKIP
-    >>> model.set_gene_table(torch.from_numpy(t.vectors))  # doctest: +SKIP
-    """
-    from aivc.embeddings.store import get_version, parse_ref, read_vectors
-
-    entity = parse_ref(ref)[0]
-    if entity != "gene":
-        raise UsageError(f"gene_ur {ref!r} is a {entity} embedding; gene tokens need a gene embedding, e.g. gene:coexpr@1", where="gene_ur")
-    version = get_version(lake, ref)
-    if dim is not None and version.dim != dim:
-        raise UsageError(f"gene_ur {version.ref} has {version.dim}-dimensional vectors but the model takes {dim}; use the gene embedding it was trained with", where="gene_ur")
-    table, vectors = read_vectors(lake, version, ids=list(gene_ids))
-    pos = {g: i for i, g in enumerate(table.column("id").to_pylist())}
-    keep = tuple(g for g in gene_ids if g in pos)
-    return GeneTable(ref=version.ref, gene_ids=keep, vectors=vectors[[pos[g] for g in keep]].reshape(len(keep), version.dim), dim=version.dim)
-
-
-def _build_plan(lake: Lake, cfg: TrainingConfig) -> tuple[Any, str | None]:
+def _build_plan(lake: Lake, cfg: TrainingConfig, gene_tables: GeneTableReader | None = None) -> tuple[Any, str | None]:
     """The run's training plan and, for a ``gene_tokens`` model, the exact gene UR ref.
 
-    A gene-token model trains only on genes with a UR in ``cfg.gene_ur``; the most variable
-    genes (``data.n_top_genes``) are chosen among those.
+    A gene-token model trains only on genes with a UR in ``cfg.gene_ur`` (read with
+    ``gene_tables``); the most variable genes (``data.n_top_genes``) are chosen among those.
     """
     from dataclasses import replace
 
@@ -341,8 +308,9 @@ def _build_plan(lake: Lake, cfg: TrainingConfig) -> tuple[Any, str | None]:
     if not getattr(model_class(cfg.model_type), "gene_tokens", False):
         return build_plan(lake, cfg.data, cfg.seed), None
     assert cfg.gene_ur is not None  # the config requires it
+    read = require_reader(gene_tables, cfg.model_type)
     plan = build_plan(lake, cfg.data.model_copy(update={"n_top_genes": None}), cfg.seed)
-    table = gene_table(lake, cfg.gene_ur, plan.gene_ids)
+    table = read(lake, cfg.gene_ur, plan.gene_ids)
     keep = np.isin(np.asarray(plan.gene_ids, dtype=object), np.asarray(table.gene_ids, dtype=object))
     if int(keep.sum()) < MIN_GENE_TOKENS:
         raise UsageError(
@@ -359,18 +327,27 @@ def _build_plan(lake: Lake, cfg: TrainingConfig) -> tuple[Any, str | None]:
     return plan, table.ref
 
 
-def _model_init(cfg: TrainingConfig, plan: Any, gene_ur: str | None, lake: Lake) -> dict[str, Any]:
+def _model_init(cfg: TrainingConfig, plan: Any, table: GeneTable | None) -> dict[str, Any]:
     """The JSON-able constructor arguments of the run's model (registered as ``init``)."""
-    if gene_ur is None:
+    if table is None:
         return {"n_genes": plan.n_genes, "n_batches": plan.n_batches, **cfg.model.model_dump()}
-    from aivc.embeddings.store import get_version
-
-    return {"gene_dim": get_version(lake, gene_ur).dim, **cfg.model.model_dump()}
+    return {"gene_dim": table.dim, **cfg.model.model_dump()}
 
 
-def _prepare_run(lake: Lake, cfg: TrainingConfig, run_id: str) -> tuple[Path, bool, str | None]:
+def _run_gene_table(lake: Lake, cfg: TrainingConfig, plan: Any, gene_ur: str | None, gene_tables: GeneTableReader | None, rdir: Path) -> GeneTable | None:
+    """The gene table of a gene-token run (the URs of ``gene_ur`` in plan gene order), else None."""
+    if gene_ur is None:
+        return None
+    table = require_reader(gene_tables, cfg.model_type)(lake, gene_ur, plan.gene_ids)
+    if table.gene_ids != plan.gene_ids:
+        raise TrainingError(f"{table.ref} has no vector for some genes of the run's plan", where=str(rdir))
+    return table
+
+
+def _prepare_run(lake: Lake, cfg: TrainingConfig, run_id: str, gene_tables: GeneTableReader | None = None) -> tuple[Path, bool, str | None]:
     """Create the run folder and plan, or check a resumed run's config; returns
-    (dir, resumed, the exact gene UR ref of a gene-token model)."""
+    (dir, resumed, the exact gene UR ref of a gene-token model, recorded in ``run.json``).
+    ``gene_tables`` reads the gene URs of a new gene-token run."""
     rdir = run_dir(lake, run_id)
     record_path = rdir / "run.json"
     if record_path.is_file():
@@ -388,7 +365,7 @@ def _prepare_run(lake: Lake, cfg: TrainingConfig, run_id: str) -> tuple[Path, bo
                 where="--run-id",
             )
         return rdir, True, rec.get("gene_ur")
-    plan, gene_ur = _build_plan(lake, cfg)
+    plan, gene_ur = _build_plan(lake, cfg, gene_tables)
     plan.save(rdir / "plan")
     record = {"schema_name": RUN_SCHEMA, "schema_version": 1, "run_id": run_id, "created_at": utcnow(), "status": "running", "config": cfg.model_dump(mode="json")}
     if gene_ur is not None:
@@ -413,22 +390,31 @@ def train(
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     on_start: Callable[[dict[str, Any]], None] | None = None,
     object_store_memory: int | None = None,
+    gene_tables: GeneTableReader | None = None,
 ) -> TrainResult:
     """Train ``cfg`` with Ray Train on ``workers`` CPU workers and register the model.
 
     Resumes the run ``run_id`` from its latest checkpoint when it exists. ``on_start``
     gets a summary of the run (cells, genes, batches, resumed epoch) before Ray starts;
-    ``on_epoch`` gets each finished epoch's metrics while it runs.
+    ``on_epoch`` gets each finished epoch's metrics while it runs. A gene-token model
+    (``cell-transformer``) needs ``gene_tables``, the reader of its gene URs
+    (:func:`aivc.embeddings.gene_tables.gene_table`); other models ignore it.
     """
+    from aivc.training.models import model_class
+
     if workers < 1:
         raise UsageError(f"--workers must be >= 1, got {workers}", where="--workers")
+    if getattr(model_class(cfg.model_type), "gene_tokens", False):
+        require_reader(gene_tables, cfg.model_type)
     run_id = run_id or new_run_id(cfg)
     if not _RUN_ID.match(run_id):
         raise UsageError(f"run id {run_id!r} must be letters, digits, '.', '_' or '-'", where="--run-id")
     rdir = run_dir(lake, run_id)
     with _run_lock(rdir):
         try:
-            return _train_locked(lake, cfg, run_id, workers=workers, ray_address=ray_address, on_epoch=on_epoch, on_start=on_start, object_store_memory=object_store_memory)
+            return _train_locked(
+                lake, cfg, run_id, workers=workers, ray_address=ray_address, on_epoch=on_epoch, on_start=on_start, object_store_memory=object_store_memory, gene_tables=gene_tables
+            )
         finally:
             if not (rdir / "run.json").exists():  # failed before the run was recorded: leave no trace
                 import shutil
@@ -463,12 +449,14 @@ def _train_locked(
     on_epoch: Callable[[dict[str, Any]], None] | None,
     on_start: Callable[[dict[str, Any]], None] | None,
     object_store_memory: int | None,
+    gene_tables: GeneTableReader | None,
 ) -> TrainResult:
     from aivc.training.data import TrainingPlan
 
-    rdir, resumed, gene_ur = _prepare_run(lake, cfg, run_id)
+    rdir, resumed, gene_ur = _prepare_run(lake, cfg, run_id, gene_tables)
     plan = TrainingPlan.load(rdir / "plan", lake)
-    init = _model_init(cfg, plan, gene_ur, lake)
+    table = _run_gene_table(lake, cfg, plan, gene_ur, gene_tables, rdir)
+    init = _model_init(cfg, plan, table)
     if on_start is not None:
         counts = plan.cells["split"].value_counts()
         on_start(
@@ -508,6 +496,7 @@ def _train_locked(
                 "config": cfg.model_dump(mode="json"),
                 "init": init,
                 "gene_ur": gene_ur,
+                "gene_vectors": None if table is None else table.vectors,
                 "lake": str(lake.root),
                 "run_dir": str(rdir),
                 "threads": 1,

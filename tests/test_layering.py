@@ -1,0 +1,142 @@
+"""Layering: dependencies point one way (DESIGN.md, "Layout").
+
+``schemas`` <- ``store`` <- ``ingest``, ``training`` <- ``embeddings`` <- ``instruments``:
+nothing imports upward, not even inside a function or under ``TYPE_CHECKING``. The CLI and
+the demo in ``aivc/`` sit above every package (they may import them all; no package
+imports them). Every ``.py`` file of the packages is parsed, not imported, so an import
+that only runs on some path is caught too.
+"""
+
+from __future__ import annotations
+
+import ast
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: the subpackages of ``aivc`` and their folders (pyproject.toml's package-dir)
+PACKAGES: dict[str, str] = {
+    "aivc.schemas": "schemas",
+    "aivc.store": "store",
+    "aivc.ingest": "ingest",
+    "aivc.training": "training",
+    "aivc.embeddings": "embeddings",
+    "aivc.instruments": "instruments",
+}
+
+#: package -> the packages above it, which it must never import
+FORBIDDEN: dict[str, frozenset[str]] = {
+    "aivc.schemas": frozenset({"aivc.store", "aivc.ingest", "aivc.training", "aivc.embeddings", "aivc.instruments"}),
+    "aivc.store": frozenset({"aivc.ingest", "aivc.training", "aivc.embeddings", "aivc.instruments"}),
+    "aivc.ingest": frozenset({"aivc.training", "aivc.embeddings", "aivc.instruments"}),
+    "aivc.training": frozenset({"aivc.embeddings", "aivc.instruments"}),
+    "aivc.embeddings": frozenset({"aivc.instruments"}),
+    "aivc.instruments": frozenset(),
+}
+
+#: deliberate exceptions, (importing module, imported package) -> why; keep it empty
+EXCEPTIONS: dict[tuple[str, str], str] = {}
+
+
+def module_name(path: Path) -> str:
+    """The import name of a file under one of the package folders."""
+    rel = path.relative_to(ROOT)
+    package = next(p for p, d in PACKAGES.items() if rel.parts[0] == d)
+    parts = [*rel.parts[1:-1]] + ([] if rel.name == "__init__.py" else [rel.stem])
+    return ".".join([package, *parts])
+
+
+def imported_names(source: str, module: str, is_package: bool = False) -> set[str]:
+    """Every module ``source`` may import: ``import``/``from`` statements anywhere (relative
+    ones resolved against ``module``), ``from X import name`` also as ``X.name``, and
+    ``importlib.import_module``/``__import__`` of a string (an f-string by its fixed start)."""
+    here = module.split(".") if is_package else module.split(".")[:-1]
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = here[: len(here) - node.level + 1]
+                base = ".".join([*anchor, *([base] if base else [])])
+            out.add(base)
+            out.update(f"{base}.{a.name}" for a in node.names if a.name != "*")
+        elif isinstance(node, ast.Call) and node.args:
+            fn = node.func
+            name = fn.attr if isinstance(fn, ast.Attribute) else fn.id if isinstance(fn, ast.Name) else ""
+            if name not in ("import_module", "__import__"):
+                continue
+            arg = node.args[0]
+            if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+                out.add(arg.value)
+            elif isinstance(arg, ast.JoinedStr) and arg.values and isinstance(arg.values[0], ast.Constant):
+                out.add(str(arg.values[0].value).rstrip("."))
+    return out
+
+
+def _within(name: str, package: str) -> bool:
+    return name == package or name.startswith(package + ".")
+
+
+def _is_top(name: str) -> bool:
+    """The CLI and demo modules of ``aivc/`` (``aivc.cli``, ``aivc.cli_*``, ``aivc.demo``)."""
+    return _within(name, "aivc.cli") or _within(name, "aivc.demo") or name.startswith("aivc.cli_")
+
+
+def violations() -> list[tuple[str, str]]:
+    """(importing module, imported package or module) for every import against the layering."""
+    found: list[tuple[str, str]] = []
+    for package, folder in PACKAGES.items():
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            mod = module_name(path)
+            names = imported_names(path.read_text(encoding="utf-8"), mod, is_package=path.name == "__init__.py")
+            bad = {up for up in FORBIDDEN[package] for n in names if _within(n, up)}
+            bad |= {n for n in names if _is_top(n)}
+            found.extend((mod, b) for b in sorted(bad))
+    return found
+
+
+def test_packages_match_pyproject():
+    cfg = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    package_dir = dict(cfg["tool"]["setuptools"]["package-dir"])
+    assert package_dir.pop("aivc") == "aivc"
+    assert package_dir == PACKAGES and set(FORBIDDEN) == set(PACKAGES)
+
+
+def test_every_package_is_scanned():
+    for folder in PACKAGES.values():
+        assert list((ROOT / folder).rglob("*.py")), folder
+
+
+def test_nothing_imports_upward():
+    found = [v for v in violations() if v not in EXCEPTIONS]
+    assert not found, "imports against DESIGN.md's layering (schemas <- store <- ingest, training <- embeddings <- instruments):\n" + "\n".join(
+        f"  {mod} imports {up}" for mod, up in found
+    )
+
+
+def test_exceptions_are_still_needed():
+    found = set(violations())
+    assert not [e for e in EXCEPTIONS if e not in found], "an exception no longer occurs: remove it from EXCEPTIONS"
+
+
+@pytest.mark.parametrize(
+    ("source", "module", "want"),
+    [
+        ("def f():\n    from aivc.embeddings.store import get_version\n", "aivc.training.trainer", {"aivc.embeddings.store"}),
+        ("import aivc.instruments.report as r\n", "aivc.store.lake", {"aivc.instruments.report"}),
+        ("from aivc import embeddings\n", "aivc.training.data", {"aivc.embeddings"}),
+        ("from ..embeddings import store\n", "aivc.training.trainer", {"aivc.embeddings.store"}),
+        ("from .. import embeddings\n", "aivc.training.models.cell_vae", {"aivc.training.embeddings"}),
+        ("import importlib\nimportlib.import_module('aivc.embeddings.store')\n", "aivc.training.trainer", {"aivc.embeddings.store"}),
+        ("import importlib\nimportlib.import_module(f'aivc.instruments.{x}')\n", "aivc.embeddings.sql", {"aivc.instruments"}),
+        ("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from aivc.cli_common import run_command\n", "aivc.store.sql", {"aivc.cli_common"}),
+    ],
+)
+def test_imports_are_found_wherever_they_are(source: str, module: str, want: set[str]):
+    names = imported_names(source, module)
+    assert want <= names, names

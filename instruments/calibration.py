@@ -5,7 +5,8 @@ of the lake, so it is shared by every decoder and tested on its own.
 
 Temperature scaling
     One scalar ``T`` divides the logits; it is fitted by minimizing the negative
-    log-likelihood on a held-out calibration split (Guo et al. 2017). It changes
+    log-likelihood on held-out predictions (Guo et al. 2017; the cell-type decoder
+    uses out-of-fold predictions of every labelled cell). It changes
     confidences, never the predicted class.
 Split conformal prediction sets
     Nonconformity scores of the calibration cells give a threshold ``qhat`` (the
@@ -22,7 +23,7 @@ Novelty
     the pooled within-class covariance (shrunk towards its diagonal), i.e. the Euclidean
     distance in the whitened space of a linear discriminant. A cell farther from every
     training class than the ``novelty_quantile`` (default 99th percentile) of the
-    held-out calibration cells is flagged ``abstain``: none of the known classes fits it.
+    held-out (out-of-fold) calibration cells is flagged ``abstain``: none of the known classes fits it.
 
 Example
 -------

@@ -69,7 +69,7 @@ OUTPUT_COLUMNS: dict[str, str] = {
     "predicted_term_id": "Cell Ontology term id of the most probable cell type",
     "predicted_label": "its label",
     "probability": "calibrated (temperature-scaled) probability of the predicted type",
-    "prediction_set": "split-conformal prediction set: term ids, most probable first; contains the true type with probability >= 1 - alpha",
+    "prediction_set": "conformal prediction set (threshold from out-of-fold scores): term ids, most probable first; contains the true type with probability >= 1 - alpha",
     "set_size": "number of term ids in prediction_set",
     "novelty": "Mahalanobis distance of the UR to the nearest training class centroid",
     "abstain": "novelty above the calibration threshold: none of the known cell types fits this cell",

@@ -104,8 +104,13 @@ def test_training_errors(plake):
 
 
 def test_cli_train_list_show(plake, cli_app):
-    code, out = run_cli(cli_app, "instruments", "train", "celltype", "--embedding", "cell:pca@1", "--datasets", "pbmc68k-part1", "--alpha", "0.2", "--lake", str(plake.root))
+    args = ("instruments", "train", "celltype", "--embedding", "cell:pca@1", "--datasets", "pbmc68k-part1", "--lake", str(plake.root))
+    code, err = run_cli(cli_app, *args, "--folds", "1")
+    assert code == 2 and err["errors"][0]["where"] == "--folds" and err["errors"][0]["message"] == "folds must be >= 2, got 1"
+    code, out = run_cli(cli_app, *args, "--alpha", "0.2", "--hidden", "0", "--weight-decay", "0.01", "--folds", "3")
     assert code == 0 and out["status"] == "registered" and out["ref"] == "celltype@2"
+    m = out["metrics"]
+    assert m["selected"] == {"hidden": 0, "weight_decay": 0.01} and m["folds"] == 3 and len(m["model_selection"]) == 1
     assert out["metrics"]["excluded_classes"].keys() == EXCLUDED.keys() and out["lineage"]["training_cells"] == {"pbmc68k-part1": 331}
     assert get_instrument(plake, "celltype@2").config["alpha"] == 0.2
     code, rows = run_cli(cli_app, "instruments", "list", "--lake", str(plake.root))

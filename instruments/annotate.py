@@ -117,6 +117,7 @@ def _resolve(lake: Lake, instrument: str, embedding: str | None, datasets: list[
 
 # -- the Ray engine ----------------------------------------------------------------------
 _DECODERS: dict[tuple[str, str, str], Any] = {}
+_MAX_CACHED = 8  # decoders are small; a long-lived worker keeps the last few
 
 
 def predict_task(batch: Any, lake_root: str, instrument_ref: str, sha256: str, dim: int) -> Any:
@@ -127,6 +128,8 @@ def predict_task(batch: Any, lake_root: str, instrument_ref: str, sha256: str, d
     key = (lake_root, instrument_ref, sha256)
     decoder = _DECODERS.get(key)
     if decoder is None:
+        if len(_DECODERS) >= _MAX_CACHED:
+            _DECODERS.clear()
         decoder = _DECODERS[key] = load_instrument(Lake.open(lake_root), instrument_ref)
     return predict_batch(decoder, batch, dim)
 

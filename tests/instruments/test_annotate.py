@@ -114,6 +114,11 @@ def test_wrong_embedding_version_and_missing_vectors_are_refused(plake, cli_app,
     assert code == 2 and err["errors"][0]["code"] == "USAGE"
     with pytest.raises(UsageError, match="--actors 2 would hold all 2 CPUs"):
         annotate(plake, "celltype@1", all_datasets=True, actors=2)
+    with pytest.raises(UsageError, match=r"--actors must be 0 \(Ray tasks\) or more, got -1"):
+        annotate(plake, "celltype@1", all_datasets=True, actors=-1)
+    with pytest.raises(UsageError, match="--batch-size must be at least 1, got 0") as bad:
+        annotate(plake, "celltype@1", all_datasets=True, batch_size=0)
+    assert bad.value.where == "--batch-size"
     assert lake_snapshot(plake.root / "predictions") == before
     assert not any((plake.root / "catalog" / ".staging").iterdir())
 
@@ -152,3 +157,24 @@ def test_a_failed_ray_job_publishes_nothing(plake, ray_session):
         annotate(plake, "celltype@1", all_datasets=True, engine="ray")
     assert list_prediction_versions(plake) == []
     assert not any((plake.root / "catalog" / ".staging").iterdir())
+
+
+def test_task_cache_loads_each_decoder_once_and_never_serves_stale_weights(plake, monkeypatch):
+    """The Ray task function keeps one decoder per (lake, ref, weights digest) in its worker."""
+    import pyarrow.parquet as pq
+
+    from aivc.embeddings.store import get_version, parquet_files
+    from aivc.instruments import annotate as ann
+    from aivc.instruments.registry import get_instrument
+
+    loads: list[str] = []
+    real = ann.load_instrument
+    monkeypatch.setattr(ann, "load_instrument", lambda lake, ref: loads.append(ref) or real(lake, ref))
+    monkeypatch.setattr(ann, "_DECODERS", {})
+    batch = pq.read_table(parquet_files(plake, get_version(plake, "cell:pca@1"), {"pbmc68k-part2"})[0])
+    sha = get_instrument(plake, "celltype@1").weights_sha256
+    first = ann.predict_task(batch, str(plake.root), "celltype@1", sha, 32)
+    again = ann.predict_task(batch, str(plake.root), "celltype@1", sha, 32)
+    assert loads == ["celltype@1"] and first.equals(again) and first.num_rows == batch.num_rows
+    ann.predict_task(batch, str(plake.root), "celltype@1", "0" * 64, 32)  # other weights under the same ref: loaded anew
+    assert loads == ["celltype@1", "celltype@1"] and len(ann._DECODERS) == 2

@@ -41,14 +41,14 @@ def _prediction_summary(v: Any) -> dict[str, Any]:
 def train_celltype(
     embedding: Annotated[str, typer.Option("--embedding", help="Cell embedding version to read, CELL:NAME@VERSION, e.g. cell:pca@1.")],
     datasets: Annotated[Optional[str], typer.Option("--datasets", help="Comma-separated dataset ids whose labelled cells train it (default: all in the embedding).")] = None,
-    alpha: Annotated[float, typer.Option("--alpha", help="Conformal error rate: sets contain the true type with probability >= 1 - alpha.")] = 0.1,
+    alpha: Annotated[float, typer.Option("--alpha", help="Conformal error rate: sets contain the true type with probability about 1 - alpha.")] = 0.1,
     name: Annotated[str, typer.Option("--name", help="Instrument name.")] = "celltype",
     score: Annotated[str, typer.Option("--score", help="Conformal score: lac (smallest sets) or aps (adaptive).")] = "lac",
     hidden: Annotated[Optional[int], typer.Option("--hidden", help="Hidden units of the one hidden layer (0: multinomial logistic regression); default: chosen by cross-validation from 0 and 64.")] = None,
     weight_decay: Annotated[Optional[float], typer.Option("--weight-decay", help="L2 strength; default: chosen by cross-validation from 0.001, 0.01, 0.1.")] = None,
     folds: Annotated[int, typer.Option("--folds", help="Cross-fitting folds: out-of-fold predictions select the model and calibrate it.")] = 5,
     min_cells: Annotated[int, typer.Option("--min-cells", help="Cell types with fewer labelled cells are excluded.")] = 10,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the split and the optimiser.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the folds and the optimiser.")] = 0,
     lake: LakeOpt = None,
     json_: JsonOpt = False,
     debug: DebugOpt = False,
@@ -76,7 +76,7 @@ def train_celltype(
             f"registered {rec.ref}: {m['n_classes']} cell types from {m['n_train']} labelled cells of {rec.reads} "
             f"(hidden={m['selected']['hidden']}, weight decay {m['selected']['weight_decay']:g}, chosen over {m['folds']} folds); "
             f"out-of-fold macro-F1 {m['calibration']['macro_f1']:.3f}, ECE {m['ece_before']:.3f} -> {m['ece_after']:.3f} (T={m['temperature']:.2f}), "
-            f"conformal coverage {m['calibration_coverage']:.3f} with mean set size {m['calibration_mean_set_size']:.2f} at alpha={alpha:g}",
+            f"out-of-fold conformal coverage {m['calibration_coverage']:.3f} with mean set size {m['calibration_mean_set_size']:.2f} at alpha={alpha:g}",
             highlight=False,
         )
         for t, x in m["excluded_classes"].items():
@@ -183,7 +183,7 @@ def annotate(
     datasets: Annotated[Optional[str], typer.Option("--datasets", help="Comma-separated dataset ids to annotate.")] = None,
     all_: Annotated[bool, typer.Option("--all", help="Annotate every dataset with vectors in the instrument's embedding version.")] = False,
     embedding: Annotated[Optional[str], typer.Option("--embedding", help="Embedding version to read (default and only allowed: the one the instrument was trained on).")] = None,
-    engine: Annotated[str, typer.Option("--engine", help="ray (Ray Data actor pool) or local (in-process, small inputs).")] = "ray",
+    engine: Annotated[str, typer.Option("--engine", help="ray (a Ray Data job) or local (in-process, small inputs).")] = "ray",
     actors: Annotated[int, typer.Option("--actors", help="Ray engine: 0 runs the decoder in Ray tasks fused with the writes (reusing running workers); N >= 1 in a pool of N actors.")] = 0,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Cells per batch.")] = 65536,
     ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster address (default: start Ray locally).")] = None,

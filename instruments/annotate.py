@@ -34,6 +34,7 @@ Example
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -130,7 +131,11 @@ def predict_task(batch: Any, lake_root: str, instrument_ref: str, sha256: str, d
     if decoder is None:
         if len(_DECODERS) >= _MAX_CACHED:
             _DECODERS.clear()
-        decoder = _DECODERS[key] = load_instrument(Lake.open(lake_root), instrument_ref)
+        decoder = load_instrument(Lake.open(lake_root), instrument_ref)
+        got = decoder.record.weights_sha256 if decoder.record is not None else ""
+        if got != sha256:
+            raise InstrumentError(f"{instrument_ref} on the workers has weights {got[:12]}…, the job was planned with {sha256[:12]}…; the instrument changed during the job", where=instrument_ref)
+        _DECODERS[key] = decoder
     return predict_batch(decoder, batch, dim)
 
 
@@ -228,7 +233,7 @@ def _data_context() -> Iterator[Any]:
     try:
         for k in saved:
             setattr(ctx, k, False)
-        log.setLevel(logging.ERROR)
+        log.setLevel(logging.CRITICAL)  # a failed job is reported once, as one line
         yield ctx
     finally:
         for k, v in saved.items():
@@ -262,11 +267,28 @@ def _run_ray(lake: Lake, rec: InstrumentRecord, emb: Any, files: list[Path], sta
     except (InstrumentError, UsageError):
         raise
     except Exception as exc:  # a failed Ray job: one line, the lake unchanged
-        lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
-        raise InstrumentError(f"the Ray annotation job failed: {type(exc).__name__}: {lines[-1] if lines else ''}", where="ray") from exc
+        raise InstrumentError(f"the Ray annotation job failed: {ray_failure(exc)}", where="ray") from exc
     finally:
         if started:
             ray.shutdown()
+
+
+_EXC_LINE = re.compile(r"^\s*((?:[A-Za-z_][\w]*\.)*[A-Za-z_]\w*(?:Error|Exception)): (.+)$")
+
+
+def ray_failure(exc: BaseException) -> str:
+    """One line naming the root cause of a failed Ray job.
+
+    Ray wraps an exception raised in a task (``RayTaskError``, ``UserCodeException``)
+    in a multi-line message whose last lines are retry advice; the cause is the last line
+    of the form ``SomeError: message``.
+    """
+    lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+    causes = [m for m in (_EXC_LINE.match(ln) for ln in lines) if m]
+    if causes:
+        name, message = causes[-1].group(1), causes[-1].group(2).strip()
+        return f"{name.rsplit('.', 1)[-1]}: {message}"
+    return f"{type(exc).__name__}: {lines[-1] if lines else ''}"
 
 
 def _run_local(lake: Lake, decoder: Any, emb: Any, datasets: list[str], staging: Path, schema: Any, *, batch_size: int, progress: Progress) -> list[tuple[str, str, int]]:
@@ -347,7 +369,7 @@ def annotate(
         rollup_spec = RollUp.parse(rollup)
     files = parquet_files(lake, emb, set(chosen))
     expected = _count_rows(files, emb.ref)
-    decoder = load_instrument(lake, rec)  # checked here; each Ray actor loads its own
+    decoder = load_instrument(lake, rec)  # checked here; each Ray worker or actor loads its own
     if getattr(decoder, "dim", emb.dim) != emb.dim:
         raise InstrumentError(f"{rec.ref} reads {decoder.dim}-dimensional URs but {emb.ref} has {emb.dim} dimensions", where="--embedding")
     schema = row_schema(decoder.output_schema(), rec.ref, emb.ref)

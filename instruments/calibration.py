@@ -19,7 +19,7 @@ Split conformal prediction sets
     class is always in the set and a set is never empty; when the classifier's accuracy
     alone exceeds ``1 - alpha`` the sets are the top class and coverage is that accuracy).
 Novelty
-    The Mahalanobis distance of a (standardized) UR to the nearest class centroid under
+    The Mahalanobis distance of a (centred, scaled) UR to the nearest class centroid under
     the pooled within-class covariance (shrunk towards its diagonal), i.e. the Euclidean
     distance in the whitened space of a linear discriminant. A cell farther from every
     training class than the ``novelty_quantile`` (default 99th percentile) of the
@@ -154,7 +154,7 @@ class Whitening:
 
     @classmethod
     def fit(cls, z: np.ndarray, y: np.ndarray, n_classes: int, shrinkage: float = 0.1) -> Whitening:
-        """Fit on standardized URs ``z`` with classes ``y`` (every class present)."""
+        """Fit on centred, scaled URs ``z`` with classes ``y`` (every class present)."""
         z = np.asarray(z, dtype=np.float64)
         mu = np.stack([z[y == k].mean(axis=0) for k in range(n_classes)])
         resid = z - mu[y]

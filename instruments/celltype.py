@@ -16,10 +16,16 @@ never saw it, and those out-of-fold predictions fit
 - the novelty threshold: the ``novelty_quantile`` of the out-of-fold Mahalanobis distance
   to the nearest class centroid (pooled within-class covariance).
 
-The registered model is the chosen configuration trained on every labelled cell (25 % more
-data than each fold model, so its sets are, if anything, a little conservative).
+The registered model is the chosen configuration trained on every labelled cell (with 5
+folds, 25 % more data than each fold model, so its sets are, if anything, a little
+conservative). This is cross-fitting, not split conformal: the finite-sample guarantee of
+a split no longer holds exactly (the formal bound for cross-conformal methods is about
+``1 - 2 alpha``); on exchangeable data coverage is ``1 - alpha`` in practice
+(``tests/instruments/test_calibration.py``). The out-of-fold ``calibration_coverage`` in the
+record is ``1 - alpha`` by construction, and the out-of-fold macro-F1 of the chosen
+configuration is slightly optimistic (the same predictions chose it among the candidates).
 
-Prediction (:meth:`CellTypeDecoder.predict`) is NumPy only: standardization and whitening
+Prediction (:meth:`CellTypeDecoder.predict`) is NumPy only: the UR scaling and whitening
 are folded into the weights, so a batch costs a few small matrix products, a softmax and a
 sort over the classes; it needs no torch and no lake access beyond the weights.
 
@@ -69,7 +75,7 @@ OUTPUT_COLUMNS: dict[str, str] = {
     "predicted_term_id": "Cell Ontology term id of the most probable cell type",
     "predicted_label": "its label",
     "probability": "calibrated (temperature-scaled) probability of the predicted type",
-    "prediction_set": "conformal prediction set (threshold from out-of-fold scores): term ids, most probable first; contains the true type with probability >= 1 - alpha",
+    "prediction_set": "conformal prediction set (threshold from out-of-fold scores): term ids, most probable first; contains the true type with probability about 1 - alpha",
     "set_size": "number of term ids in prediction_set",
     "novelty": "Mahalanobis distance of the UR to the nearest training class centroid",
     "abstain": "novelty above the calibration threshold: none of the known cell types fits this cell",
@@ -152,11 +158,11 @@ class CellTypeDecoder:
 
     term_ids: np.ndarray  # (K,) str
     labels: np.ndarray  # (K,) str
-    layers: list[tuple[np.ndarray, np.ndarray]]  # standardization folded into the first
+    layers: list[tuple[np.ndarray, np.ndarray]]  # the UR scaling folded into the first
     temperature: float
     qhat: float
     score: str
-    whiten: np.ndarray  # (d, d), standardization folded in
+    whiten: np.ndarray  # (d, d), the UR scaling folded in
     whiten_offset: np.ndarray  # (d,)
     centroids: np.ndarray  # (K, d) whitened
     novelty_threshold: float
@@ -386,6 +392,13 @@ def _fit(x: np.ndarray, y: np.ndarray, term_ids: list[str], labels: list[str], c
     noisiest directions.
     """
     K = len(term_ids)
+    counts = np.bincount(y, minlength=K)
+    if counts.min() < 2:
+        k = int(counts.argmin())
+        raise UsageError(
+            f"cell type {term_ids[k]} has {int(counts[k])} labelled cell(s); cross-fitting needs at least 2 per type (drop it or label more cells)",
+            where="labels",
+        )
     mean = x.astype(np.float64).mean(axis=0)
     scale = float(np.sqrt(((x.astype(np.float64) - mean) ** 2).sum(axis=1).mean() / x.shape[1])) or 1.0
     z = ((x - mean) / scale).astype(np.float32)

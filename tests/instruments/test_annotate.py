@@ -151,7 +151,7 @@ def test_a_failed_ray_job_publishes_nothing(plake, ray_session):
     part.write_bytes(bytes(data))
     with pytest.raises(InstrumentError, match="Ray annotation job failed") as info:
         annotate(plake, "celltype@1", all_datasets=True, engine="ray")
-    assert "\n" not in str(info.value)
+    assert "\n" not in str(info.value) and "retry" not in str(info.value)
     part.write_bytes(b"PAR1 not parquet")  # unreadable footer: refused before the job starts
     with pytest.raises(InstrumentError, match="a Parquet file of cell:pca@1 is unreadable"):
         annotate(plake, "celltype@1", all_datasets=True, engine="ray")
@@ -176,5 +176,18 @@ def test_task_cache_loads_each_decoder_once_and_never_serves_stale_weights(plake
     first = ann.predict_task(batch, str(plake.root), "celltype@1", sha, 32)
     again = ann.predict_task(batch, str(plake.root), "celltype@1", sha, 32)
     assert loads == ["celltype@1"] and first.equals(again) and first.num_rows == batch.num_rows
-    ann.predict_task(batch, str(plake.root), "celltype@1", "0" * 64, 32)  # other weights under the same ref: loaded anew
-    assert loads == ["celltype@1", "celltype@1"] and len(ann._DECODERS) == 2
+    with pytest.raises(InstrumentError, match="the job was planned with 000000000000"):  # weights changed under the ref
+        ann.predict_task(batch, str(plake.root), "celltype@1", "0" * 64, 32)
+    assert loads == ["celltype@1", "celltype@1"] and len(ann._DECODERS) == 1
+
+
+def test_ray_failures_are_reported_by_their_cause():
+    from aivc.instruments.annotate import ray_failure
+
+    wrapped = RuntimeError(
+        "Failed to execute task\nray.exceptions.RayTaskError(InstrumentError): ray::MapBatches(predict_task)()\n"
+        "  File \"x.py\", line 3, in f\naivc.instruments.registry.InstrumentError: weights of celltype@1 do not match\n\n"
+        "To change retry attempts, set DataContext.max_errored_blocks."
+    )
+    assert ray_failure(wrapped) == "InstrumentError: weights of celltype@1 do not match"
+    assert ray_failure(ValueError("plain")) == "ValueError: plain"

@@ -14,6 +14,7 @@ from aivc.instruments.calibration import (
     prediction_sets,
     softmax,
 )
+from aivc.errors import UsageError
 from aivc.instruments.celltype import CellTypeConfig, fit_decoder, stratified_folds
 
 TERMS = ["CL:0000236", "CL:0000084", "CL:0000623", "CL:0001054"]
@@ -138,3 +139,10 @@ def test_cross_validation_picks_a_hidden_layer_when_the_classes_are_not_linearly
     assert (model.predict_arrays(xt)["top"] == ((xt[:, 0] * xt[:, 1]) > 0)).mean() > 0.9
     fixed = fit_decoder(x, y, TERMS[:2], LABELS[:2], CellTypeConfig(hidden=0, weight_decay=1e-2))
     assert [(t["hidden"], t["weight_decay"]) for t in fixed.fit_metrics["model_selection"]] == [(0, 1e-2)]
+
+
+def test_a_type_with_one_labelled_cell_is_refused():
+    x, y = _mixture(400, seed=5)
+    y[np.flatnonzero(y == 3)[1:]] = 0  # type 3 keeps one cell: no training fold would hold it
+    with pytest.raises(UsageError, match=r"cell type CL:0001054 has 1 labelled cell\(s\); cross-fitting needs at least 2"):
+        fit_decoder(x, y, TERMS, LABELS, CellTypeConfig(hidden=0, weight_decay=1e-2))

@@ -140,3 +140,20 @@ def test_exceptions_are_still_needed():
 def test_imports_are_found_wherever_they_are(source: str, module: str, want: set[str]):
     names = imported_names(source, module)
     assert want <= names, names
+
+
+#: the shared modules of ``aivc/`` every layer may import; they sit below all packages
+SHARED = ("errors", "ontology", "progress", "ray_local")
+
+
+def test_shared_modules_import_no_layer():
+    """``aivc.errors``, ``aivc.ontology``, ``aivc.progress``, ``aivc.ray_local`` are imported by
+    every layer, so they import none (else store -> aivc.ontology -> instruments would pass)."""
+    layers = set(PACKAGES)
+    found = []
+    for name in SHARED:
+        path = ROOT / "aivc" / f"{name}.py"
+        names = imported_names(path.read_text(encoding="utf-8"), f"aivc.{name}")
+        found += [(name, n) for n in sorted(names) if any(_within(n, p) for p in layers) or _is_top(n)]
+    assert not found, found
+    assert sorted(p.stem for p in (ROOT / "aivc").glob("*.py") if not _is_top(f"aivc.{p.stem}") and p.stem != "__init__") == sorted(SHARED)

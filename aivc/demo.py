@@ -174,7 +174,7 @@ def _demo_reannotation(lake: Any, con: Any, embedding: str, json_mode: bool) -> 
     m = rec.metrics
     con.print(
         f"registered decoder [bold]{rec.ref}[/] reading {embedding}: {m['n_classes']} cell types, cross-validated (out-of-fold) macro-F1 "
-        f"{m['calibration']['macro_f1']:.3f}, ECE {m['ece_before']:.3f} -> {m['ece_after']:.3f} after temperature scaling, "
+        f"{m['calibration']['macro_f1']:.3f}, temperature {m['temperature']:.2f} (NLL {m['nll_before']:.3f} -> {m['nll_after']:.3f}, ECE {m['ece_before']:.3f} -> {m['ece_after']:.3f}), "
         f"conformal sets at alpha 0.1 cover {m['calibration_coverage']:.1%} of the labelled cells out of fold",
         highlight=False,
     )

@@ -214,13 +214,7 @@ class CellTypeDecoder:
         return output_schema()
 
     def logits(self, vectors: np.ndarray) -> np.ndarray:
-        h = np.asarray(vectors, dtype=np.float32)
-        for i, (W, b) in enumerate(self.layers):
-            h = h @ W
-            h += b
-            if i < len(self.layers) - 1:
-                np.maximum(h, 0.0, out=h)
-        return h
+        return forward(self.layers, vectors)
 
     def novelty(self, vectors: np.ndarray) -> np.ndarray:
         zw = np.asarray(vectors, dtype=np.float32) @ self.whiten
@@ -347,10 +341,12 @@ def _train_classifier(z: np.ndarray, y: np.ndarray, n_classes: int, hidden: int,
     return [(m.weight.detach().numpy().T.astype(np.float32).copy(), m.bias.detach().numpy().astype(np.float32).copy()) for m in linears]
 
 
-def _forward(layers: list[tuple[np.ndarray, np.ndarray]], z: np.ndarray) -> np.ndarray:
-    h = np.asarray(z, dtype=np.float32)
+def forward(layers: list[tuple[np.ndarray, np.ndarray]], x: np.ndarray) -> np.ndarray:
+    """Logits of the ReLU network ``layers`` (``[(W, b), ...]``) at ``x`` (float32, NumPy)."""
+    h = np.asarray(x, dtype=np.float32)
     for i, (W, b) in enumerate(layers):
-        h = h @ W + b
+        h = h @ W
+        h += b
         if i < len(layers) - 1:
             np.maximum(h, 0.0, out=h)
     return h
@@ -413,7 +409,7 @@ def _fit(x: np.ndarray, y: np.ndarray, term_ids: list[str], labels: list[str], c
         for f in range(cfg.folds):
             held = fold == f
             layers = _train_classifier(z[~held], y[~held], K, hidden, wd, cfg, cfg.seed + f)
-            logits[held] = _forward(layers, z[held])
+            logits[held] = forward(layers, z[held])
             progress.advance(1)
         m = _classification_metrics(y, logits.argmax(axis=1), K)
         trial = {"hidden": hidden, "weight_decay": wd, "macro_f1": m["macro_f1"], "nll": round(nll(logits, y), 6)}

@@ -10,6 +10,7 @@ from aivc.errors import UsageError
 from aivc.instruments.celltype import CellTypeConfig, labelled_cells, train_celltype
 from aivc.instruments.registry import get_instrument, load_instrument
 from aivc.store.lake import Lake
+from tests.conftest import lake_snapshot
 from tests.instruments.support import run_cli
 
 #: part 1's cell types with fewer than 10 labelled cells (counts of pbmc68k_reduced's first 350 cells)
@@ -105,8 +106,12 @@ def test_training_errors(plake):
 
 def test_cli_train_list_show(plake, cli_app):
     args = ("instruments", "train", "celltype", "--embedding", "cell:pca@1", "--datasets", "pbmc68k-part1", "--lake", str(plake.root))
+    before = lake_snapshot(plake.root)
     code, err = run_cli(cli_app, *args, "--folds", "1")
     assert code == 2 and err["errors"][0]["where"] == "--folds" and err["errors"][0]["message"] == "folds must be >= 2, got 1"
+    code, err = run_cli(cli_app, *args, "--weight-decay", "-1")
+    assert code == 2 and err["errors"][0]["where"] == "--weight-decay" and err["errors"][0]["message"] == "weight decay must be >= 0, got -1.0"
+    assert lake_snapshot(plake.root) == before
     code, out = run_cli(cli_app, *args, "--alpha", "0.2", "--hidden", "0", "--weight-decay", "0.01", "--folds", "3")
     assert code == 0 and out["status"] == "registered" and out["ref"] == "celltype@2"
     m = out["metrics"]

@@ -12,7 +12,8 @@ import pandas as pd
 from aivc.errors import Finding
 
 How = Literal[
-    "term_id", "label", "synonym", "label_map", "constant", "symbol", "symbol_case", "ensembl", "ensembl_unversioned"
+    "term_id", "label", "synonym", "label_map", "constant", "symbol", "symbol_case", "previous_symbol", "ensembl",
+    "ensembl_unversioned",
 ]
 
 

@@ -1,4 +1,12 @@
-"""Map submitted gene identifiers (symbols or Ensembl ids) to the organism's reference ids."""
+"""Map submitted gene identifiers (symbols or Ensembl ids) to the organism's reference ids.
+
+Symbols are looked up as written, then in the organism's case convention, then among the
+outdated symbols of the reference's genes (earlier Ensembl releases' gene names and HGNC
+previous symbols, ``store.reference.previous_symbols``): data processed against an old
+annotation (``ATP5B``, ``IGJ``, ``FYB`` in a 10x hg19 matrix) keeps those genes, mapped by
+their stable Ensembl id. An outdated symbol is used only when it names exactly one current
+gene that no other submitted feature names; every such mapping is reported.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +19,7 @@ import pandas as pd
 
 from aivc.errors import Finding
 from aivc.ingest.findings import Decision
-from aivc.store.reference import MITO_PREFIX, gene_reference
+from aivc.store.reference import MITO_PREFIX, gene_reference, previous_symbols
 
 _ENSEMBL = re.compile(r"^(ENS[A-Z]*G\d{11})(\.\d+)?(_PAR_Y)?$")
 
@@ -55,9 +63,31 @@ def _organism_case(symbol: str, organism_name: str) -> str:
     return symbol[:1].upper() + symbol[1:].lower()
 
 
-def _list(values: list[str], n: int = 10) -> str:
-    shown = ", ".join(repr(v) for v in values[:n])
+def _list(values: list[str], n: int = 10, *, quote: bool = True) -> str:
+    shown = ", ".join(repr(v) if quote else v for v in values[:n])
     return shown + (f" and {len(values) - n} more" if len(values) > n else "")
+
+
+def _drop_previous_conflicts(submitted: pd.Index, resolved: list[str | None], hows: list[str]) -> dict[int, str]:
+    """Unmap outdated-symbol hits on a gene that another submitted feature also names.
+
+    A current symbol keeps its gene; two outdated symbols on one gene both lose it (which
+    of them holds the gene's counts is unknowable). Returns {position: description} of the
+    dropped ones.
+    """
+    claims: dict[str, list[int]] = {}
+    for i, g in enumerate(resolved):
+        if g is not None:
+            claims.setdefault(g, []).append(i)
+    dropped: dict[int, str] = {}
+    for g, idx in claims.items():
+        previous = [i for i in idx if hows[i] == "previous_symbol"]
+        if previous and len(idx) > 1:
+            others = [submitted[i] for i in idx if hows[i] != "previous_symbol"]
+            for i in previous:
+                resolved[i] = None
+                dropped[i] = f"{submitted[i]!r} ({g}, also named by {', '.join(repr(o) for o in others) or 'another outdated symbol'})"
+    return dropped
 
 
 def map_genes(
@@ -89,6 +119,7 @@ def map_genes(
     resolved: list[str | None] = []
     hows: list[str] = []
     ambiguous: list[str] = []
+    previous_conflicts: dict[int, str] = {}
     if id_type == "ensembl":
         known = set(ref.index)
         looks = submitted.str.match(_ENSEMBL.pattern)
@@ -105,12 +136,16 @@ def map_genes(
         looks = submitted.str.match(_ENSEMBL.pattern)
         if len(submitted) and looks.mean() > 0.5:
             findings.append(Finding("GENES_WRONG_ID_TYPE", src, f"manifest says genes.id_type is 'symbol' but {int(looks.sum())} of {len(submitted)} ids look like Ensembl ids (e.g. {submitted[int(np.argmax(looks))]!r}); use id_type: ensembl"))
+        by_previous = previous_symbols(organism_name)
         for s in submitted:
             ids = by_symbol.get(s)
             how = "symbol"
             if ids is None:
                 ids = by_symbol.get(_organism_case(s, organism_name))
                 how = "symbol_case"
+            if ids is None:
+                ids = by_previous.get(s) or by_previous.get(_organism_case(s, organism_name))
+                how = "previous_symbol"
             if ids is None:
                 resolved.append(None)
             elif len(ids) > 1:
@@ -119,6 +154,9 @@ def map_genes(
             else:
                 resolved.append(ids[0])
             hows.append(how)
+        previous_conflicts = _drop_previous_conflicts(submitted, resolved, hows)
+        if previous_conflicts:
+            findings.append(Finding("GENES_PREVIOUS_SYMBOL_CONFLICT", src, f"{len(previous_conflicts)} outdated symbols name a gene another submitted feature also names and were not committed: {_list(list(previous_conflicts.values()), 5, quote=False)}", "warning"))
 
     keep = [i for i, g in enumerate(resolved) if g is not None]
     gene_ids = [resolved[i] for i in keep]  # type: ignore[misc]
@@ -132,7 +170,7 @@ def map_genes(
             seen[g] = i  # type: ignore[index]
     if twice:
         findings.append(Finding("GENES_MAPPED_TWICE", src, f"{len(twice)} reference genes are named by more than one submitted feature: {_list(twice, 5)}; merge or drop the duplicates"))
-    unmapped = [submitted[i] for i, g in enumerate(resolved) if g is None and submitted[i] not in ambiguous]
+    unmapped = [submitted[i] for i, g in enumerate(resolved) if g is None and submitted[i] not in ambiguous and i not in previous_conflicts]
     if ambiguous:
         findings.append(Finding("GENES_AMBIGUOUS", src, f"{len(ambiguous)} symbols name several reference genes and were not committed: {_list(ambiguous)}; submit Ensembl ids to disambiguate", "warning"))
     if unmapped:
@@ -141,12 +179,15 @@ def map_genes(
     if len(submitted) and frac < min_mapped_fraction:
         findings.append(Finding("GENES_LOW_MAPPED_FRACTION", src, f"only {frac:.1%} of genes map to the {organism_name} reference (minimum {min_mapped_fraction:.0%}, set by qc.min_mapped_fraction); check genes.id_type and the organism"))
     symbols = ref.loc[gene_ids, "symbol"].tolist() if gene_ids else []
+    renamed = [f"{submitted[i]!r} -> {symbols[j]}" for j, i in enumerate(keep) if hows[i] == "previous_symbol"]
+    if renamed:
+        findings.append(Finding("GENES_PREVIOUS_SYMBOL", src, f"{len(renamed)} outdated symbols were mapped to the current gene with the same Ensembl id: {_list(renamed, 8, quote=False)}; the submitted names are kept as submitted_id", "warning"))
     prefix = MITO_PREFIX.get(organism_name, "MT-")
     mito = np.array([keep[j] for j, s in enumerate(symbols) if s.startswith(prefix)], dtype=np.int64)
     decisions = [
         Decision("genes", str(submitted[i]), str(resolved[i]), symbols[j], hows[i])  # type: ignore[arg-type]
         for j, i in enumerate(keep)
-        if hows[i] in ("symbol_case", "ensembl_unversioned")
+        if hows[i] in ("symbol_case", "previous_symbol", "ensembl_unversioned")
     ][:500]
     return GeneMapping(
         keep_cols=np.asarray(keep, dtype=np.int64),

@@ -50,7 +50,7 @@ from aivc.ingest.findings import Decision, How
 from aivc.ingest.genes import _ENSEMBL, _organism_case, _symbol_index
 from aivc.ingest.manifest import Manifest
 from aivc.ingest.obs_fields import _factorize, _missing_column, _rows
-from aivc.store.reference import gene_reference
+from aivc.store.reference import gene_reference, previous_symbols
 
 FIELD = "perturbation_targets"
 CONTROL = "control"
@@ -69,7 +69,7 @@ PERTURBATION_CODES: tuple[str, ...] = (
     PERTURBATION_BAD_VALUE,
     PERTURBATION_NO_CONTROLS,
 )
-_HOW_RANK: dict[str, int] = {"ensembl": 0, "ensembl_unversioned": 1, "symbol": 2, "symbol_case": 3, "label_map": 4}
+_HOW_RANK: dict[str, int] = {"ensembl": 0, "ensembl_unversioned": 1, "symbol": 2, "symbol_case": 3, "previous_symbol": 4, "label_map": 5}
 _MAX_SUGGESTIONS = 20  # distinct unknown genes that get "did you mean" (difflib over ~60k symbols)
 
 
@@ -115,6 +115,9 @@ def resolve_gene(identifier: str, organism_name: str, *, suggest: bool = True) -
     ids, how = by_symbol.get(text), "symbol"
     if ids is None:
         ids, how = by_symbol.get(_organism_case(text, organism_name)), "symbol_case"
+    if ids is None:
+        by_previous = previous_symbols(organism_name)
+        ids, how = by_previous.get(text) or by_previous.get(_organism_case(text, organism_name)), "previous_symbol"
     if ids is None:
         close = difflib.get_close_matches(_organism_case(text, organism_name), list(by_symbol), n=3, cutoff=0.8) if suggest else []
         hint = f"; closest symbols: {', '.join(close)}" if close else "; give an Ensembl id or a current symbol"

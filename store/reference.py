@@ -31,6 +31,26 @@ def gene_reference(organism_name: str) -> pd.DataFrame:
     return df
 
 
+@lru_cache(maxsize=4)
+def previous_symbols(organism_name: str) -> dict[str, tuple[str, ...]]:
+    """Outdated symbol -> current reference gene ids (several when the symbol is ambiguous).
+
+    Symbols genes had in earlier Ensembl releases (GRCh37, GRCh38 84/93/100; GRCm38 100) and
+    HGNC's previous symbols, restricted to gene ids of :func:`gene_reference` and to symbols
+    that are no gene's current symbol. Empty for an organism without a table. Provenance is
+    in ``schemas/genes/PREVIOUS_SYMBOLS.md``.
+    """
+    res = resources.files("aivc.schemas").joinpath("genes", f"{organism_name}.previous_symbols.tsv.gz")
+    if not res.is_file():
+        return {}
+    with res.open("rb") as fh:
+        df = pd.read_csv(fh, sep="\t", compression="gzip", dtype=str, keep_default_na=False, usecols=["symbol", "gene_id"])
+    out: dict[str, list[str]] = {}
+    for sym, gid in zip(df["symbol"].to_numpy(), df["gene_id"].to_numpy(), strict=True):
+        out.setdefault(sym, []).append(gid)
+    return {k: tuple(v) for k, v in out.items()}
+
+
 # the shipped ortholog tables: (organism, organism) -> (file under schemas/orthologs, the two column prefixes)
 _ORTHOLOG_TABLES: dict[tuple[str, str], tuple[str, str, str]] = {
     ("homo_sapiens", "mus_musculus"): ("human_mouse.tsv.gz", "human", "mouse"),

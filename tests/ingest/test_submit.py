@@ -22,10 +22,15 @@ def test_pbmc_submission_commits_with_harmonized_labels(lake, pbmc_files):
     assert res.status == "committed", res.errors
     assert (res.dataset_id, res.version, res.n_cells) == ("pbmc68k-part1", 1, 350)
     submitted = ad.read_h5ad(h5)
-    # nearly all 765 symbols map to GENCODE; the rest are reported, not silently dropped
-    assert 700 <= res.n_genes <= 765
-    unmapped = [w for w in res.warnings if w.code == "GENES_UNMAPPED"]
-    assert res.n_genes == 765 or unmapped
+    # 700 of the 765 hg19-era symbols are current GENCODE 48 symbols, 59 are outdated ones
+    # mapped by Ensembl id; 5 unknown and 1 ambiguous are reported, not silently dropped
+    assert res.n_genes == 759
+    by_code = {w.code: w.message for w in res.warnings}
+    assert by_code["GENES_UNMAPPED"].startswith("5 of 765 identifiers")
+    assert by_code["GENES_PREVIOUS_SYMBOL"].startswith("59 outdated symbols")
+    genes = pd.read_parquet(Catalog(lake).artifacts_path(Catalog(lake).get("pbmc68k-part1")) / "genes.parquet")
+    igj = genes.set_index("submitted_id").loc["IGJ"]
+    assert (igj["gene_id"], igj["feature_name"]) == ("ENSG00000132465", "JCHAIN")
     rows = query(lake, "SELECT cell_type_ontology_term_id AS t, cell_type AS l, count(*) AS n FROM cells GROUP BY ALL ORDER BY n DESC").to_dicts()
     expected = submitted.obs["bulk_labels"].value_counts()
     assert rows[0]["n"] == expected.iloc[0]

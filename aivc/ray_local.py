@@ -2,11 +2,14 @@
 
 Training (Ray Train), embedding and annotation (Ray Data) all call :func:`start_ray`; a
 Ray that is already running (a test session, the demo, a benchmark) is reused as it is.
+Ray Data jobs run inside :func:`data_context`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from typing import Any
 
 from aivc.errors import UsageError
@@ -32,3 +35,35 @@ def start_ray(ray_address: str | None = None, *, workers: int = 1, object_store_
         return True
     ray.init(num_cpus=max(workers, os.cpu_count() or 1), object_store_memory=object_store_memory or 256 * 1024**2, **common)
     return True
+
+
+@contextlib.contextmanager
+def data_context(*, preserve_order: bool = False) -> Iterator[Any]:
+    """Ray Data settings for one job, restored afterwards.
+
+    Progress bars and Ray Data's INFO logs are off (aivc shows its own progress; a failed
+    job is reported once, as one line), and ``read_parquet`` takes the V1 datasource: the
+    V2 file lister imports fsspec's HTTP filesystem from several threads at once, which
+    fails at random when ``aiohttp`` is not installed (an ``ImportError`` Ray does not
+    catch). ``preserve_order`` keeps the blocks in input order.
+    """
+    import logging
+
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    saved = {k: getattr(ctx, k) for k in ("enable_progress_bars", "print_on_execution_start", "use_datasource_v2") if hasattr(ctx, k)}
+    order = ctx.execution_options.preserve_order
+    log = logging.getLogger("ray.data")
+    level = log.level
+    try:
+        for k in saved:
+            setattr(ctx, k, False)
+        ctx.execution_options.preserve_order = preserve_order or order
+        log.setLevel(logging.CRITICAL)
+        yield ctx
+    finally:
+        for k, v in saved.items():
+            setattr(ctx, k, v)
+        ctx.execution_options.preserve_order = order
+        log.setLevel(level)

@@ -33,7 +33,6 @@ The vectors equal ``load_model(...)[0].embed(batch)`` applied directly to the sa
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -241,15 +240,13 @@ class _Embedder:
     def __init__(self, plan: ApplyPlan, lake_root: str, model_ref: str, batch_size: int, threads: int) -> None:
         import torch
 
-        from aivc.embeddings.gene_tables import gene_table
         from aivc.training.registry import load_model
 
         torch.set_num_threads(max(1, threads))
         # the plan comes built by the driver (Ray Data keeps constructor arguments in the
-        # object store either way); the actor loads the model and opens the experiment once
-        self.module, _ = load_model(Lake.open(lake_root), model_ref, gene_tables=gene_table)
-        if plan.gene_table is not None:
-            self.module.set_gene_table(torch.from_numpy(plan.gene_table))
+        # object store either way), a gene-token model's gene table included; the actor
+        # loads the model and opens the experiment once
+        self.module, _ = load_model(Lake.open(lake_root), model_ref, gene_vectors=plan.gene_table)
         self.plan, self.batch_size = plan, batch_size
         self.reader = _ChunkReader(plan)
 
@@ -313,60 +310,57 @@ def embed_model(
 
     import ray
 
-    from aivc.ray_local import start_ray
+    from aivc.ray_local import data_context, start_ray
 
     started = start_ray(ray_address)
     try:
         n_actors = actors or max(1, min(len(chunks), int(ray.available_resources().get("CPU", 1))))
         threads = max(1, (os.cpu_count() or 1) // n_actors)
-        ctx = ray.data.DataContext.get_current()
-        ctx.execution_options.preserve_order = True
-        ctx.enable_progress_bars = False
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
-        items = ray.data.from_items([{"lo": lo, "hi": hi} for lo, hi in chunks], override_num_blocks=max(1, len(chunks)))
-        out = items.map_batches(
-            _Embedder,
-            fn_constructor_kwargs={"plan": plan, "lake_root": str(lake.root), "model_ref": rec.ref, "batch_size": batch_size, "threads": threads},
-            batch_size=1,
-            batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=n_actors),
-            num_cpus=1,
-        )
-        lineage = {
-            "datasets": [v.ref for v in versions],
-            "organism": versions[0].organism_name,
-            "lake_state": {versions[0].organism_name: plan.high_water},
-            "model": rec.ref,
-            "model_type": rec.model_type,
-            "model_weights_sha256": rec.weights_sha256,
-            "gene_ur": rec.lineage.get("gene_ur"),
-            "n_genes_input": len(plan.gene_ids),
-            "where": where,
-            **notes,
-        }
-        source = {"kind": "model", "model": rec.ref, "model_type": rec.model_type, "sha256": rec.weights_sha256}
-        writer: EmbeddingWriter | None = None
-        progress.phase(f"embedding {n} cells with {rec.ref} ({n_actors} Ray actor{'s' if n_actors > 1 else ''})", total=n)
-        try:
-            obs = cells["obs_id"].to_numpy()
-            dsid = cells["dataset_id"].to_numpy()
-            for b in out.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
-                pos, vec = b["pos"], np.asarray(b["vector"], dtype=np.float32)
-                if vec.ndim == 1:
-                    vec = np.stack(list(vec))
+        with data_context(preserve_order=True):
+            items = ray.data.from_items([{"lo": lo, "hi": hi} for lo, hi in chunks], override_num_blocks=max(1, len(chunks)))
+            out = items.map_batches(
+                _Embedder,
+                fn_constructor_kwargs={"plan": plan, "lake_root": str(lake.root), "model_ref": rec.ref, "batch_size": batch_size, "threads": threads},
+                batch_size=1,
+                batch_format="numpy",
+                compute=ray.data.ActorPoolStrategy(size=n_actors),
+                num_cpus=1,
+            )
+            lineage = {
+                "datasets": [v.ref for v in versions],
+                "organism": versions[0].organism_name,
+                "lake_state": {versions[0].organism_name: plan.high_water},
+                "model": rec.ref,
+                "model_type": rec.model_type,
+                "model_weights_sha256": rec.weights_sha256,
+                "gene_ur": rec.lineage.get("gene_ur"),
+                "n_genes_input": len(plan.gene_ids),
+                "where": where,
+                **notes,
+            }
+            source = {"kind": "model", "model": rec.ref, "model_type": rec.model_type, "sha256": rec.weights_sha256}
+            writer: EmbeddingWriter | None = None
+            progress.phase(f"embedding {n} cells with {rec.ref} ({n_actors} Ray actor{'s' if n_actors > 1 else ''})", total=n)
+            try:
+                obs = cells["obs_id"].to_numpy()
+                dsid = cells["dataset_id"].to_numpy()
+                for b in out.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
+                    pos, vec = b["pos"], np.asarray(b["vector"], dtype=np.float32)
+                    if vec.ndim == 1:
+                        vec = np.stack(list(vec))
+                    if writer is None:
+                        if dim is not None and vec.shape[1] != dim:
+                            raise UsageError(f"model {rec.ref} produced {vec.shape[1]}-dimensional URs, its record says {dim}", where=rec.ref)
+                        writer = EmbeddingWriter(lake, "cell", name, int(vec.shape[1]), source=source, lineage=lineage, normalization="none")
+                    writer.write(obs[pos], vec, soma_joinids=plan.joinids[pos], dataset_ids=dsid[pos])
+                    progress.advance(len(pos))
                 if writer is None:
-                    if dim is not None and vec.shape[1] != dim:
-                        raise UsageError(f"model {rec.ref} produced {vec.shape[1]}-dimensional URs, its record says {dim}", where=rec.ref)
-                    writer = EmbeddingWriter(lake, "cell", name, int(vec.shape[1]), source=source, lineage=lineage, normalization="none")
-                writer.write(obs[pos], vec, soma_joinids=plan.joinids[pos], dataset_ids=dsid[pos])
-                progress.advance(len(pos))
-            if writer is None:
-                raise UsageError("no cells to embed in the chosen datasets", where="--datasets")
-            return writer.commit(metrics={"n_cells": int(n), "actors": int(n_actors), "batch_size": int(batch_size)})
-        except BaseException:
-            if writer is not None:
-                writer.abort()
-            raise
+                    raise UsageError("no cells to embed in the chosen datasets", where="--datasets")
+                return writer.commit(metrics={"n_cells": int(n), "actors": int(n_actors), "batch_size": int(batch_size)})
+            except BaseException:
+                if writer is not None:
+                    writer.abort()
+                raise
     finally:
         if started:
             ray.shutdown()

@@ -33,11 +33,10 @@ Example
 
 from __future__ import annotations
 
-import contextlib
 import re
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -206,52 +205,19 @@ def write_parts(root: Path, tables: Iterable[Any], schema: Any, tag: str) -> lis
     return [(d, f"dataset={d}/part-{tag}.parquet", rows[d]) for d in sorted(writers)]
 
 
-def start_ray(ray_address: str | None) -> bool:
-    """Connect to (or start) Ray; True when this call started it (see :mod:`aivc.ray_local`)."""
-    from aivc.ray_local import start_ray as _start
-
-    return _start(ray_address, workers=2)
-
-
-@contextlib.contextmanager
-def _data_context() -> Iterator[Any]:
-    """Ray Data settings for the job, restored afterwards.
-
-    Progress bars and Ray Data's INFO logs are off (aivc shows its own progress), and
-    ``read_parquet`` takes the V1 datasource: the V2 file lister imports fsspec's HTTP
-    filesystem from several threads at once, which fails at random when ``aiohttp`` is not
-    installed (an ``ImportError`` Ray does not catch).
-    """
-    import logging
-
-    import ray.data
-
-    ctx = ray.data.DataContext.get_current()
-    saved = {k: getattr(ctx, k) for k in ("enable_progress_bars", "print_on_execution_start", "use_datasource_v2") if hasattr(ctx, k)}
-    log = logging.getLogger("ray.data")
-    level = log.level
-    try:
-        for k in saved:
-            setattr(ctx, k, False)
-        log.setLevel(logging.CRITICAL)  # a failed job is reported once, as one line
-        yield ctx
-    finally:
-        for k, v in saved.items():
-            setattr(ctx, k, v)
-        log.setLevel(level)
-
-
 def _run_ray(lake: Lake, rec: InstrumentRecord, emb: Any, files: list[Path], staging: Path, schema: Any, *, actors: int, batch_size: int, ray_address: str | None) -> list[tuple[str, str, int]]:
     import ray
     import ray.data
 
-    started = start_ray(ray_address)
+    from aivc.ray_local import data_context, start_ray
+
+    started = start_ray(ray_address, workers=2)  # at least a CPU to read and write beside the decoder
     try:
         cpus = int(ray.cluster_resources().get("CPU", 0))
         if actors and cpus < actors + 1:
             fix = f"use --actors {cpus - 1} or fewer" if cpus >= 2 else "use --engine local"
             raise UsageError(f"--actors {actors} would hold all {cpus} CPUs of the Ray cluster and leave none to read and write (the job would wait forever); {fix}", where="--actors")
-        with _data_context():
+        with data_context():
             ds = ray.data.read_parquet([str(f) for f in files], columns=["id", "soma_joinid", "dataset_id", "vector"], partitioning=None)
             common = {"batch_size": batch_size, "batch_format": "pyarrow", "zero_copy_batch": True}
             if actors:

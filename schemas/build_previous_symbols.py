@@ -39,6 +39,7 @@ import datetime as _dt
 import gzip
 import hashlib
 import io
+import os
 import subprocess
 import sys
 import tempfile
@@ -124,7 +125,9 @@ def write_table(rows: list[tuple[str, str, str]], target: Path) -> bytes:
     buf = io.BytesIO()
     with gzip.GzipFile(filename="", mode="wb", fileobj=buf, mtime=0, compresslevel=9) as gz:
         gz.write(body.encode("utf-8"))
-    target.write_bytes(buf.getvalue())
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_bytes(buf.getvalue())
+    os.replace(tmp, target)  # a reader (or a killed build) never sees half a table
     return buf.getvalue()
 
 

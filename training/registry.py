@@ -175,14 +175,16 @@ def register_model(
             lake.discard_staging(staging)
 
 
-def load_model(lake: Lake, ref: str, *, gene_tables: GeneTableReader | None = None) -> tuple[Any, ModelRecord]:
+def load_model(lake: Lake, ref: str, *, gene_tables: GeneTableReader | None = None, gene_vectors: Any = None) -> tuple[Any, ModelRecord]:
     """The module of ``NAME[@VERSION]`` with its weights, in eval mode, and its record.
 
     A gene-token model (``cell-transformer``) gets the gene table it was trained with (its
     ``lineage["gene_ur"]``), read with ``gene_tables``
-    (:func:`aivc.embeddings.gene_tables.gene_table`), which it then needs; other models
-    ignore it.
+    (:func:`aivc.embeddings.gene_tables.gene_table`), which it then needs; or, given
+    ``gene_vectors`` (float32 ``[genes, gene_dim]``, already read by the caller for the genes
+    it will feed), that table instead, and nothing is read. Other models ignore both.
     """
+    import numpy as np
     import torch
 
     rec = get_model(lake, ref)
@@ -193,14 +195,17 @@ def load_model(lake: Lake, ref: str, *, gene_tables: GeneTableReader | None = No
         cls = model_class(rec.model_type)
     except KeyError:
         raise ModelError(f"model {rec.ref} has type {rec.model_type!r}, which this aivc cannot load; upgrade aivc", where=rec.ref) from None
-    read = require_reader(gene_tables, rec.model_type) if getattr(cls, "gene_tokens", False) else None
+    tokens = getattr(cls, "gene_tokens", False)
+    read = require_reader(gene_tables, rec.model_type) if tokens and gene_vectors is None else None
     module = cls(**rec.init)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         module.load_state_dict(state)
     except (OSError, RuntimeError) as exc:
         raise ModelError(f"weights of {rec.ref} are unreadable or do not fit the model ({str(exc).splitlines()[0]})", where=str(path)) from None
-    if read is not None:
+    if tokens and gene_vectors is not None:  # a copy: what Ray hands over may be read-only
+        module.set_gene_table(torch.from_numpy(np.array(gene_vectors, dtype=np.float32)))
+    elif read is not None:
         _set_training_gene_table(lake, module, rec, read)
     module.eval()
     return module, rec

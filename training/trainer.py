@@ -258,13 +258,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
 
 
 # -- the driver ---------------------------------------------------------------------------------
-def _start_ray(ray_address: str | None, workers: int, object_store_memory: int | None) -> bool:
-    """Connect to (or start) Ray; True when this call started it (see :mod:`aivc.ray_local`)."""
-    from aivc.ray_local import start_ray
-
-    return start_ray(ray_address, workers=workers, object_store_memory=object_store_memory)
-
-
 class _Tail(threading.Thread):
     """Calls ``on_epoch`` for every line appended to ``progress.jsonl`` during the run."""
 
@@ -487,7 +480,9 @@ def _train_locked(
         (rdir / RAY_NAME / SNAPSHOT).unlink()
         if found is not None:
             resume_from = str(found[1])  # V2 has no resume_from_checkpoint: the loop reads it
-    started = _start_ray(ray_address, workers, object_store_memory)
+    from aivc.ray_local import start_ray
+
+    started = start_ray(ray_address, workers=workers, object_store_memory=object_store_memory)
     tail = _Tail(rdir / "progress.jsonl", on_epoch) if on_epoch else None
     try:
         trainer = TorchTrainer(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 
 from aivc.ingest.genes import map_genes
 from aivc.ingest.perturbation_fields import resolve_gene
@@ -85,3 +86,13 @@ def test_perturbation_targets_resolve_outdated_symbols_too():
     r = resolve_gene("IGJ", "homo_sapiens")
     assert (r.gene_id, r.symbol, r.how) == (JCHAIN, "JCHAIN", "previous_symbol")
     assert resolve_gene("AC084018.1", "homo_sapiens").code == "PERTURBATION_AMBIGUOUS_GENE"
+
+
+def test_previous_symbol_build_refuses_a_wheel_that_is_not_pypis(tmp_path):
+    from aivc.schemas import build_previous_symbols
+
+    fake = tmp_path / build_previous_symbols.WHEEL
+    fake.write_bytes(b"PK\x03\x04 not the published wheel")
+    with pytest.raises(SystemExit, match=r"sha256 [0-9a-f]{64} is not PyPI's f852a6e1.*refusing to unpickle it"):
+        build_previous_symbols.build(fake, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [fake.name]  # nothing written

@@ -134,8 +134,10 @@ class LoadedVersion:
 
     def visible_rows(self, allowed_datasets: Iterable[str] | None) -> np.ndarray | None:
         files = self.visible_files(allowed_datasets)
-        if files is None:
-            return None
+        return None if files is None else self.rows_of_files(files)
+
+    def rows_of_files(self, files: np.ndarray) -> np.ndarray:
+        """The rows of the files numbered ``files``, in storage order."""
         parts = [np.arange(self.bounds[i], self.bounds[i + 1], dtype=np.int64) for i in files]
         return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
@@ -277,8 +279,30 @@ def query_rows(lv: LoadedVersion, query_ids: Sequence[str], allowed_datasets: It
     if hidden.any():
         qid = query_ids[int(np.flatnonzero(hidden)[0])]
         what = "cell (obs_id)" if lv.is_cell else "id"
-        raise NotFoundError(f"no {what} {qid!r} in embedding {lv.version.ref}", where=str(qid))
+        hint = _cell_id_hint(lv, str(qid), visible) if lv.is_cell else ""
+        raise NotFoundError(f"no {what} {qid!r} in embedding {lv.version.ref}{hint}", where=str(qid))
     return rows
+
+
+_MAX_SUGGESTED = 3
+
+
+def _cell_id_hint(lv: LoadedVersion, qid: str, visible: np.ndarray | None) -> str:
+    """For a bare barcode, the visible cells it could mean; else the id's form.
+
+    Only rows of ``visible`` files are searched, so the hint never names a hidden dataset.
+    """
+    if ":" in qid:
+        return ""
+    rows = np.arange(lv.n_rows) if visible is None else lv.rows_of_files(visible)
+    ids = lv.ids[rows] if len(rows) else np.zeros(0, dtype=object)
+    matches = sorted(str(i) for i in ids if str(i).endswith(":" + qid))
+    form = "cell ids have the form 'DATASET@VERSION:BARCODE'"
+    if not matches:
+        return f" ({form})"
+    shown = ", ".join(repr(m) for m in matches[:_MAX_SUGGESTED])
+    more = f" and {len(matches) - _MAX_SUGGESTED} more" if len(matches) > _MAX_SUGGESTED else ""
+    return f" ({form}; did you mean {shown}{more}?)"
 
 
 def _as_ids(query_ids: str | Sequence[str]) -> list[str]:

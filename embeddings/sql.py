@@ -52,7 +52,7 @@ from typing import Any
 from aivc.embeddings.store import EmbeddingVersion, latest_versions, list_versions, parquet_files
 from aivc.store.access import Principal
 from aivc.store.lake import Lake
-from aivc.store.sql import Extend, QueryResult, register_arrow, sql_list, sql_str
+from aivc.store.sql import Extend, QueryResult, create_udf, register_arrow, sql_list, sql_str
 from aivc.store.sql import connect as _connect
 from aivc.store.sql import query as _query
 
@@ -100,30 +100,25 @@ def _register_knn(con: Any, lake: Lake, visible: set[str]) -> None:
 
     The vectors of a version are loaded once per process (see
     :mod:`aivc.embeddings.neighbors`); cell versions are restricted to the principal's
-    visible datasets, and an id that is unknown or hidden yields no rows.
+    visible datasets. An id that is unknown or hidden fails the query with the same
+    ``NOT_FOUND`` as ``aivc neighbors`` (a hidden id reads exactly like a missing one), and
+    ``k < 1`` with a usage error; a NULL id yields no rows.
     """
     import duckdb
 
-    from aivc.errors import NotFoundError
     from aivc.embeddings.neighbors import exact_neighbors
 
     allowed = frozenset(visible)
 
     def knn(ref: str, q: str, k: int) -> list[dict[str, Any]]:
-        if ref is None or q is None or k is None or k < 1:
+        if ref is None or q is None or k is None:
             return []
-        try:
-            entity = ref.partition(":")[0]
-            res = exact_neighbors(lake, ref, [q], int(k), allowed_datasets=allowed if entity == "cell" else None)[0]
-        except NotFoundError:
-            return []
+        entity = ref.partition(":")[0]
+        res = exact_neighbors(lake, ref, [q], int(k), allowed_datasets=allowed if entity == "cell" else None)[0]
         return [{"id": i, "similarity": float(s)} for i, s in zip(res.ids, res.similarities, strict=True)]
 
     ret = duckdb.list_type(duckdb.struct_type({"id": duckdb.sqltype("VARCHAR"), "similarity": duckdb.sqltype("DOUBLE")}))
-    con.create_function(
-        "aivc_knn", knn, [duckdb.sqltype("VARCHAR"), duckdb.sqltype("VARCHAR"), duckdb.sqltype("BIGINT")], ret,
-        null_handling="special", side_effects=False,
-    )
+    create_udf(con, "aivc_knn", knn, [duckdb.sqltype("VARCHAR"), duckdb.sqltype("VARCHAR"), duckdb.sqltype("BIGINT")], ret)
 
 
 def _create_macros(con: Any, view: str, entity: str, dim: int, ref: str) -> None:

@@ -49,7 +49,7 @@ from typing import Any
 
 import pandas as pd
 
-from aivc.errors import SqlError
+from aivc.errors import AivcError, SqlError
 from aivc.store.access import AccessConfig, Principal, resolve_principal, visible_datasets
 from aivc.store.catalog import Catalog, DatasetVersion
 from aivc.store.lake import Lake
@@ -216,14 +216,42 @@ def connect(lake: Lake, principal: str | Principal | None = None, extend: Extend
     return con
 
 
+def duckdb_message(exc: BaseException) -> tuple[str, str]:
+    """DuckDB's error as one line, and where in the statement it points.
+
+    DuckDB writes the error on its first line, then hints (``Did you mean "cells"?``,
+    ``Candidate bindings: …``), then ``LINE n: <text>`` with a caret line under the
+    offending token. All of it is kept: the hints join the message, the position becomes
+    ``where`` (``sql line 1, near "cell"``).
+    """
+    lines = str(exc).splitlines()
+    head, hints, where = (lines[0] if lines else type(exc).__name__), [], "sql"
+    i = 1
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("LINE ") and ":" in line:
+            label, _, text = line.partition(": ")
+            caret = lines[i + 1] if i + 1 < len(lines) else ""
+            start = caret.find("^") - len(label) - 2
+            near = text[start:][: caret.count("^")] if start >= 0 and "^" in caret else ""
+            where = f"sql {label.lower()}" + (f", near {near.strip()!r}" if near.strip() else "")
+            i += 2
+            continue
+        if line.strip():
+            hints.append(line.strip())
+        i += 1
+    return " ".join([head, *hints]), where
+
+
 def check_statement(sql: str) -> None:
-    """Refuse anything but read-only queries, with a clear one-line reason."""
+    """Refuse anything but one read-only query, with a clear one-line reason."""
     import duckdb
 
     try:
         statements = duckdb.extract_statements(sql)
     except duckdb.Error as exc:
-        raise SqlError(f"SQL does not parse: {str(exc).splitlines()[0]}", where="sql") from None
+        message, where = duckdb_message(exc)
+        raise SqlError(f"SQL does not parse: {message}", where=where) from None
     if not statements:
         raise SqlError("no SQL statement given", where="sql")
     for st in statements:
@@ -236,6 +264,37 @@ def check_statement(sql: str) -> None:
                 where="sql",
                 code="SQL_REFUSED",
             )
+    if len(statements) > 1:
+        raise SqlError(
+            f"one statement at a time: got {len(statements)} separated by ';' "
+            "(run each on its own, or combine them with UNION ALL or a WITH clause)",
+            where=f"sql statement 2: {statements[1].query.strip()[:60]!r}",
+        )
+
+
+_UDF_ERRORS: weakref.WeakKeyDictionary[Any, list[AivcError]] = weakref.WeakKeyDictionary()
+
+
+def create_udf(con: Any, name: str, fn: Callable[..., Any], params: list[Any], returns: Any) -> None:
+    """Register a Python scalar function on ``con`` whose :class:`AivcError` reaches the caller.
+
+    DuckDB turns an exception raised inside a UDF into its own ``InvalidInputException``
+    text; :func:`query` re-raises the original error instead (e.g. a ``NOT_FOUND`` for an
+    unknown id given to a neighbours macro), so it keeps its code and ``where``.
+    """
+    import functools
+
+    errors = _UDF_ERRORS.setdefault(con, [])
+
+    @functools.wraps(fn)  # DuckDB reads the parameters from the signature
+    def call(*args: Any) -> Any:
+        try:
+            return fn(*args)
+        except AivcError as exc:
+            errors.append(exc)
+            raise
+
+    con.create_function(name, call, params, returns, null_handling="special", side_effects=False)
 
 
 def query(
@@ -245,7 +304,16 @@ def query(
     limit: int | None = None,
     extend: Extend | None = None,
 ) -> QueryResult:
-    """Run one read-only SQL statement over the views ``principal`` may see."""
+    """Run one read-only SQL statement over the views ``principal`` may see.
+
+    Raises
+    ------
+    SqlError
+        The statement is not one read-only query, or DuckDB refused it (the message keeps
+        DuckDB's hints; ``where`` names the line and token).
+    NotFoundError
+        A table macro was given an id that does not exist or is not visible.
+    """
     import duckdb
 
     check_statement(sql)
@@ -255,9 +323,14 @@ def query(
         columns = [d[0] for d in cur.description] if cur.description else []
         rows = cur.fetchmany(limit) if limit else cur.fetchall()
     except duckdb.PermissionException as exc:
-        raise SqlError(f"refused by the sandbox: {str(exc).splitlines()[0]}", where="sql", code="SQL_REFUSED") from None
+        message, where = duckdb_message(exc)
+        raise SqlError(f"refused by the sandbox: {message}", where=where, code="SQL_REFUSED") from None
     except duckdb.Error as exc:
-        raise SqlError(str(exc).splitlines()[0], where="sql") from None
+        raised = _UDF_ERRORS.get(con)
+        if raised:
+            raise raised[0] from None
+        message, where = duckdb_message(exc)
+        raise SqlError(message, where=where) from None
     finally:
         con.close()
     return QueryResult(columns, rows)

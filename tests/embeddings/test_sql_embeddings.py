@@ -16,7 +16,7 @@ import pytest
 
 from aivc.embeddings.sql import query
 from aivc.embeddings.store import EmbeddingWriter, version_dir
-from aivc.errors import SqlError
+from aivc.errors import NotFoundError, SqlError, UsageError
 from aivc.store.lake import Lake
 from tests.store.test_access import EXPECTED, N_CELLS, build_access_lake
 
@@ -120,7 +120,12 @@ def test_neighbors_macro_equals_numpy(elake):
         ).rows
         assert [r[0] for r in by_hand] == [w[0] for w in want]
     assert len(query(lake, f"SELECT * FROM cell_pca_v1_neighbors('{qid}')").rows) == 10  # k defaults to 10
-    assert query(lake, "SELECT * FROM cell_pca_v1_neighbors('no-such-cell', 5)").rows == []
+    with pytest.raises(NotFoundError) as info:  # as `aivc neighbors` says, not an empty table
+        query(lake, "SELECT * FROM cell_pca_v1_neighbors('pub@1:no-such-cell', 5)")
+    assert info.value.message == "no cell (obs_id) 'pub@1:no-such-cell' in embedding cell:pca@1"
+    assert query(lake, "SELECT * FROM cell_pca_v1_neighbors(NULL, 5)").rows == []
+    with pytest.raises(UsageError, match="k must be at least 1, got 0"):
+        query(lake, f"SELECT * FROM cell_pca_v1_neighbors('{qid}', 0)")
     # the nearest-to-a-vector macro: the query cell's own vector finds the query cell first
     top = query(lake, f"SELECT obs_id FROM cell_pca_v1_nearest((SELECT vector FROM cell_pca_v1 WHERE obs_id = '{qid}'), 3)").rows
     assert top[0][0] == qid
@@ -182,9 +187,16 @@ def test_no_query_shape_leaks_hidden_cells(elake, who):
     assert {r[0] for r in got} <= set(ids[vis])
     near_ids = set(ids[elake["near"]])  # the cons cells planted next to the query cell
     assert (near_ids <= {r[0] for r in got}) == ("cons" in seen)
-    # a hidden cell as the query finds nothing
+    # a hidden cell as the query reads exactly like a cell that does not exist
     hidden_q = ids[elake["near"][0]]
-    assert (q(f"SELECT count(*) FROM cell_pca_v1_neighbors('{hidden_q}', 5)") == [(5,)]) == ("cons" in seen)
+    if "cons" in seen:
+        assert q(f"SELECT count(*) FROM cell_pca_v1_neighbors('{hidden_q}', 5)") == [(5,)]
+    else:
+        with pytest.raises(NotFoundError) as hidden_err:
+            q(f"SELECT count(*) FROM cell_pca_v1_neighbors('{hidden_q}', 5)")
+        with pytest.raises(NotFoundError) as missing_err:
+            q("SELECT count(*) FROM cell_pca_v1_neighbors('cons@1:cell-9999', 5)")
+        assert hidden_err.value.message == missing_err.value.message.replace("cell-9999", hidden_q.rpartition(":")[2])
 
 
 def test_embedding_versions_redact_for_restricted_principals(elake):
@@ -207,7 +219,8 @@ def test_views_of_invisible_versions_exist_empty_and_typed(elake):
         types = dict(query(lake, "SELECT column_name, column_type FROM (DESCRIBE cell_secret_v1)", principal=who).rows)
         assert types == {"obs_id": "VARCHAR", "soma_joinid": "BIGINT", "dataset_id": "VARCHAR", "vector": "FLOAT[3]"}
         assert query(lake, "SELECT count(*) FROM cell_secret", principal=who).rows == [(0,)]
-        assert query(lake, "SELECT * FROM cell_secret_v1_neighbors('cons@1:cell-0000', 3)", principal=who).rows == []
+        with pytest.raises(NotFoundError, match="no cell"):
+            query(lake, "SELECT * FROM cell_secret_v1_neighbors('cons@1:cell-0000', 3)", principal=who)
         assert dict(query(lake, "SELECT column_name, column_type FROM (DESCRIBE niche_nb_v1)", principal=who).rows)["vector"] == "FLOAT[3]"
         assert query(lake, "SELECT count(*) FROM niche_nb", principal=who).rows == [(0,)]
         assert query(lake, "SELECT count(*) FROM gene_co", principal=who).rows == [(20,)]
@@ -293,3 +306,19 @@ def test_cli_sql_principal(elake):
     assert refused.returncode == 1 and "SQL_REFUSED" in refused.stderr and "Traceback" not in refused.stderr
     text = cli("sql", "SELECT view_name FROM embedding_versions ORDER BY 1", "--principal", "carol", "--lake", lk)
     assert text.returncode == 0 and re.search(r"cell_pca_v1", text.stdout)
+
+
+def test_bare_barcode_names_the_visible_cells_it_could_mean(elake):
+    lake = elake["lake"]
+    with pytest.raises(NotFoundError) as info:  # 'cell-0000' is a barcode of pub and of cons
+        query(lake, "SELECT * FROM cell_pca_v1_neighbors('cell-0000', 3)")
+    assert info.value.message == (
+        "no cell (obs_id) 'cell-0000' in embedding cell:pca@1 (cell ids have the form 'DATASET@VERSION:BARCODE'; "
+        "did you mean 'cons@1:cell-0000', 'emb@1:cell-0000', 'lifted@1:cell-0000' and 1 more?)"
+    )
+    with pytest.raises(NotFoundError) as info:  # carol sees only pub: the hint names no hidden dataset
+        query(lake, "SELECT * FROM cell_pca_v1_neighbors('cell-0000', 3)", principal="carol")
+    assert info.value.message.endswith("did you mean 'pub@1:cell-0000'?)")
+    with pytest.raises(NotFoundError) as info:
+        query(lake, "SELECT * FROM cell_pca_v1_neighbors('zzz', 3)", principal="carol")
+    assert info.value.message.endswith("(cell ids have the form 'DATASET@VERSION:BARCODE')")

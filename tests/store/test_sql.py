@@ -75,3 +75,30 @@ def test_sandbox_refusals(two_datasets, sql, code):
 def test_empty_lake_has_views(lake):
     assert query(lake, "SELECT count(*) FROM cells").rows == [(0,)]
     assert query(lake, "SELECT count(*) FROM datasets").rows == [(0,)]
+
+
+@pytest.mark.parametrize(
+    ("sql", "message", "where"),
+    [
+        ("SELECT * FROM cell", 'Catalog Error: Table with name cell does not exist! Did you mean "cells"?', "sql line 1, near 'cell'"),
+        (
+            "SELECT cel_type FROM cells",
+            'Binder Error: Referenced column "cel_type" not found in FROM clause! Candidate bindings: "cell_type"',
+            "sql line 1, near 'cel_type'",
+        ),
+    ],
+)
+def test_duckdb_hints_are_kept_on_one_line(two_datasets, sql, message, where):
+    with pytest.raises(SqlError) as info:
+        query(two_datasets, sql)
+    assert info.value.message.startswith(message)
+    assert info.value.where == where
+    assert "\n" not in info.value.message
+
+
+def test_one_statement_at_a_time(two_datasets):
+    with pytest.raises(SqlError) as info:
+        query(two_datasets, "SELECT 1; SELECT 2")
+    assert info.value.message.startswith("one statement at a time: got 2 separated by ';'")
+    assert info.value.where == "sql statement 2: 'SELECT 2'"
+    assert query(two_datasets, "SELECT 1;").rows == [(1,)]  # a trailing semicolon is one statement

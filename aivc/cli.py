@@ -258,7 +258,7 @@ def recover(lake: LakeOpt = None, json_: JsonOpt = False, debug: DebugOpt = Fals
 
 @app.command()
 def demo(
-    workdir: Annotated[Optional[str], typer.Option("--workdir", help="Where demo submissions are written (default: a folder beside the lake).")] = None,
+    workdir: Annotated[Optional[str], typer.Option("--workdir", help="Where demo submissions are written (default: <lake>/demo-inputs, never the current folder).")] = None,
     lake: LakeOpt = None,
     json_: JsonOpt = False,
     debug: DebugOpt = False,

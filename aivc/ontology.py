@@ -19,16 +19,14 @@ True
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Literal
 
-import numpy as np
-
 from aivc.errors import NotFoundError
+from aivc.term_search import Candidate, TermSearch
 
 #: Values CELLxGENE allows in term-id columns that are not ontology terms.
 NON_ONTOLOGY_VALUES: frozenset[str] = frozenset({"unknown", "na"})
@@ -40,9 +38,13 @@ _OBO_REF = re.compile(r"^(?:obo\.|https?://purl\.obolibrary\.org/obo/)([A-Za-z][
 
 MatchHow = Literal["label", "synonym"]
 
-#: Similarity (0..1, mean of trigram Dice and difflib ratio) below which a term is not offered
-#: as a "closest" suggestion; unrelated strings score ~0.1-0.2, typos and plurals ~0.6-0.9.
-MIN_SIMILARITY = 0.3
+#: Score (0..1, see :mod:`aivc.term_search`) below which a term is not offered as a "closest"
+#: suggestion; unrelated strings score below ~0.1, typos ~0.35-0.5, shared words more.
+MIN_SIMILARITY = 0.25
+#: How many of the best-scored terms :meth:`Ontologies.closest` re-orders by generality.
+_GENERALITY_POOL = 20
+#: ... and moves a term before a descendant that scores at most this much more.
+_GENERALITY_MARGIN = 0.15
 
 
 def normalize_text(text: str) -> str:
@@ -117,95 +119,13 @@ class LabelMatch:
         return self.term_id is None and len(self.candidates) > 1
 
 
-class _FuzzyIndex:
-    """Character-trigram index over label and synonym strings for "closest term" suggestions.
-
-    Built with numpy (a sorted posting list per trigram), so MONDO's ~100k strings index in
-    well under a second. Candidates are ranked by trigram Dice overlap, then the best few are
-    re-scored with :class:`difflib.SequenceMatcher`.
-    """
-
-    def __init__(self, texts: list[str], ids: list[str]) -> None:
-        self.texts = texts
-        self.ids = ids
-        if not texts:
-            texts = [""]  # one empty text keeps the arrays well-formed; search() returns nothing
-        padded = [f"  {t} " for t in texts]
-        lens = np.fromiter((len(t) for t in padded), dtype=np.int64, count=len(padded))
-        n_grams = lens - 2
-        chars = np.frombuffer("".join(padded).encode("utf-32-le"), dtype=np.uint32)
-        # Re-code the characters present onto a small alphabet so that (text, trigram) packs
-        # into one int64 and a single sort both groups and de-duplicates the postings.
-        present = np.flatnonzero(np.bincount(chars))
-        self._alphabet = np.full(int(present[-1]) + 1 if len(present) else 1, -1, dtype=np.int64)
-        self._alphabet[present] = np.arange(len(present), dtype=np.int64)
-        self._base = len(present) + 1  # the last code is for characters never seen
-        if self._base**3 * len(padded) >= 2**62:  # pragma: no cover - would need ~thousands of distinct characters
-            raise OverflowError("trigram index too large for int64 keys")
-        small = self._alphabet[chars]
-        first = np.repeat(np.cumsum(lens) - lens, n_grams)
-        first += np.arange(len(first), dtype=np.int64) - np.repeat(np.cumsum(n_grams) - n_grams, n_grams)
-        codes = (small[first] * self._base + small[first + 1]) * self._base + small[first + 2]
-        owner = np.repeat(np.arange(len(padded), dtype=np.int64), n_grams)
-        width = len(padded)
-        pairs = _sorted_unique(codes * width + owner)  # by trigram, then text; duplicates gone
-        codes, self._owners = np.divmod(pairs, width)
-        new_gram = np.ones(len(codes), dtype=bool)
-        new_gram[1:] = codes[1:] != codes[:-1]
-        self._starts = np.flatnonzero(new_gram)
-        self._grams = codes[self._starts]
-        self._ends = np.append(self._starts[1:], len(codes))
-        self._sizes = np.bincount(self._owners, minlength=width).astype(np.float64)
-
-    def _codes(self, text: str) -> np.ndarray:
-        chars = np.frombuffer(f"  {text} ".encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
-        small = np.full(len(chars), self._base - 1, dtype=np.int64)
-        known = chars < len(self._alphabet)
-        small[known] = self._alphabet[chars[known]]
-        small[small < 0] = self._base - 1
-        return _sorted_unique((small[:-2] * self._base + small[1:-1]) * self._base + small[2:])
-
-    def search(self, query: str, k: int = 40) -> list[tuple[float, str, str]]:
-        """Return up to ``k`` ``(score, term_id, text)`` candidates for a normalized query."""
-        if not self.texts:
-            return []
-        qcodes = self._codes(query)
-        slot = np.searchsorted(self._grams, qcodes).clip(0, len(self._grams) - 1)
-        slot = slot[self._grams[slot] == qcodes]
-        if len(slot) == 0:
-            return []
-        owners = np.concatenate([self._owners[s:e] for s, e in zip(self._starts[slot], self._ends[slot], strict=True)])
-        hits = np.bincount(owners, minlength=len(self.texts)).astype(np.float64)
-        dice = 2.0 * hits / (len(qcodes) + self._sizes)
-        k = min(k, len(self.texts))
-        top = np.argpartition(-dice, k - 1)[:k]
-        out: list[tuple[float, str, str]] = []
-        for i in top:
-            if hits[i] == 0:
-                continue
-            text = self.texts[i]
-            ratio = difflib.SequenceMatcher(None, query, text, autojunk=False).ratio()
-            out.append((0.5 * (ratio + float(dice[i])), self.ids[i], text))
-        return out
-
-
-def _sorted_unique(values: np.ndarray) -> np.ndarray:
-    # np.sort + adjacent compare: numpy 2.x's np.unique can be ~20x slower on large int arrays.
-    values = np.sort(values)
-    if len(values) == 0:
-        return values
-    keep = np.ones(len(values), dtype=bool)
-    keep[1:] = values[1:] != values[:-1]
-    return values[keep]
-
-
 @dataclass
 class _LabelIndex:
     """Exact label and synonym maps of the current (non-obsolete) terms of one prefix."""
 
     labels: dict[str, list[str]]
     synonyms: dict[str, list[str]]
-    fuzzy: _FuzzyIndex | None = None
+    fuzzy: TermSearch | None = None
 
 
 class Ontologies:
@@ -384,7 +304,7 @@ class Ontologies:
         self._indexes[prefix] = index
         return index
 
-    def _fuzzy(self, prefix: str) -> _FuzzyIndex:
+    def _fuzzy(self, prefix: str) -> TermSearch:
         index = self._index(prefix)
         if index.fuzzy is None:
             texts: list[str] = []
@@ -394,7 +314,7 @@ class Ontologies:
                     for term_id in term_ids:
                         texts.append(text)
                         ids.append(term_id)
-            index.fuzzy = _FuzzyIndex(texts, ids)
+            index.fuzzy = TermSearch(texts, ids)
         return index.fuzzy
 
     def build_indexes(self, prefixes: Iterable[str], *, fuzzy: bool = True) -> None:
@@ -448,21 +368,39 @@ class Ontologies:
     def closest(self, text: str, ontologies: tuple[str, ...], n: int = 3) -> tuple[tuple[str, str], ...]:
         """``(id, label)`` of the ``n`` current terms with the most similar label or synonym.
 
+        Terms are ranked by :class:`aivc.term_search.TermSearch` (shared words, weighted by
+        rarity, then spelling), each by its best label or synonym. A term ranks at least as
+        high as any of its descendants that contains no more of the submitted words and scores
+        at most :data:`_GENERALITY_MARGIN` higher:
+        "CD4 T cell" names CD4-positive, alpha-beta T cell before its subtypes "Th1 CD4+ T cell"
+        or "CD4-positive helper T cell".
+
         >>> get_ontologies().closest("B cels", ("CL",), n=1)
         (('CL:0000236', 'B cell'),)
+        >>> get_ontologies().closest("CD14 monocyte", ("CL",), n=1)
+        (('CL:0001054', 'CD14-positive monocyte'),)
         """
         key = normalize_text(text)
         if not key or n <= 0:
             return ()
-        scored: list[tuple[float, str, str]] = []
+        best: dict[str, Candidate] = {}
         for prefix in dict.fromkeys(ontologies):
-            scored.extend(self._fuzzy(prefix).search(key))
-        best: dict[str, float] = {}
-        for score, term_id, _text in scored:
-            if score >= MIN_SIMILARITY and score > best.get(term_id, -1.0):
-                best[term_id] = score
-        ranked = sorted(best.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
-        return tuple((term_id, self.label(term_id)) for term_id, _ in ranked)
+            for c in self._fuzzy(prefix).search(key):
+                if c.score >= MIN_SIMILARITY and c.score > getattr(best.get(c.term_id), "score", -1.0):
+                    best[c.term_id] = c
+        ranked = sorted(best.values(), key=lambda c: (-c.score, c.term_id))[:_GENERALITY_POOL]
+        lifted: dict[str, float] = {}
+        for a in ranked:  # a term with no fewer of the words, and nearly as close, goes before its descendants
+            below = [
+                b.score
+                for b in ranked
+                if b.coverage <= a.coverage + 1e-9
+                and b.score - a.score <= _GENERALITY_MARGIN
+                and a.term_id in self.ancestors(b.term_id)
+            ]
+            lifted[a.term_id] = max([a.score, *below])
+        order = sorted(ranked, key=lambda c: (-lifted[c.term_id], len(self.ancestors(c.term_id)), -c.score, c.term_id))
+        return tuple((c.term_id, self.label(c.term_id)) for c in order[:n])
 
 
 def _clean_ref(ref: str) -> str:

@@ -32,16 +32,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 import scipy.sparse as sp
 
-from aivc.embeddings.pca import _select_versions
+from aivc.embeddings.pca import select_query
 from aivc.embeddings.store import EmbeddingVersion, EmbeddingWriter
 from aivc.errors import UsageError
 from aivc.progress import NullProgress, Progress
-from aivc.store import soma_io
-from aivc.store.catalog import Catalog, DatasetVersion
 from aivc.store.lake import Lake
+from aivc.store.read import LakeQuery, lognormalize, version_cells
 
 TARGET_SUM = 1e4
 #: fewest cells a pair of genes needs in common for a correlation (else 0)
@@ -49,27 +47,15 @@ MIN_PAIR_CELLS = 3
 MIN_CELLS = 3
 
 
-def _vocabulary(cat: Catalog, versions: list[DatasetVersion]) -> tuple[pd.DataFrame, np.ndarray]:
-    """The union of the datasets' genes (by soma_joinid) and ``measured[dataset, gene]``."""
-    per = [pd.read_parquet(cat.artifacts_path(v) / "genes.parquet", columns=["gene_id", "soma_joinid"]) for v in versions]
-    genes = pd.concat(per).drop_duplicates("soma_joinid").sort_values("soma_joinid").reset_index(drop=True)
-    measured = np.stack([genes["soma_joinid"].isin(g["soma_joinid"]).to_numpy() for g in per])
-    return genes, measured
-
-
-def _log_chunks(uri: str, hw: int, joins: np.ndarray, var_j: np.ndarray, chunk_rows: int, totals: np.ndarray | None = None) -> Iterator[tuple[slice, sp.csr_matrix, np.ndarray]]:
+def _log_chunks(q: LakeQuery, joins: np.ndarray, var_j: np.ndarray, chunk_rows: int, totals: np.ndarray | None = None) -> Iterator[tuple[slice, sp.csr_matrix, np.ndarray]]:
     """(rows, sparse ``log1p(count / total * 1e4)``, totals) per chunk of cells; ``totals``
     (counts over all the cell's genes) are summed from the chunk unless given."""
-    for start in range(0, len(joins), chunk_rows):
-        sl = slice(start, min(len(joins), start + chunk_rows))
-        X = soma_io.read_rows(uri, hw, joins[sl], var_j).astype(np.float64)
-        tot = np.asarray(X.sum(axis=1)).ravel() if totals is None else totals[sl]
-        L = sp.csr_matrix(sp.diags(TARGET_SUM / np.where(tot > 0, tot, 1.0)) @ X)
-        L.data = np.log1p(L.data)
-        yield sl, L, tot
+    for sl, X in q.chunks(joins, var_j, chunk_rows=chunk_rows, dense=False):
+        tot = np.asarray(X.sum(axis=1), dtype=np.float64).ravel() if totals is None else totals[sl]
+        yield sl, lognormalize(X, TARGET_SUM, totals=tot), tot
 
 
-def _gene_variance(uri: str, hw: int, per_dataset: list[np.ndarray], var_j: np.ndarray, measured: np.ndarray, chunk_rows: int, progress: Progress) -> tuple[np.ndarray, list[np.ndarray]]:
+def _gene_variance(q: LakeQuery, per_dataset: list[np.ndarray], var_j: np.ndarray, measured: np.ndarray, chunk_rows: int, progress: Progress) -> tuple[np.ndarray, list[np.ndarray]]:
     """(variance of each gene's log-normalized counts over the cells that measured it,
     each dataset's per-cell count totals)."""
     g = len(var_j)
@@ -77,7 +63,7 @@ def _gene_variance(uri: str, hw: int, per_dataset: list[np.ndarray], var_j: np.n
     totals: list[np.ndarray] = []
     for b, joins in enumerate(per_dataset):
         tot = np.zeros(len(joins))
-        for sl, L, t in _log_chunks(uri, hw, joins, var_j, chunk_rows):
+        for sl, L, t in _log_chunks(q, joins, var_j, chunk_rows):
             s1 += np.asarray(L.sum(axis=0)).ravel() * measured[b]
             s2 += np.asarray(L.multiply(L).sum(axis=0)).ravel() * measured[b]
             tot[sl] = t
@@ -89,7 +75,7 @@ def _gene_variance(uri: str, hw: int, per_dataset: list[np.ndarray], var_j: np.n
 
 
 def _correlation(
-    uri: str, hw: int, per_dataset: list[np.ndarray], totals: list[np.ndarray], top_j: np.ndarray, measured: np.ndarray, chunk_rows: int, progress: Progress
+    q: LakeQuery, per_dataset: list[np.ndarray], totals: list[np.ndarray], top_j: np.ndarray, measured: np.ndarray, chunk_rows: int, progress: Progress
 ) -> np.ndarray:
     """Pooled within-dataset correlation of the genes ``top_j``, pairwise over the datasets
     that measured both genes (0 where fewer than ``MIN_PAIR_CELLS`` cells or no variance)."""
@@ -99,7 +85,7 @@ def _correlation(
     n_cells = np.array([len(j) for j in per_dataset], dtype=np.float64)
     for b, joins in enumerate(per_dataset):
         s, c = np.zeros(t), np.zeros((t, t))
-        for sl, L, _ in _log_chunks(uri, hw, joins, top_j, chunk_rows, totals[b]):
+        for sl, L, _ in _log_chunks(q, joins, top_j, chunk_rows, totals[b]):
             s += np.asarray(L.sum(axis=0)).ravel()
             c += (L.T @ L).toarray()
             progress.advance(sl.stop - sl.start)
@@ -174,25 +160,18 @@ def gene_correlation(
     for flag, value in (("--n-top-genes", n_top_genes), ("--chunk-rows", chunk_rows)):
         if value < 1:
             raise UsageError(f"{flag} must be at least 1, got {value}", where=flag)
-    versions = sorted(_select_versions(lake, organism, datasets), key=lambda v: v.dataset_id)
-    ids = [v.dataset_id for v in versions]
-    dup = sorted({i for i in ids if ids.count(i) > 1})
-    if dup:
-        raise UsageError(f"dataset {dup[0]!r} is named twice; use one version of each dataset", where="--datasets")
-    org = versions[0].organism_name
-    cat = Catalog(lake)
-    hw = cat.high_water(org)
-    assert hw is not None
-    uri = lake.soma_uri(org)
-    per_dataset = [pd.read_parquet(cat.artifacts_path(v) / "cells.parquet", columns=["soma_joinid"])["soma_joinid"].to_numpy(np.int64) for v in versions]
+    q = select_query(lake, organism, datasets)
+    versions, org, hw = q.versions, q.organism, q.high_water
+    per_dataset = [version_cells(lake, v, ["soma_joinid"])["soma_joinid"].to_numpy(np.int64) for v in versions]
     n_cells = sum(len(c) for c in per_dataset)
     if n_cells < MIN_CELLS:
         raise UsageError(f"too few cells ({n_cells}) for gene co-expression; need at least {MIN_CELLS}", where="--datasets")
-    genes, measured = _vocabulary(cat, versions)
+    feats = q.features("union")
+    genes, measured = feats.frame, feats.present
     var_j = genes["soma_joinid"].to_numpy(np.int64)
 
     progress.phase("co-expression 1/2: gene variance", total=n_cells)
-    var, totals = _gene_variance(uri, hw, per_dataset, var_j, measured, chunk_rows, progress)
+    var, totals = _gene_variance(q, per_dataset, var_j, measured, chunk_rows, progress)
     variable = int((var > 0).sum())
     if variable < max(min_genes, 2):
         raise UsageError(f"only {variable} genes vary across the cells, fewer than the {min_genes} needed; lower --dim or add data", where="--dim")
@@ -201,7 +180,7 @@ def gene_correlation(
         raise UsageError(f"--n-top-genes {n_top_genes} keeps fewer than the {min_genes} genes needed; raise it or lower --dim", where="--n-top-genes")
 
     progress.phase("co-expression 2/2: gene correlations", total=n_cells)
-    corr = _correlation(uri, hw, per_dataset, totals, var_j[top], measured[:, top], chunk_rows, progress)
+    corr = _correlation(q, per_dataset, totals, var_j[top], measured[:, top], chunk_rows, progress)
     return GeneCorrelation(
         gene_ids=tuple(genes["gene_id"].astype(str).to_numpy()[top]),
         matrix=corr,

@@ -81,20 +81,19 @@ def _batches(path: Path, batch_rows: int) -> Iterator[tuple[np.ndarray, np.ndarr
 
 
 def _lake_ids(lake: Lake, entity: str) -> tuple[dict[str, tuple[int, str]] | set[str], str]:
-    import pyarrow.parquet as pq
+    from aivc.store.read import version_cells, version_features
 
-    cat = Catalog(lake)
-    versions = cat.all_versions()
+    versions = Catalog(lake).all_versions()
     if entity == "cell":
         known: dict[str, tuple[int, str]] = {}
         for v in versions:
-            t = pq.read_table(cat.artifacts_path(v) / "cells.parquet", columns=["obs_id", "soma_joinid", "dataset_id"]).to_pydict()
-            known.update(zip(t["obs_id"], zip(t["soma_joinid"], t["dataset_id"], strict=True), strict=True))
+            t = version_cells(lake, v, ["obs_id", "soma_joinid", "dataset_id"])
+            known.update(zip(t["obs_id"], zip(t["soma_joinid"].tolist(), t["dataset_id"], strict=True), strict=True))
         return known, "committed cell (obs_id)"
     if entity == "gene":
         genes: set[str] = set()
         for v in versions:
-            genes.update(pq.read_table(cat.artifacts_path(v) / "genes.parquet", columns=["gene_id"]).column("gene_id").to_pylist())
+            genes.update(version_features(lake, v, ["gene_id"])["gene_id"].tolist())
         return genes, "gene measured by a committed dataset"
     raise UsageError(f"importing {entity} embeddings is not supported yet (cell or gene)", where="--entity")
 

@@ -44,6 +44,7 @@ from aivc.errors import UsageError
 from aivc.progress import NullProgress, Progress
 from aivc.store.catalog import Catalog, DatasetVersion
 from aivc.store.lake import Lake
+from aivc.store.read import LakeQuery, Options, select_versions, version_features
 
 GENE_OVERLAP = "GENE_OVERLAP"
 
@@ -64,18 +65,7 @@ class ApplyPlan:
 
 
 def _select(lake: Lake, organism: str | None, datasets: list[str] | None) -> list[DatasetVersion]:
-    cat = Catalog(lake)
-    chosen = [cat.get(d) for d in datasets] if datasets else [v for v in cat.current() if organism is None or v.organism_name == organism]
-    if not chosen:
-        what = f"datasets of organism {organism!r}" if organism else "committed datasets"
-        raise UsageError(f"the lake has no {what} to embed; submit one first or name --datasets", where="--datasets")
-    if len({v.organism_name for v in chosen}) > 1:
-        raise UsageError("the chosen datasets are of several organisms; embed one organism at a time", where="--datasets")
-    ids = [v.dataset_id for v in chosen]
-    dup = sorted({i for i in ids if ids.count(i) > 1})
-    if dup:
-        raise UsageError(f"dataset {dup[0]!r} is named twice; embed one version of each dataset", where="--datasets")
-    return sorted(chosen, key=lambda v: v.dataset_id)
+    return select_versions(lake, datasets=datasets, organism=organism, options=Options(purpose="embed"))
 
 
 def _overlap_error(v: DatasetVersion, have: int, of: int, missing: list[str], what: str, min_overlap: float) -> UsageError:
@@ -99,7 +89,7 @@ def build_apply_plan(
     org = versions[0].organism_name
     hw = cat.high_water(org)
     assert hw is not None
-    measured = {v.dataset_id: pd.read_parquet(cat.artifacts_path(v) / "genes.parquet", columns=["gene_id", "soma_joinid"]) for v in versions}
+    measured = {v.dataset_id: version_features(lake, v, ["gene_id", "soma_joinid"]) for v in versions}
     model_org = rec.lineage.get("organism") or org
     overlap_notes: dict[str, Any] = {}
     if model_org != org:
@@ -150,15 +140,7 @@ def build_apply_plan(
                 raise _overlap_error(v, n, len(gene_ids), missing, f"genes of model {rec.ref}", min_gene_overlap)
     col_joinids = np.array([joinid_of.get(g, -1) for g in gene_ids], dtype=np.int64)
     masks = np.stack([np.isin(col_joinids, measured[v.dataset_id]["soma_joinid"].to_numpy(np.int64)) & (col_joinids >= 0) for v in versions])
-    cells = pd.concat(
-        [pd.read_parquet(cat.artifacts_path(v) / "cells.parquet", columns=["obs_id", "soma_joinid", "dataset_id"]) for v in versions],
-        ignore_index=True,
-    )
-    cells = cells.sort_values("soma_joinid", kind="stable").reset_index(drop=True)
-    if where:
-        from aivc.training.select import select_joinids
-
-        cells = cells[cells["soma_joinid"].isin(select_joinids(lake, versions, where))].reset_index(drop=True)
+    cells = LakeQuery.of(lake, versions, high_water=int(hw)).obs(where=where)
     order = [v.dataset_id for v in versions]
     group = pd.Categorical(cells["dataset_id"], categories=order).codes.astype(np.int64)
     trained = list(rec.encodings.get("batch", []))

@@ -470,6 +470,7 @@ def labelled_cells(lake: Lake, embedding: Any, datasets: list[str] | None = None
 
     from aivc.embeddings.store import read_vectors
     from aivc.store.catalog import Catalog
+    from aivc.store.read import version_cells
 
     have = _embedded_datasets(embedding)
     chosen = sorted(have) if not datasets else datasets
@@ -483,7 +484,7 @@ def labelled_cells(lake: Lake, embedding: Any, datasets: list[str] | None = None
     frames = []
     for d in ids:
         for v in cat.versions(d):
-            frames.append(pd.read_parquet(cat.artifacts_path(v) / "cells.parquet", columns=["obs_id", "dataset_id", "dataset_version", "cell_type_ontology_term_id", "cell_type"]))
+            frames.append(version_cells(lake, v, ["obs_id", "dataset_id", "dataset_version", "cell_type_ontology_term_id", "cell_type"]))
     if not frames:
         raise UsageError(f"datasets {', '.join(ids)} are not in this lake's catalog", where="--datasets")
     obs = pd.concat(frames, ignore_index=True)

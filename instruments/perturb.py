@@ -1,6 +1,6 @@
 """Perturbation manipulators over the lake: read a screen, train and register, run experiments.
 
-* :func:`load_screen` reads a perturbation screen (a dataset version whose ``cells.parquet``
+* :func:`load_screen` reads a perturbation screen (a dataset version whose cells
   has ``perturbation_targets``) from the lake: counts from SOMA (log-normalized over all genes
   the dataset measured, then the most variable genes and every measured target kept), and
   optionally its cell URs from the feature store.
@@ -49,36 +49,24 @@ from aivc.instruments.registry import InstrumentRecord, get_instrument, load_ins
 from aivc.progress import NullProgress, Progress
 from aivc.store.catalog import Catalog, DatasetVersion
 from aivc.store.lake import Lake
+from aivc.store.read import LakeQuery, lognormalize, version_cells, version_features
 
 FIELD = "perturbation_targets"
 
 
 def _dataset_cells(lake: Lake, dataset: str) -> tuple[DatasetVersion, pd.DataFrame, pd.DataFrame]:
-    """A dataset version, its cells (``cells.parquet``) and its genes (``genes.parquet``)."""
-    cat = Catalog(lake)
-    v = cat.get(dataset)
-    folder = cat.artifacts_path(v)
-    return v, pd.read_parquet(folder / "cells.parquet"), pd.read_parquet(folder / "genes.parquet", columns=["gene_id", "soma_joinid", "feature_name"])
+    """A dataset version, its cells and the genes it measured."""
+    v = Catalog(lake).get(dataset)
+    return v, version_cells(lake, v), version_features(lake, v, ["gene_id", "soma_joinid", "feature_name"])
 
 
 def _lognormalized(lake: Lake, v: DatasetVersion, joinids: np.ndarray, genes: pd.DataFrame, chunk_rows: int, target_sum: float) -> Any:
     """Log-normalized counts (CSR) of cells over all genes of ``genes`` (totals over those genes)."""
     import scipy.sparse as sp
 
-    from aivc.store import soma_io
-
-    hw = Catalog(lake).high_water(v.organism_name)
-    assert hw is not None
-    uri = lake.soma_uri(v.organism_name)
+    q = LakeQuery.of(lake, [v])
     gj = genes["soma_joinid"].to_numpy(np.int64)
-    parts = []
-    for start in range(0, len(joinids), chunk_rows):
-        X = soma_io.read_rows(uri, hw, joinids[start : start + chunk_rows], gj).tocsr()
-        totals = np.asarray(X.sum(axis=1)).ravel()
-        totals[totals == 0] = 1.0
-        X = sp.diags(target_sum / totals) @ X
-        X.data = np.log1p(X.data)
-        parts.append(X.astype(np.float32))
+    parts = [lognormalize(X, target_sum).astype(np.float32) for _, X in q.chunks(joinids, gj, chunk_rows=chunk_rows, dense=False)]
     return sp.vstack(parts).tocsr() if parts else sp.csr_matrix((0, len(gj)), dtype=np.float32)
 
 

@@ -7,7 +7,9 @@ committed (a killed process) are invisible to them; :func:`rollback_uncommitted`
 those fragments under the write lock so plain ``tiledbsoma`` readers never see them
 either. Registration (``register_anndatas`` -> ``prepare_experiment`` ->
 ``from_anndata``) writes obs and var; X is then written in row chunks directly into
-``ms/RNA/X/counts`` so memory stays bounded.
+the measurement's raw layer (``ms/RNA/X/counts`` for RNA) so memory stays bounded. Every
+function takes the :class:`~aivc.store.measurements.MeasurementSpec` it reads or writes
+(default RNA).
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-MEASUREMENT = "RNA"
-X_LAYER = "counts"
+from aivc.store.measurements import RNA, MeasurementSpec
+
 _FRAGMENT_NAME = re.compile(r"^__(\d+)_(\d+)_[0-9a-f]{32}")
 
 #: obs columns of every lake experiment, in order (the obs index is ``obs_id``).
@@ -50,7 +52,6 @@ OBS_STRING_COLUMNS: tuple[str, ...] = (
     "sex",
     "tissue",
 )
-VAR_STRING_COLUMNS: tuple[str, ...] = ("feature_name", "feature_biotype", "feature_reference")
 
 
 def now_ms() -> int:
@@ -98,6 +99,7 @@ def append_dataset(
     *,
     timestamp: int,
     progress: Callable[[int], None] | None = None,
+    measurement: MeasurementSpec = RNA,
 ) -> AppendResult:
     """Append cells to the experiment at ``uri`` (created if absent), all at ``timestamp``.
 
@@ -106,8 +108,8 @@ def append_dataset(
     obs
         Indexed by ``obs_id`` (lake-unique), with the lake's obs columns.
     var
-        Indexed by ``gene_id`` (reference ids), columns ``VAR_STRING_COLUMNS``; the order
-        of its rows is the column order of the chunks.
+        Indexed by the measurement's ``feature_id`` (reference ids), columns its
+        ``var_columns``; the order of its rows is the column order of the chunks.
     chunks
         ``(row_start, csr)`` blocks of raw counts, rows in ``obs`` order.
     """
@@ -117,6 +119,7 @@ def append_dataset(
     import tiledbsoma.io as sio
 
     ctx = _context(timestamp)
+    ms, fid = measurement.name, measurement.feature_id
     skeleton = ad.AnnData(
         X=sp.csr_matrix((len(obs), len(var)), dtype=np.float32),
         obs=obs,
@@ -126,9 +129,9 @@ def append_dataset(
     rd = sio.register_anndatas(
         uri if existing else None,
         [skeleton],
-        measurement_name=MEASUREMENT,
+        measurement_name=ms,
         obs_field_name="obs_id",
-        var_field_name="gene_id",
+        var_field_name=fid,
         context=ctx,
     )
     if existing:
@@ -136,18 +139,18 @@ def append_dataset(
     sio.from_anndata(
         uri,
         skeleton,
-        MEASUREMENT,
+        ms,
         registration_mapping=rd,
         context=ctx,
-        X_layer_name=X_LAYER,
+        X_layer_name=measurement.raw_layer,
         obs_id_name="obs_id",
-        var_id_name="gene_id",
+        var_id_name=fid,
     )
-    mapping = rd.id_mappings_for_anndata(skeleton, measurement_name=MEASUREMENT)
+    mapping = rd.id_mappings_for_anndata(skeleton, measurement_name=ms)
     obs_j = np.asarray(mapping.obs_axis.data, dtype=np.int64)
-    var_j = np.asarray(mapping.var_axes[MEASUREMENT].data, dtype=np.int64)
+    var_j = np.asarray(mapping.var_axes[ms].data, dtype=np.int64)
     nnz = 0
-    with tiledbsoma.SparseNDArray.open(f"{uri}/ms/{MEASUREMENT}/X/{X_LAYER}", "w", context=ctx) as X:
+    with tiledbsoma.SparseNDArray.open(measurement.x_uri(uri), "w", context=ctx) as X:
         extents = _row_major_extents(X)
         col_order = np.argsort(var_j, kind="stable")
         var_sorted = var_j[col_order]
@@ -221,9 +224,9 @@ def rollback_uncommitted(uri: str, high_water: int | None) -> list[str]:
     return removed
 
 
-def read_var(uri: str, high_water: int) -> pd.DataFrame:
+def read_var(uri: str, high_water: int, measurement: MeasurementSpec = RNA) -> pd.DataFrame:
     with open_experiment(uri, high_water) as exp:
-        return exp.ms[MEASUREMENT].var.read().concat().to_pandas()
+        return exp.ms[measurement.name].var.read().concat().to_pandas()
 
 
 class DenseReader:
@@ -240,7 +243,7 @@ class DenseReader:
     ...     x = rd.read(np.array([5, 2, 9]))     # rows in the order given
     """
 
-    def __init__(self, uri: str, high_water: int, var_joinids: np.ndarray) -> None:
+    def __init__(self, uri: str, high_water: int, var_joinids: np.ndarray, measurement: MeasurementSpec = RNA) -> None:
         var = np.asarray(var_joinids, dtype=np.int64)
         if len(np.unique(var)) != len(var):
             raise ValueError("DenseReader needs unique var joinids")
@@ -248,7 +251,7 @@ class DenseReader:
         self.col_of = np.full(int(var.max()) + 1 if var.size else 0, -1, dtype=np.int64)
         self.col_of[var] = np.arange(len(var), dtype=np.int64)
         self._exp = open_experiment(uri, high_water) if var.size else None
-        self._X = self._exp.ms[MEASUREMENT].X[X_LAYER] if self._exp is not None else None
+        self._X = self._exp.ms[measurement.name].X[measurement.raw_layer] if self._exp is not None else None
 
     def __enter__(self) -> DenseReader:
         return self
@@ -282,10 +285,10 @@ class DenseReader:
         return out
 
 
-def read_rows(uri: str, high_water: int, obs_joinids: np.ndarray, var_joinids: np.ndarray) -> sp.csr_matrix:
-    """Raw counts for the given cells and genes, as CSR in the order given."""
+def read_rows(uri: str, high_water: int, obs_joinids: np.ndarray, var_joinids: np.ndarray, measurement: MeasurementSpec = RNA) -> sp.csr_matrix:
+    """Raw values (RNA: counts) for the given cells and features, as CSR in the order given."""
     with open_experiment(uri, high_water) as exp:
-        X = exp.ms[MEASUREMENT].X[X_LAYER]
+        X = exp.ms[measurement.name].X[measurement.raw_layer]
         tbl = X.read(coords=(obs_joinids, var_joinids)).tables().concat()
     rows = pd.Index(obs_joinids).get_indexer(tbl["soma_dim_0"].to_numpy())
     cols = pd.Index(var_joinids).get_indexer(tbl["soma_dim_1"].to_numpy())

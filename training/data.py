@@ -30,8 +30,9 @@ import pandas as pd
 import torch
 
 from aivc.errors import LakeError, UsageError
-from aivc.store import soma_io
+from aivc.store import read, soma_io
 from aivc.store.catalog import Catalog, DatasetVersion
+from aivc.store.read import Options
 from aivc.store.lake import Lake, write_json_atomic
 from aivc.training.config import DataConfig
 
@@ -137,41 +138,20 @@ class TrainingPlan:
 
 
 # -- plan building -------------------------------------------------------------------------
+OPTIONS = Options(
+    organism="data.organism",
+    organism_fix="--set data.organism=NAME",
+    datasets="data.datasets",
+    where="data.where",
+    features="data.genes",
+    features_fix="use --set data.genes=union or fewer datasets",
+    purpose="train on",
+)
+
+
 def select_versions(lake: Lake, organism: str | None, datasets: tuple[str, ...] | list[str] | None) -> list[DatasetVersion]:
     """Current versions of one organism's datasets (or the ``DATASET[@VERSION]`` named)."""
-    cat = Catalog(lake)
-    chosen = [cat.get(d) for d in datasets] if datasets else cat.current()
-    if not chosen:
-        raise UsageError("the lake has no committed datasets to train on; submit one first", where="--lake")
-    organisms = sorted({v.organism_name for v in chosen})
-    if organism is None:
-        if len(organisms) > 1:
-            raise UsageError(f"datasets of several organisms ({', '.join(organisms)}); choose one with --set data.organism=NAME", where="data.organism")
-        organism = organisms[0]
-    chosen = [v for v in chosen if v.organism_name == organism]
-    if not chosen:
-        raise UsageError(f"no datasets of organism {organism!r} (the lake has {', '.join(organisms)})", where="data.organism")
-    ids = [v.dataset_id for v in chosen]
-    dup = sorted({i for i in ids if ids.count(i) > 1})
-    if dup:
-        raise UsageError(f"dataset {dup[0]!r} is named twice; train on one version of each dataset", where="data.datasets")
-    return sorted(chosen, key=lambda v: v.dataset_id)
-
-
-def _vocabulary(cat: Catalog, versions: list[DatasetVersion], mode: str) -> tuple[pd.DataFrame, np.ndarray]:
-    """Genes (``gene_id``, ``soma_joinid``, by joinid) and the measured mask per dataset."""
-    per = [pd.read_parquet(cat.artifacts_path(v) / "genes.parquet", columns=["gene_id", "soma_joinid"]) for v in versions]
-    allg = pd.concat(per).drop_duplicates("soma_joinid")
-    if mode == "intersection":
-        keep = set(per[0]["soma_joinid"])
-        for g in per[1:]:
-            keep &= set(g["soma_joinid"])
-        allg = allg[allg["soma_joinid"].isin(keep)]
-    genes = allg.sort_values("soma_joinid").reset_index(drop=True)
-    if genes.empty:
-        raise UsageError("the chosen datasets measured no gene in common; use --set data.genes=union or fewer datasets", where="data.genes")
-    masks = np.stack([genes["soma_joinid"].isin(g["soma_joinid"]).to_numpy() for g in per])
-    return genes, masks
+    return read.select_versions(lake, datasets=datasets, organism=organism, options=OPTIONS)
 
 
 def _draw(units: list[str], fraction: float, rng: np.random.Generator, what: str) -> set[str]:
@@ -205,51 +185,27 @@ def _split(cells: pd.DataFrame, cfg: DataConfig, seed: int) -> tuple[np.ndarray,
     return key.isin(chosen).to_numpy(), info | {"holdout": sorted(chosen)}
 
 
-def _top_genes(uri: str, hw: int, cells: pd.DataFrame, genes: pd.DataFrame, masks: np.ndarray, n_top: int, chunk_rows: int) -> np.ndarray:
-    """Positions of the ``n_top`` genes with the highest variance of log-normalized counts
-    (each gene over the cells whose dataset measured it), in vocabulary order."""
-    g = len(genes)
-    s1, s2, n = np.zeros(g), np.zeros(g), np.zeros(g)
-    joins = cells["soma_joinid"].to_numpy(np.int64)
-    batch = cells["batch"].to_numpy()
-    var_j = genes["soma_joinid"].to_numpy(np.int64)
-    for start in range(0, len(cells), chunk_rows):
-        sl = slice(start, start + chunk_rows)
-        X = soma_io.read_rows(uri, hw, joins[sl], var_j).toarray().astype(np.float64)
-        tot = X.sum(axis=1, keepdims=True)
-        tot[tot == 0] = 1.0
-        L = np.log1p(X / tot * 1e4)
-        m = masks[batch[sl]]
-        s1 += (L * m).sum(0)
-        s2 += (L * L * m).sum(0)
-        n += m.sum(0)
-    mean = s1 / np.maximum(n, 1)
-    var = np.maximum(s2 / np.maximum(n, 1) - mean**2, 0.0)
-    return np.sort(np.argsort(-var, kind="stable")[: min(n_top, g)])
+def top_genes(lake: Lake, plan_versions: tuple[str, ...], high_water: int, cells: pd.DataFrame, genes: pd.DataFrame, masks: np.ndarray, n_top: int, chunk_rows: int) -> np.ndarray:
+    """Positions of the ``n_top`` most variable genes (the read API's one selection:
+    variance of log-normalized counts, each gene over the cells whose dataset measured it),
+    in vocabulary order."""
+    cat = Catalog(lake)
+    q = read.LakeQuery.of(lake, [cat.get(r) for r in plan_versions], options=OPTIONS, high_water=high_water)
+    return q.variable_features(cells, read.FeatureSet(genes, masks), n_top, chunk_rows=chunk_rows)
 
 
 def build_plan(lake: Lake, cfg: DataConfig, seed: int = 0) -> TrainingPlan:
     """Select the cells, genes, batches and validation split of a training run."""
-    versions = select_versions(lake, cfg.organism, cfg.datasets)
-    org = versions[0].organism_name
-    cat = Catalog(lake)
-    hw = cat.high_water(org)
-    if hw is None:
-        raise LakeError(f"no committed data for {org}", where="--lake")
-    uri = lake.soma_uri(org)
+    q = read.LakeQuery.open(lake, datasets=cfg.datasets, organism=cfg.organism, options=OPTIONS)
+    versions, org, hw = list(q.versions), q.organism, q.high_water
+    uri = q.soma_uri
     cats = tuple(v.dataset_id for v in versions)
-    cols = ["obs_id", "soma_joinid", "dataset_id", "donor_id"]
-    cells = pd.concat([pd.read_parquet(cat.artifacts_path(v) / "cells.parquet", columns=cols) for v in versions], ignore_index=True)
-    cells = cells.sort_values("soma_joinid", kind="stable").reset_index(drop=True)
-    if cfg.where:
-        from aivc.training.select import select_joinids
-
-        cells = cells[cells["soma_joinid"].isin(select_joinids(lake, versions, cfg.where, option="data.where"))].reset_index(drop=True)
+    cells = q.obs(["obs_id", "soma_joinid", "dataset_id", "donor_id"], where=cfg.where)
     cells["batch"] = pd.Categorical(cells["dataset_id"], categories=list(cats)).codes.astype(np.int32)
-    genes, masks = _vocabulary(cat, versions, cfg.genes)
-    if cfg.n_top_genes is not None and cfg.n_top_genes < len(genes):
-        top = _top_genes(uri, hw, cells, genes, masks, cfg.n_top_genes, cfg.chunk_rows)
-        genes, masks = genes.iloc[top].reset_index(drop=True), masks[:, top]
+    feats = q.features(cfg.genes)
+    if cfg.n_top_genes is not None and cfg.n_top_genes < len(feats):
+        feats = feats.take(q.variable_features(cells, feats, cfg.n_top_genes, chunk_rows=cfg.chunk_rows))
+    genes, masks = feats.frame, feats.present
     val, info = _split(cells, cfg, seed)
     cells["split"] = np.where(val, "validation", "train")
     if not (~val).any():

@@ -295,7 +295,7 @@ def _build_plan(lake: Lake, cfg: TrainingConfig, gene_tables: GeneTableReader | 
     import numpy as np
     import pandas as pd
 
-    from aivc.training.data import _top_genes, build_plan
+    from aivc.training.data import build_plan, top_genes
     from aivc.training.models import model_class
 
     if not getattr(model_class(cfg.model_type), "gene_tokens", False):
@@ -315,7 +315,7 @@ def _build_plan(lake: Lake, cfg: TrainingConfig, gene_tables: GeneTableReader | 
     n_top = cfg.data.n_top_genes
     if n_top is not None and n_top < plan.n_genes:
         genes = pd.DataFrame({"gene_id": list(plan.gene_ids), "soma_joinid": plan.gene_joinids})
-        top = _top_genes(plan.soma_uri, plan.high_water, plan.cells, genes, plan.masks, n_top, cfg.data.chunk_rows)
+        top = top_genes(lake, plan.datasets, plan.high_water, plan.cells, genes, plan.masks, n_top, cfg.data.chunk_rows)
         plan = replace(plan, gene_ids=tuple(plan.gene_ids[i] for i in top), gene_joinids=plan.gene_joinids[top], masks=plan.masks[:, top])
     return plan, table.ref
 

@@ -7,13 +7,14 @@ import pandas as pd
 import scipy.sparse as sp
 
 from aivc.store import soma_io as S
+from aivc.store.measurements import RNA
 
 
 def _parts(prefix: str, n: int, genes: list[str], rng: np.random.Generator):
     obs = pd.DataFrame({c: ["x"] * n for c in S.OBS_STRING_COLUMNS}, index=pd.Index([f"{prefix}{i}" for i in range(n)], name="obs_id"))
     obs["dataset_version"] = np.int32(1)
     obs["is_primary_data"] = True
-    var = pd.DataFrame({c: ["g"] * len(genes) for c in S.VAR_STRING_COLUMNS}, index=pd.Index(genes, name="gene_id"))
+    var = pd.DataFrame({c: ["g"] * len(genes) for c in RNA.var_columns}, index=pd.Index(genes, name="gene_id"))
     X = sp.random(n, len(genes), density=0.02, format="csr", dtype=np.float32, random_state=rng)
     X.data = np.ceil(X.data * 10)
     return obs, var, X

@@ -9,6 +9,7 @@ what an error is: it dispatches on the class or on ``code``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -43,6 +44,17 @@ class Finding:
         return f"[{self.code}] {self.where}: {self.message}"
 
 
+def and_more(n: int, noun: str = "error") -> str:
+    """The tail of a message that shows one of ``n + 1`` problems.
+
+    >>> and_more(0), and_more(1), and_more(2)
+    ('', ' (and 1 more error)', ' (and 2 more errors)')
+    """
+    if n <= 0:
+        return ""
+    return f" (and {n} more {noun}{'' if n == 1 else 's'})"
+
+
 class AivcError(Exception):
     """Base class of every error aivc raises on purpose."""
 
@@ -71,9 +83,26 @@ class UsageError(AivcError):
 
 
 class ManifestError(UsageError):
-    """The manifest file cannot be read or does not follow the manifest schema."""
+    """The manifest file cannot be read or does not follow the manifest schema.
+
+    ``findings`` holds every problem, one :class:`Finding` each with its own ``where`` (the
+    manifest file and the path in it); ``message`` and ``where`` are those of the first, and
+    the message says how many more there are.
+    """
 
     code = "MANIFEST_INVALID"
+
+    def __init__(
+        self, message: str, *, where: str = "", code: str | None = None, findings: Sequence[Finding] = ()
+    ) -> None:
+        super().__init__(message, where=where, code=code)
+        self.findings: tuple[Finding, ...] = tuple(findings) or (Finding(self.code, where, message),)
+
+    @classmethod
+    def of(cls, findings: Sequence[Finding]) -> ManifestError:
+        """One error for several findings (at least one), worded after the first."""
+        first = findings[0]
+        return cls(first.message + and_more(len(findings) - 1), where=first.where, findings=findings)
 
 
 class LakeError(AivcError):
@@ -119,8 +148,7 @@ class ValidationFailed(AivcError):
     def __post_init__(self) -> None:
         errors = [f for f in self.findings if f.severity == "error"]
         first = str(errors[0]) if errors else "validation failed"
-        more = f" (and {len(errors) - 1} more errors)" if len(errors) > 1 else ""
-        AivcError.__init__(self, first + more, code="VALIDATION_FAILED")
+        AivcError.__init__(self, first + and_more(len(errors) - 1), code="VALIDATION_FAILED")
 
     def __str__(self) -> str:
         return self.message

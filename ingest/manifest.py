@@ -1,8 +1,11 @@
 """The submission manifest: what a dataset is and how its cells map to the standard fields.
 
 The manifest is YAML. It is checked first against the JSON Schema shipped in
-``schemas/manifest.schema.json`` (so every error names its path in the file), then loaded
-into the frozen pydantic model :class:`Manifest`.
+``schemas/manifest.schema.json``: every problem becomes its own
+:class:`~aivc.errors.Finding`, whose ``where`` names the file and the path in it
+(``m.yaml: access``, ``m.yaml: organism (missing)``), all carried by one
+:class:`~aivc.errors.ManifestError`. A manifest that passes is loaded into the frozen
+pydantic model :class:`Manifest`, which accepts the same manifests as the schema.
 
 Example
 -------
@@ -23,14 +26,26 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from aivc.errors import ManifestError
+from aivc.errors import Finding, ManifestError, and_more
 
 ORGANISMS: dict[str, str] = {"NCBITaxon:9606": "homo_sapiens", "NCBITaxon:10090": "mus_musculus"}
 
@@ -65,14 +80,29 @@ DEFAULTS: dict[str, Any] = {"tissue_type": "tissue", "is_primary_data": True}
 OPTIONAL_FIELDS: tuple[str, ...] = ("perturbation_targets",)
 
 
+#: What a dataset id looks like (as in the JSON Schema).
+DATASET_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{1,62}$"
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+#: How a path names a key that is missing: ``"obs/cell_type (missing)"``.
+_MISSING = "(missing)"
+
+
+class ManifestProblems(ValueError):
+    """Raised inside :class:`Manifest` validators: several ``(path, message)`` problems at once."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        super().__init__(problems[0][1] + and_more(len(problems) - 1))
+        self.problems = problems
+
+
 class FieldSpec(BaseModel):
     """How one standard cell field is filled: from an obs column, or a constant."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    column: str | None = None
-    value: str | bool | None = None
-    label_map: dict[str, str] = Field(default_factory=dict)
+    column: StrictStr | None = Field(default=None, min_length=1)
+    value: StrictStr | StrictBool | None = None
+    label_map: dict[StrictStr, StrictStr] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _one_source(self) -> FieldSpec:
@@ -87,57 +117,79 @@ class GeneSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     id_type: Literal["symbol", "ensembl"]
-    column: str | None = None  # None: the var index
+    column: StrictStr | None = None  # None: the var index
 
 
 class QcSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    min_mapped_fraction: float = 0.9
-    max_pct_mito: float | None = None
+    min_mapped_fraction: float = Field(default=0.9, ge=0, le=1)
+    max_pct_mito: float | None = Field(default=None, ge=0, le=100)
 
 
 class Manifest(BaseModel):
-    """A validated submission manifest."""
+    """A validated submission manifest.
+
+    It accepts exactly what ``schemas/manifest.schema.json`` accepts (the tests check the two
+    agree), so that the schema, which names every error's path, decides what is valid.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    dataset_id: str
-    title: str
-    description: str = ""
-    license: str
+    schema_version: Literal[1] = 1
+    dataset_id: StrictStr = Field(pattern=DATASET_ID_PATTERN)
+    title: StrictStr = Field(min_length=1, max_length=300)
+    description: StrictStr = ""
+    license: StrictStr = Field(min_length=1)
     access: Literal["public", "consortium", "embargoed"]
     embargo_until: dt.date | None = None
-    organism: str
-    counts: str = "X"
+    organism: Literal["NCBITaxon:9606", "NCBITaxon:10090"]
+    counts: StrictStr = Field(default="X", pattern=r"^(X|raw|layer:.+)$")
     genes: GeneSpec
     obs: dict[str, FieldSpec]
     qc: QcSpec = QcSpec()
-    contact: str | None = None
-    citation: str | None = None
+    contact: StrictStr | None = None
+    citation: StrictStr | None = None
+
+    @field_validator("embargo_until", mode="before")
+    @classmethod
+    def _date_text(cls, value: Any) -> Any:
+        if value is None or isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+            return value
+        if not isinstance(value, str) or not _DATE.fullmatch(value):
+            raise ValueError(f"{value!r} is not a date (YYYY-MM-DD)")
+        return value
+
+    @field_validator("obs")
+    @classmethod
+    def _complete(cls, obs: dict[str, FieldSpec], info: ValidationInfo) -> dict[str, FieldSpec]:
+        """Check the fields (every problem, each at its path under obs) and fill in the defaults."""
+        problems: list[tuple[str, str]] = []
+        for name in obs:
+            if name not in STANDARD_FIELDS and name not in OPTIONAL_FIELDS:
+                fields = f"the standard ones are {', '.join(STANDARD_FIELDS)}, the optional ones {', '.join(OPTIONAL_FIELDS)}"
+                problems.append((name, f"{name!r} is not a cell field; {fields}"))
+        for name in OPTIONAL_FIELDS:
+            if name in obs and obs[name].column is None:
+                problems.append((f"{name}/column", f"{name} must name an obs column ('column'), not a constant 'value'"))
+        filled = dict(obs)
+        for name, default in DEFAULTS.items():
+            filled.setdefault(name, FieldSpec(value=default))
+        if info.data.get("organism") != "NCBITaxon:9606":  # mouse (or an organism refused already)
+            filled.setdefault("self_reported_ethnicity", FieldSpec(value="na"))
+        for name in STANDARD_FIELDS:
+            if name not in filled:
+                message = f"the standard cell field {name!r} is missing; give its obs 'column' or a constant 'value'"
+                problems.append((f"{name} {_MISSING}", message))
+        if problems:
+            raise ManifestProblems(problems)
+        return {f: filled[f] for f in (*STANDARD_FIELDS, *OPTIONAL_FIELDS) if f in filled}
 
     @model_validator(mode="after")
-    def _complete(self) -> Manifest:
-        unknown = sorted(set(self.obs) - set(STANDARD_FIELDS) - set(OPTIONAL_FIELDS))
-        if unknown:
-            raise ValueError(
-                f"unknown obs fields {unknown}; the standard fields are {list(STANDARD_FIELDS)} "
-                f"and the optional ones {list(OPTIONAL_FIELDS)}"
-            )
-        for name in OPTIONAL_FIELDS:
-            if name in self.obs and self.obs[name].column is None:
-                raise ValueError(f"obs/{name} must name an obs column ('column'), not a constant 'value'")
-        obs = dict(self.obs)
-        for name, default in DEFAULTS.items():
-            obs.setdefault(name, FieldSpec(value=default))
-        if self.organism == "NCBITaxon:10090":
-            obs.setdefault("self_reported_ethnicity", FieldSpec(value="na"))
-        missing = [f for f in STANDARD_FIELDS if f not in obs]
-        if missing:
-            raise ValueError(f"obs is missing the standard fields {missing}")
-        object.__setattr__(self, "obs", {f: obs[f] for f in (*STANDARD_FIELDS, *OPTIONAL_FIELDS) if f in obs})
+    def _embargo(self) -> Manifest:
         if self.access == "embargoed" and self.embargo_until is None:
-            raise ValueError("access 'embargoed' needs 'embargo_until' (a date)")
+            message = "access 'embargoed' needs 'embargo_until', the date the embargo lifts"
+            raise ManifestProblems([(f"embargo_until {_MISSING}", message)])
         return self
 
     @property
@@ -157,7 +209,8 @@ class Manifest(BaseModel):
 
     def canonical_json(self) -> str:
         """Stable JSON of the manifest, used in the content hash."""
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        fields = self.model_dump(mode="json", exclude={"schema_version"})  # hashes from before it existed stay valid
+        return json.dumps(fields, sort_keys=True, separators=(",", ":"))
 
 
 @lru_cache(maxsize=1)
@@ -166,46 +219,184 @@ def manifest_json_schema() -> dict[str, Any]:
     return json.loads(text)
 
 
-def _path_of(error: Any) -> str:
-    parts = [str(p) for p in error.absolute_path]
-    return "/".join(parts) if parts else "(top level)"
-
-
 def parse_manifest(data: dict[str, Any], source: str = "manifest") -> Manifest:
-    """Check ``data`` against the manifest JSON Schema, then build a :class:`Manifest`."""
-    import jsonschema
-
-    validator = jsonschema.Draft202012Validator(manifest_json_schema())
-    errors = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
-    if errors:
-        e = errors[0]
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        where = _path_of(e)
-        if e.validator == "required" and isinstance(e.instance, dict):
-            missing = [k for k in e.validator_value if k not in e.instance]
-            if missing:
-                prefix = "" if where == "(top level)" else where + "/"
-                where = f"{prefix}{missing[0]} (missing)"
-        raise ManifestError(f"{e.message}{more}", where=f"{source}: {where}")
-    try:
-        return Manifest.model_validate(data)
-    except Exception as exc:  # pydantic.ValidationError
-        from pydantic import ValidationError
-
-        if not isinstance(exc, ValidationError):
-            raise
-        err = exc.errors()[0]
-        loc = "/".join(str(p) for p in err["loc"]) or "(top level)"
-        raise ManifestError(err["msg"].removeprefix("Value error, "), where=f"{source}: {loc}") from None
-
-
-def load_manifest(path: str | Path) -> Manifest:
-    """Read a manifest YAML file.
+    """Check ``data`` against the manifest JSON Schema, then build a :class:`Manifest`.
 
     Raises
     ------
     ManifestError
-        If the file is missing, is not YAML, or does not follow the schema.
+        With one finding per problem in ``findings`` (``where`` is ``"<source>: <path>"``).
+    """
+    findings = schema_findings(data, source)
+    if findings:
+        raise ManifestError.of(findings)
+    from pydantic import ValidationError
+
+    try:
+        return Manifest.model_validate(data)
+    except ValidationError as exc:  # only where the model is stricter than the schema
+        raise ManifestError.of(_model_findings(exc, source)) from None
+
+
+def schema_findings(data: Any, source: str = "manifest") -> list[Finding]:
+    """Every way ``data`` breaks the manifest JSON Schema, one finding each, ordered by path."""
+    import jsonschema
+
+    schema = manifest_json_schema()
+    validator = jsonschema.Draft202012Validator(schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
+    issues: dict[tuple[str, ...], _Issue] = {}
+    for error in validator.iter_errors(data):
+        for issue in _describe(error, schema):
+            issues.setdefault(issue.path, issue)
+    _merge_misspelt_keys(issues)
+    return [Finding(ManifestError.code, f"{source}: {_where(path)}", issues[path].message) for path in sorted(issues)]
+
+
+def submitted_dataset_id(data: Any) -> str | None:
+    """The manifest's ``dataset_id`` if it is a well-formed one, even when the rest is invalid."""
+    value = data.get("dataset_id") if isinstance(data, dict) else None
+    return value if isinstance(value, str) and re.fullmatch(DATASET_ID_PATTERN, value) else None
+
+
+@dataclass(frozen=True)
+class _Issue:
+    """One schema problem at ``path``. An unknown key lists the ``known`` keys beside it; a
+    missing key (or a choice of keys none of which is given) lists what it ``wants`` under
+    the mapping at ``wanted_at``."""
+
+    path: tuple[str, ...]
+    message: str
+    known: tuple[str, ...] = ()
+    wants: tuple[str, ...] = ()
+    wanted_at: tuple[str, ...] = ()
+
+
+def _where(path: tuple[str, ...]) -> str:
+    if path and path[-1] == _MISSING:
+        return f"{'/'.join(path[:-1])} {_MISSING}"
+    return "/".join(path) if path else "(top level)"
+
+
+def _describe(error: Any, schema: dict[str, Any]) -> list[_Issue]:
+    """The issues of one jsonschema error; a missing key's path ends in ``"(missing)"``."""
+    at = tuple(str(p) for p in error.absolute_path)
+    kind, instance, expected = error.validator, error.instance, error.validator_value
+    if kind == "additionalProperties" and isinstance(instance, dict):
+        known = tuple(sorted(error.schema.get("properties", {})))
+        return [_unknown_key((*at, str(k)), known) for k in instance if k not in known]
+    if kind == "required" and isinstance(instance, dict):
+        return [
+            _Issue((*at, k, _MISSING), _missing_key(k, error, schema), wants=(k,), wanted_at=at)
+            for k in expected
+            if k not in instance
+        ]
+    if kind == "dependentRequired" and isinstance(instance, dict):
+        return [
+            _Issue((*at, r, _MISSING), f"required key {r!r} is missing ({k!r} needs it)", wants=(r,), wanted_at=at)
+            for k, rs in expected.items()
+            if k in instance
+            for r in rs
+            if r not in instance
+        ]
+    if kind == "enum":
+        return [_Issue(at, f"{instance!r} is not allowed; use one of {', '.join(map(repr, expected))}")]
+    if kind == "oneOf" and isinstance(instance, dict) and all(set(o) == {"required"} for o in expected):
+        options = tuple(k for o in expected for k in o["required"])
+        given = [k for k in options if k in instance]
+        said = f"gives both {' and '.join(map(repr, given))}" if given else f"gives neither {' nor '.join(map(repr, options))}"
+        message = f"{said}; give exactly one of {' or '.join(map(repr, options))}"
+        return [_Issue(at, message, wants=() if given else options, wanted_at=at)]
+    return [_Issue(at, error.message)]
+
+
+def _unknown_key(path: tuple[str, ...], known: tuple[str, ...], meant: str | None = None) -> _Issue:
+    what = f"a key of {_where(path[:-1])}" if path[:-1] else "a manifest key"
+    close = _close_key(path[-1], known)
+    if meant is not None:
+        hint = f"did you mean {meant!r}, which is missing?"
+    elif close is not None:
+        hint = f"did you mean {close!r}?"
+    else:
+        hint = f"the keys here are {', '.join(known)}"
+    return _Issue(path, f"{path[-1]!r} is not {what}; {hint}", known=known)
+
+
+def _close_key(key: str, known: Iterable[str]) -> str | None:
+    import difflib
+
+    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.75)
+    return close[0] if close else None
+
+
+def _missing_key(key: str, error: Any, schema: dict[str, Any]) -> str:
+    message = f"required key {key!r} is missing"
+    path = list(error.absolute_schema_path)
+    if "then" in path:  # a conditional requirement says why in its description
+        node: Any = schema
+        for part in path[: len(path) - path[::-1].index("then")]:
+            node = node[part]
+        if node.get("description"):
+            return f"{message}: {node['description']}"
+    prop = error.schema.get("properties", {}).get(key, {})
+    if "enum" in prop:
+        return f"{message}; use one of {', '.join(map(repr, prop['enum']))}"
+    if prop.get("description"):
+        return f"{message} ({prop['description'].rstrip('.')})"
+    return message
+
+
+def _merge_misspelt_keys(issues: dict[tuple[str, ...], _Issue]) -> None:
+    """A misspelt key is one mistake: when an unknown key is close to a key that is missing
+    beside it, its finding says so and the "missing" finding goes."""
+    wanted: dict[tuple[tuple[str, ...], str], tuple[str, ...]] = {}
+    for issue in issues.values():
+        wanted.update({(issue.wanted_at, k): issue.path for k in issue.wants})
+    for path, issue in list(issues.items()):
+        if not issue.known:
+            continue
+        meant = _close_key(path[-1], [k for at, k in wanted if at == path[:-1]])
+        if meant is not None and wanted[(path[:-1], meant)] in issues:
+            del issues[wanted[(path[:-1], meant)]]
+            issues[path] = _unknown_key(path, issue.known, meant)
+
+
+def _model_findings(exc: Any, source: str) -> list[Finding]:
+    out: list[Finding] = []
+    for err in exc.errors():
+        cause = (err.get("ctx") or {}).get("error")
+        if isinstance(cause, ManifestProblems):
+            base = "/".join(str(p) for p in err["loc"])
+            for path, message in cause.problems:
+                out.append(Finding(ManifestError.code, f"{source}: {'/'.join(filter(None, (base, path)))}", message))
+            continue
+        loc = "/".join(str(p) for p in err["loc"]) or "(top level)"
+        out.append(Finding(ManifestError.code, f"{source}: {loc}", err["msg"].removeprefix("Value error, ")))
+    return out
+
+
+@lru_cache(maxsize=1)
+def _text_dates_loader() -> Any:
+    """YAML's safe loader without implicit timestamps: ``embargo_until: 2027-06-30`` stays the
+    text the schema checks as a date, not a ``datetime.date`` the schema would call no string."""
+    import yaml
+
+    class TextDatesLoader(yaml.SafeLoader):
+        pass
+
+    TextDatesLoader.yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    return TextDatesLoader
+
+
+def read_manifest_data(path: str | Path) -> dict[str, Any]:
+    """Read a manifest file as plain data (unchecked).
+
+    Raises
+    ------
+    ManifestError
+        If the file is missing, is not YAML, or is not a mapping.
     """
     import yaml
 
@@ -213,11 +404,23 @@ def load_manifest(path: str | Path) -> Manifest:
     if not p.is_file():
         raise ManifestError(f"manifest file not found: {p}", where=str(p))
     try:
-        data = yaml.safe_load(p.read_text())
+        data = yaml.load(p.read_text(), Loader=_text_dates_loader())  # a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{p}:{mark.line + 1}" if mark else str(p)
         raise ManifestError(f"not valid YAML ({getattr(exc, 'problem', exc)})", where=where) from None
     if not isinstance(data, dict):
         raise ManifestError("the manifest must be a YAML mapping", where=str(p))
-    return parse_manifest(data, source=str(p))
+    return data
+
+
+def load_manifest(path: str | Path) -> Manifest:
+    """Read and check a manifest YAML file.
+
+    Raises
+    ------
+    ManifestError
+        If the file is missing, is not YAML, or does not follow the schema (``findings``
+        lists every problem).
+    """
+    return parse_manifest(read_manifest_data(path), source=str(path))

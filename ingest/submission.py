@@ -24,7 +24,7 @@ import pandas as pd
 from aivc.errors import Finding, ManifestError, UsageError
 from aivc.ingest.findings import ValidationReport
 from aivc.ingest.genes import GeneMapping, map_genes
-from aivc.ingest.manifest import Manifest, load_manifest
+from aivc.ingest.manifest import Manifest, parse_manifest, read_manifest_data, submitted_dataset_id
 from aivc.ingest.matrix import MatrixChecker
 from aivc.ingest.readers import SubmittedData, UnreadableDataError, open_anndata
 from aivc.progress import NullProgress, Progress
@@ -166,9 +166,11 @@ def validate_submission(
     if not Path(data_path).exists():
         raise UsageError(f"data file not found: {data_path}", where=str(data_path))
     try:
-        manifest = load_manifest(manifest_path)
+        raw = read_manifest_data(manifest_path)
+        report.dataset_id = submitted_dataset_id(raw)  # what the submitter named, even if the rest is invalid
+        manifest = parse_manifest(raw, source=str(manifest_path))
     except ManifestError as exc:
-        report.add(Finding(exc.code, exc.where, exc.message))
+        report.extend(list(exc.findings))
         return Prepared(None, None, report)
     report.dataset_id = manifest.dataset_id
     source, layer = manifest.counts_source

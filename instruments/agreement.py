@@ -16,11 +16,22 @@ Agreement of a prediction ``p`` with a submitted label ``s`` (both CL term ids):
 
 Ancestry is the closure the pinned CL release ships (:mod:`aivc.ontology`).
 
+Fractions always name their denominator: the four agreement categories are fractions *of
+labelled cells* (``fractions_of_labelled``, summing to 1), ``unlabelled`` is a count with
+its own fraction *of all cells* (``unlabelled_fraction_of_cells``).
+
 A roll-up maps terms to a coarser level before comparing or counting: to a chosen set of
-terms (each term goes to the most specific chosen term that is itself or one of its
-ancestors; ``None`` when there is none) or to a depth (the most specific of the term and
-its ancestors whose depth is at most ``N``, where a term's depth is the number of its
+terms, the *groups* (each term goes to the most specific chosen term that is itself or one
+of its ancestors; ``None`` when there is none) or to a depth (the most specific of the term
+and its ancestors whose depth is at most ``N``, where a term's depth is the number of its
 ancestors in the closure: ``cell`` (CL:0000000) has depth 0).
+
+Roll-up agreement (:func:`rollup_agreement`) counts every labelled cell whose *submitted*
+term rolls up into a group. Such a cell agrees when its prediction rolls up to the same
+group and is a conflict when its prediction rolls up to another group *or to none* (a T
+cell predicted "natural killer cell" under the groups T cell, B cell disagrees). Labelled
+cells whose submitted term is outside every group are *not in the roll-up* and reported
+apart, as are unlabelled cells; so ``agree + conflicts == labelled cells in the groups``.
 
 Example
 -------
@@ -34,7 +45,7 @@ Example
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -92,18 +103,43 @@ def agreement_many(predicted: Sequence[str], submitted: Sequence[str | None], on
 
 
 def agreement_counts(categories: Iterable[str]) -> dict[str, Any]:
-    """Counts per category, and fractions among *labelled* cells (``unlabelled`` among all).
+    """Counts per category; fractions of the four agreement categories among *labelled*
+    cells, and the unlabelled cells' fraction of *all* cells, each named by its denominator.
 
-    >>> agreement_counts(["exact", "conflict", "unlabelled", "exact"])["fractions"]["exact"]
-    0.666667
+    >>> c = agreement_counts(["exact", "conflict", "unlabelled", "exact"])
+    >>> c["fractions_of_labelled"]["exact"], c["unlabelled_fraction_of_cells"]
+    (0.666667, 0.25)
     """
     cats = list(categories)
     counts = {c: sum(1 for x in cats if x == c) for c in CATEGORIES}
     labelled = len(cats) - counts["unlabelled"]
-    fractions = {c: round(counts[c] / labelled, 6) if labelled else None for c in CATEGORIES if c != "unlabelled"}
-    fractions["unlabelled"] = round(counts["unlabelled"] / len(cats), 6) if cats else None
+    fractions = {c: _frac(counts[c], labelled) for c in CATEGORIES if c != "unlabelled"}
     agree = sum(counts[c] for c in AGREEING)
-    return {"n_cells": len(cats), "n_labelled": labelled, "counts": counts, "fractions": fractions, "agree": agree, "agree_fraction": round(agree / labelled, 6) if labelled else None}
+    return {
+        "n_cells": len(cats), "n_labelled": labelled, "n_unlabelled": counts["unlabelled"], "counts": counts,
+        "fractions_of_labelled": fractions, "unlabelled_fraction_of_cells": _frac(counts["unlabelled"], len(cats)),
+        "agree": agree, "agree_fraction": _frac(agree, labelled),
+    }  # fmt: skip
+
+
+def agreement_rows(a: Mapping[str, Any]) -> list[tuple[str, int, float | None, float | None]]:
+    """Table rows ``(category, cells, fraction of labelled cells, fraction of all cells)`` of an
+    :func:`agreement_counts` result: the four agreement categories, ``labelled, all``,
+    ``unlabelled`` (no fraction of labelled cells) and ``all cells``. Each column has one denominator.
+
+    >>> [r[0] for r in agreement_rows(agreement_counts(["exact", "unlabelled"]))][-3:]
+    ['labelled, all', 'unlabelled', 'all cells']
+    """
+    nl, nc = int(a["n_labelled"]), int(a["n_cells"])
+    rows: list[tuple[str, int, float | None, float | None]] = [
+        (c, int(a["counts"][c]), a["fractions_of_labelled"][c], _frac(a["counts"][c], nc)) for c in CATEGORIES if c != "unlabelled"
+    ]
+    rows += [("labelled, all", nl, _frac(nl, nl), _frac(nl, nc)), ("unlabelled", int(a["n_unlabelled"]), None, a["unlabelled_fraction_of_cells"]), ("all cells", nc, None, _frac(nc, nc))]
+    return rows
+
+
+def _frac(n: int, of: int) -> float | None:
+    return round(n / of, 6) if of else None
 
 
 def depth(term: str, onto: Ontologies | None = None) -> int:
@@ -163,3 +199,120 @@ class RollUp:
                 cache[t] = self.apply(t, onto)
             out.append(cache[t])
         return out
+
+
+class RollUpOutcome(str, Enum):
+    """What a cell contributes to a roll-up's agreement (see the module docstring)."""
+
+    AGREE = "agree"
+    OTHER_GROUP = "other_group"  # conflict: the prediction rolls up to another group
+    NO_GROUP = "no_group"  # conflict: the prediction rolls up to no group
+    NOT_IN_ROLLUP = "not_in_rollup"  # labelled, but the submitted term is outside every group
+    UNLABELLED = "unlabelled"
+
+
+def rollup_outcome(predicted_group: str | None, submitted_group: str | None, labelled: bool) -> RollUpOutcome:
+    """The outcome of one cell from its rolled-up predicted and submitted terms."""
+    if not labelled:
+        return RollUpOutcome.UNLABELLED
+    if submitted_group is None:
+        return RollUpOutcome.NOT_IN_ROLLUP
+    if predicted_group == submitted_group:
+        return RollUpOutcome.AGREE
+    return RollUpOutcome.NO_GROUP if predicted_group is None else RollUpOutcome.OTHER_GROUP
+
+
+@dataclass(frozen=True)
+class RollUpGroup:
+    """One group of a roll-up: labelled cells submitted into it and what they were predicted."""
+
+    term_id: str
+    n_submitted: int
+    n_agree: int
+    n_other_group: int
+    n_no_group: int
+
+    @property
+    def recall(self) -> float | None:
+        return _frac(self.n_agree, self.n_submitted)
+
+
+@dataclass(frozen=True)
+class RollUpAgreement:
+    """Roll-up agreement of a set of cells; the group rows add up to the totals.
+
+    ``n_in_groups`` (labelled cells whose submitted term rolls up into a group) ==
+    ``agree + n_other_group + n_no_group`` == the sum of the groups' ``n_submitted``.
+    """
+
+    spec: str
+    groups: tuple[RollUpGroup, ...]
+    n_cells: int
+    n_unlabelled: int
+    n_not_in_rollup: int
+    n_not_in_rollup_predicted_in_group: int
+
+    @property
+    def n_in_groups(self) -> int:
+        return sum(g.n_submitted for g in self.groups)
+
+    @property
+    def agree(self) -> int:
+        return sum(g.n_agree for g in self.groups)
+
+    @property
+    def n_other_group(self) -> int:
+        return sum(g.n_other_group for g in self.groups)
+
+    @property
+    def n_no_group(self) -> int:
+        return sum(g.n_no_group for g in self.groups)
+
+    @property
+    def conflict(self) -> int:
+        return self.n_other_group + self.n_no_group
+
+    @property
+    def agree_fraction(self) -> float | None:
+        return _frac(self.agree, self.n_in_groups)
+
+    def to_dict(self, label_of: Any = None) -> dict[str, Any]:
+        """JSON-ready totals and one row per group (``label_of(term_id)`` names the groups)."""
+        name = label_of or (lambda t: t)
+        return {
+            "spec": self.spec, "n_cells": self.n_cells, "n_labelled": self.n_in_groups + self.n_not_in_rollup,
+            "n_in_groups": self.n_in_groups, "agree": self.agree, "agree_fraction": self.agree_fraction,
+            "conflict": self.conflict, "conflict_other_group": self.n_other_group, "conflict_no_group": self.n_no_group,
+            "n_not_in_rollup": self.n_not_in_rollup, "n_not_in_rollup_predicted_in_group": self.n_not_in_rollup_predicted_in_group,
+            "n_unlabelled": self.n_unlabelled,
+            "groups": [
+                {"term_id": g.term_id, "label": name(g.term_id), "n_submitted": g.n_submitted, "n_agree": g.n_agree,
+                 "n_conflict_other_group": g.n_other_group, "n_conflict_no_group": g.n_no_group, "recall": g.recall}
+                for g in self.groups
+            ],
+        }  # fmt: skip
+
+
+def rollup_agreement(predicted: Sequence[str], submitted: Sequence[str | None], spec: RollUp, onto: Ontologies | None = None) -> RollUpAgreement:
+    """Roll both terms of every cell up with ``spec`` and count agreement (module docstring).
+
+    >>> r = rollup_agreement(["CL:0000623", "CL:0000084"], ["CL:0000624", "CL:0000084"], RollUp.parse("CL:0000084,CL:0000236"))
+    >>> r.agree, r.n_no_group, r.n_in_groups  # a CD4+ T cell predicted NK is a conflict
+    (1, 1, 2)
+    """
+    sub = spec.apply_many(submitted, onto)
+    pred = spec.apply_many(predicted, onto)
+    outcomes = [rollup_outcome(p, g, not is_unlabelled(s)) for p, g, s in zip(pred, sub, submitted, strict=True)]
+    if spec.targets:
+        terms = list(spec.targets)
+    else:
+        terms = sorted({t for t in sub if t is not None} | {t for t, o in zip(pred, outcomes, strict=True) if t is not None and o is not RollUpOutcome.UNLABELLED})
+    groups = []
+    for t in terms:
+        mine = [o for g, o in zip(sub, outcomes, strict=True) if g == t and o is not RollUpOutcome.UNLABELLED]
+        groups.append(RollUpGroup(t, len(mine), mine.count(RollUpOutcome.AGREE), mine.count(RollUpOutcome.OTHER_GROUP), mine.count(RollUpOutcome.NO_GROUP)))
+    outside = [p for p, o in zip(pred, outcomes, strict=True) if o is RollUpOutcome.NOT_IN_ROLLUP]
+    return RollUpAgreement(
+        spec=spec.describe(), groups=tuple(groups), n_cells=len(outcomes), n_unlabelled=outcomes.count(RollUpOutcome.UNLABELLED),
+        n_not_in_rollup=len(outside), n_not_in_rollup_predicted_in_group=sum(1 for p in outside if p is not None),
+    )  # fmt: skip

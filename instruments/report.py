@@ -6,8 +6,9 @@ HTML-escaped, nothing loaded from anywhere) into the prediction version's folder
 it is published. Sections:
 
 ``summary``        cells, labelled cells, agreement, coverage, abstentions
-``agreement``      exact / ancestor / descendant / conflict / unlabelled counts and fractions
-                   (ontology-aware, :mod:`aivc.instruments.agreement`), overall and per dataset
+``agreement``      exact / ancestor / descendant / conflict / unlabelled counts, fractions of
+                   labelled cells (the unlabelled ones: of all cells), ontology-aware
+                   (:mod:`aivc.instruments.agreement`), overall and per dataset
 ``per_class``      precision / recall / F1 per cell type (exact matches, labelled cells)
 ``confusion``      submitted term x predicted term counts (and a row-normalized heatmap)
 ``disagreements``  the 20 most confident conflicts
@@ -15,7 +16,13 @@ it is published. Sections:
 ``conformal``      coverage of the submitted type by the prediction sets and mean set size,
                    against the nominal ``1 - alpha`` (labelled cells of a type the decoder knows)
 ``novelty``        abstentions, split by whether the submitted type is known to the decoder
-``rollup``         (with ``rollup``) the same agreement after rolling terms up to a coarser level
+``rollup``         (with ``rollup``) agreement after rolling terms up to coarser groups: of the
+                   labelled cells submitted into a group, those predicted into the same
+                   group agree and those predicted into another group or into none conflict
+                   (:func:`aivc.instruments.agreement.rollup_agreement`)
+
+Schema version 2 (version 1 had ``agreement.fractions`` with a mixed denominator and a
+roll-up that left cells predicted outside the groups out of its agreement).
 
 Example
 -------
@@ -40,11 +47,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from aivc.instruments.agreement import CATEGORIES, RollUp, agreement_counts, agreement_many, is_unlabelled
+from aivc.instruments.agreement import CATEGORIES, RollUp, agreement_counts, agreement_many, agreement_rows, is_unlabelled, rollup_agreement
 from aivc.instruments.registry import InstrumentRecord
 from aivc.store.lake import Lake
 
 REPORT_SCHEMA = "aivc.prediction_report"
+REPORT_SCHEMA_VERSION = 2
 TOP_DISAGREEMENTS = 20
 MAX_MAP_POINTS = 20_000
 SECTIONS = ("summary", "agreement", "per_class", "confusion", "disagreements", "map", "conformal", "novelty", "rollup")
@@ -82,7 +90,7 @@ class Report:
         if record is not None:
             data["prediction"] = record.ref
             data["created_at"] = record.created_at
-        payload = {"schema_name": REPORT_SCHEMA, "schema_version": 1, **_finite(data)}
+        payload = {"schema_name": REPORT_SCHEMA, "schema_version": REPORT_SCHEMA_VERSION, **_finite(data)}
         folder.mkdir(parents=True, exist_ok=True)
         j = _write_atomic(folder / "report.json", json.dumps(payload, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
         h = _write_atomic(folder / "report.html", render_html(payload, self.images))
@@ -146,6 +154,7 @@ def build_report(lake: Lake, folder: Path, rec: InstrumentRecord, *, rollup: Rol
     map_info = _map(lake, rec, df, images)
     if confusion["rows"]:
         images["confusion"] = _plot(lambda ax: _heatmap(ax, confusion, label_of), size=(7.5, 5.5))
+    rolled = _rollup(df, rollup, label_of) if rollup is not None else None
     data: dict[str, Any] = {
         "prediction": None,
         "instrument": rec.ref,
@@ -154,10 +163,12 @@ def build_report(lake: Lake, folder: Path, rec: InstrumentRecord, *, rollup: Rol
         "classes": [{"term_id": t, "label": label_of.get(t, t)} for t in classes],
         "labels": {t: label_of[t] for t in sorted(label_of)},
         "summary": {
-            "n_cells": int(len(df)), "n_labelled": int(labelled.sum()), "n_labelled_known_type": int(known.sum()),
-            "agree_fraction": agreement["agree_fraction"], "exact_fraction": agreement["fractions"].get("exact"),
+            "n_cells": int(len(df)), "n_labelled": int(labelled.sum()), "n_unlabelled": agreement["n_unlabelled"],
+            "n_labelled_known_type": int(known.sum()), "agree": agreement["agree"],
+            "agree_fraction": agreement["agree_fraction"], "exact_fraction": agreement["fractions_of_labelled"]["exact"],
             "coverage": conformal["coverage"], "nominal_coverage": conformal["nominal_coverage"], "mean_set_size": conformal["mean_set_size_known"],
             "n_abstain": novelty["n_abstain"], "macro_f1": per_class["macro_f1"],
+            **({"rollup": {k: rolled[k] for k in ROLLUP_SUMMARY}} if rolled is not None else {}),
         },  # fmt: skip
         "agreement": {**agreement, "by_dataset": by_dataset},
         "per_class": per_class,
@@ -166,7 +177,7 @@ def build_report(lake: Lake, folder: Path, rec: InstrumentRecord, *, rollup: Rol
         "map": map_info,
         "conformal": conformal,
         "novelty": novelty,
-        "rollup": _rollup(df, labelled, rollup, label_of) if rollup is not None else None,
+        "rollup": rolled,
     }
     return Report(data, images)
 
@@ -216,30 +227,27 @@ def _conformal(df: pd.DataFrame, labelled: pd.Series, known: pd.Series, alpha: f
     }
 
 
-def _rollup(df: pd.DataFrame, labelled: pd.Series, spec: RollUp, label_of: Mapping[str, str]) -> dict[str, Any]:
+ROLLUP_SUMMARY = ("spec", "n_in_groups", "agree", "agree_fraction", "conflict", "conflict_other_group", "conflict_no_group", "n_not_in_rollup", "n_unlabelled")
+
+
+def _rollup(df: pd.DataFrame, spec: RollUp, label_of: Mapping[str, str]) -> dict[str, Any]:
     from aivc.ontology import get_ontologies
 
-    sub = spec.apply_many(df["submitted_term_id"].tolist())
-    pred = spec.apply_many(df["predicted_term_id"].tolist())
     onto = get_ontologies()
-    lab = labelled.to_numpy()
-    both = np.array([lab[i] and sub[i] is not None and pred[i] is not None for i in range(len(df))], dtype=bool)
-    same = np.array([both[i] and sub[i] == pred[i] for i in range(len(df))], dtype=bool)
-    terms = sorted({t for t in sub + pred if t is not None})
-    rows = []
-    for t in terms:
-        s = np.array([x == t for x in sub]) & lab
-        p = np.array([x == t for x in pred]) & lab
-        rows.append({"term_id": t, "label": label_of.get(t) or onto.label(t), "n_submitted": int(s.sum()), "n_predicted": int(p.sum()),
-                     "n_agree": int((s & p).sum()), "recall": _r((s & p).sum() / s.sum()) if s.any() else None})  # fmt: skip
-    return {
-        "spec": spec.describe(),
-        "n_compared": int(both.sum()),
-        "agree": int(same.sum()),
-        "agree_fraction": _r(same.sum() / both.sum()) if both.any() else None,
-        "n_not_rolled": int((lab & ~both).sum()),
-        "classes": rows,
-    }
+    r = rollup_agreement(df["predicted_term_id"].tolist(), df["submitted_term_id"].tolist(), spec, onto)
+    return r.to_dict(lambda t: label_of.get(t) or onto.label(t))
+
+
+def rollup_headline(r: Mapping[str, Any]) -> str:
+    """The one-sentence summary of a roll-up (the report's and ``aivc annotate``'s); its numbers add up.
+
+    ``r`` is the report's ``rollup`` section (or the ``summary.rollup`` of a prediction version).
+    """
+    return (
+        f"{_n(r['agree'])} of {_n(r['n_in_groups'])} labelled cells in the groups agree ({_pct(r['agree_fraction'])}); "
+        f"{_n(r['conflict'])} conflict ({_n(r['conflict_other_group'])} predicted in another group, {_n(r['conflict_no_group'])} outside every group). "
+        f"Not in the roll-up: {_n(r['n_not_in_rollup'])} labelled cells submitted with a term outside every group, {_n(r['n_unlabelled'])} unlabelled cells."
+    )
 
 
 # -- plots -------------------------------------------------------------------------------------
@@ -323,7 +331,7 @@ def render_html(data: Mapping[str, Any], images: Mapping[str, str]) -> str:
         head,
         '<h2 id="summary">Summary</h2>',
         _table(
-            ("cells", "labelled", "labelled, type known to the decoder", "agree (ontology-aware)", "exact", "macro-F1", "coverage (nominal)", "mean set size", "abstain"),
+            ("cells", "labelled", "labelled, type known to the decoder", "agree (ontology-aware), of labelled", "exact, of labelled", "macro-F1", "coverage (nominal)", "mean set size", "abstained cells"),
             [(_n(s["n_cells"]), _n(s["n_labelled"]), _n(s["n_labelled_known_type"]), _pct(s["agree_fraction"]), _pct(s["exact_fraction"]),
               _f(s["macro_f1"]), f"{_pct(s['coverage'])} ({_pct(s['nominal_coverage'])})", _f(s["mean_set_size"]), _n(s["n_abstain"]))],
             numeric=range(9),
@@ -343,14 +351,15 @@ def render_html(data: Mapping[str, Any], images: Mapping[str, str]) -> str:
 
 
 def _agreement_section(a: Mapping[str, Any]) -> str:
-    rows = [(_e(c), _n(a["counts"][c]), _pct(a["fractions"][c])) for c in CATEGORIES]
+    nl, nc = a["n_labelled"], a["n_cells"]
+    rows = [(f"<b>{_e(c)}</b>" if c in ("labelled, all", "all cells") else _e(c), _n(n), "" if fl is None else _pct(fl), _pct(fc)) for c, n, fl, fc in agreement_rows(a)]
     by = [(_e(d), _n(x["n_cells"]), _n(x["n_labelled"]), *(_n(x["counts"][c]) for c in CATEGORIES), _pct(x["agree_fraction"])) for d, x in a["by_dataset"].items()]
     return (
         '<h2 id="agreement">Agreement with submitted labels</h2>'
         '<p class="note">ancestor: the prediction is coarser than the submitted term; descendant: finer; both agree. '
-        "Fractions are among labelled cells (unlabelled: among all cells).</p>"
-        + _table(("agreement", "cells", "fraction"), rows, numeric=(1, 2))
-        + _table(("dataset", "cells", "labelled", *CATEGORIES, "agree"), by, numeric=range(1, 9))
+        f"Each column of fractions has one denominator: the {_n(nl)} labelled cells, or all {_n(nc)} cells.</p>"
+        + _table(("agreement", "cells", f"of {nl:,} labelled cells", f"of all {nc:,} cells"), rows, numeric=(1, 2, 3))
+        + _table(("dataset", "cells", "labelled", *CATEGORIES, "agree, of labelled"), by, numeric=range(1, 9))
     )
 
 
@@ -408,12 +417,18 @@ def _novelty_section(n: Mapping[str, Any]) -> str:
 def _rollup_section(r: Mapping[str, Any] | None) -> str:
     if r is None:
         return '<h2 id="rollup">Roll-up</h2><p class="note">No roll-up was asked for (<code>--rollup</code>).</p>'
-    rows = [(f"{_e(x['label'])} <code>{_e(x['term_id'])}</code>", _n(x["n_submitted"]), _n(x["n_predicted"]), _n(x["n_agree"]), _pct(x["recall"])) for x in r["classes"]]
+    rows = [
+        (f"{_e(x['label'])} <code>{_e(x['term_id'])}</code>", _n(x["n_submitted"]), _n(x["n_agree"]), _n(x["n_conflict_other_group"]), _n(x["n_conflict_no_group"]), _pct(x["recall"]))
+        for x in r["groups"]
+    ]
+    rows.append(("<b>all groups</b>", _n(r["n_in_groups"]), _n(r["agree"]), _n(r["conflict_other_group"]), _n(r["conflict_no_group"]), _pct(r["agree_fraction"])))
     return (
         f'<h2 id="rollup">Roll-up to {_e(r["spec"])}</h2>'
-        f"<p>After rolling both terms up, {_n(r['agree'])} of {_n(r['n_compared'])} labelled cells agree ({_pct(r['agree_fraction'])}); "
-        f"{_n(r['n_not_rolled'])} labelled cells have a term that does not roll up.</p>"
-        + _table(("rolled-up type", "submitted", "predicted", "agree", "recall"), rows, numeric=range(1, 5))
+        f"<p>{_e(rollup_headline(r))}</p>"
+        '<p class="note">A labelled cell counts when its submitted term rolls up into a group: it agrees when its prediction rolls up '
+        "to the same group and conflicts when its prediction rolls up to another group or to none. "
+        f"{_n(r['n_not_in_rollup_predicted_in_group'])} of the cells not in the roll-up were predicted into a group.</p>"
+        + _table(("rolled-up type (submitted)", "labelled cells", "agree", "conflict: predicted in another group", "conflict: predicted outside every group", "agree, of the row"), rows, numeric=range(1, 6))
     )
 
 

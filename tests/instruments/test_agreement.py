@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from aivc.errors import UsageError
-from aivc.instruments.agreement import Agreement, RollUp, agreement, agreement_counts, agreement_many, depth
+from aivc.instruments.agreement import Agreement, RollUp, agreement, agreement_counts, agreement_many, agreement_rows, depth, rollup_agreement
 
 CD4_AB_T = "CL:0000624"  # CD4-positive, alpha-beta T cell
 T_CELL = "CL:0000084"
@@ -14,6 +14,7 @@ LYMPHOCYTE = "CL:0000542"
 TREG = "CL:0000815"  # regulatory T cell
 CD14_MONO = "CL:0001054"
 NK = "CL:0000623"
+DENDRITIC = "CL:0000451"
 
 
 def test_the_five_relations():
@@ -36,8 +37,34 @@ def test_counts_and_fractions():
     assert cats.tolist() == ["ancestor", "descendant", "conflict", "exact", "unlabelled"]
     c = agreement_counts(cats)
     assert c["counts"] == {"exact": 1, "ancestor": 1, "descendant": 1, "conflict": 1, "unlabelled": 1}
-    assert (c["n_labelled"], c["agree"], c["agree_fraction"]) == (4, 3, 0.75)
-    assert c["fractions"]["conflict"] == 0.25 and c["fractions"]["unlabelled"] == 0.2
+    assert (c["n_labelled"], c["n_unlabelled"], c["agree"], c["agree_fraction"]) == (4, 1, 3, 0.75)
+    # each fraction names its denominator: the four categories of the 4 labelled cells, unlabelled of all 5
+    assert c["fractions_of_labelled"] == {"exact": 0.25, "ancestor": 0.25, "descendant": 0.25, "conflict": 0.25}
+    assert c["unlabelled_fraction_of_cells"] == 0.2 and "fractions" not in c
+
+
+def test_agreement_rows_have_one_denominator_per_column():
+    c = agreement_counts(agreement_many([T_CELL, T_CELL, B_CELL, B_CELL], [T_CELL, B_CELL, "unknown", None]))
+    assert agreement_rows(c) == [
+        ("exact", 1, 0.5, 0.25), ("ancestor", 0, 0.0, 0.0), ("descendant", 0, 0.0, 0.0), ("conflict", 1, 0.5, 0.25),
+        ("labelled, all", 2, 1.0, 0.5), ("unlabelled", 2, None, 0.5), ("all cells", 4, None, 1.0),
+    ]  # fmt: skip
+
+
+def test_rollup_agreement_counts_a_prediction_outside_the_groups_as_a_conflict():
+    """Groups T cell, B cell: a T cell predicted NK and a B cell predicted dendritic cell disagree."""
+    predicted = [T_CELL, NK, DENDRITIC, B_CELL, B_CELL, T_CELL, NK, T_CELL]
+    submitted = [CD4_AB_T, T_CELL, B_CELL, B_CELL, TREG, CD14_MONO, NK, "unknown"]
+    r = rollup_agreement(predicted, submitted, RollUp.parse(f"{T_CELL},{B_CELL}"))
+    t, b = r.groups
+    assert (t.term_id, t.n_submitted, t.n_agree, t.n_other_group, t.n_no_group) == (T_CELL, 3, 1, 1, 1)  # CD4 T agrees, Treg -> B, T -> NK
+    assert (b.term_id, b.n_submitted, b.n_agree, b.n_other_group, b.n_no_group) == (B_CELL, 2, 1, 0, 1)  # B agrees, B -> dendritic
+    assert (r.n_in_groups, r.agree, r.conflict, r.n_other_group, r.n_no_group) == (5, 2, 3, 1, 2)
+    assert (r.n_not_in_rollup, r.n_not_in_rollup_predicted_in_group, r.n_unlabelled, r.n_cells) == (2, 1, 1, 8)
+    assert r.agree_fraction == 0.4 and (t.recall, b.recall) == (round(1 / 3, 6), 0.5)
+    d = r.to_dict()
+    assert (d["n_in_groups"], d["agree"], d["conflict_no_group"], d["n_labelled"]) == (5, 2, 2, 7)
+    assert d["n_in_groups"] == d["agree"] + d["conflict_other_group"] + d["conflict_no_group"] == sum(g["n_submitted"] for g in d["groups"])
 
 
 def test_rollup_to_chosen_terms():

@@ -183,7 +183,7 @@ def annotate(
     datasets: Annotated[Optional[str], typer.Option("--datasets", help="Comma-separated dataset ids to annotate.")] = None,
     all_: Annotated[bool, typer.Option("--all", help="Annotate every dataset with vectors in the instrument's embedding version.")] = False,
     embedding: Annotated[Optional[str], typer.Option("--embedding", help="Embedding version to read (default and only allowed: the one the instrument was trained on).")] = None,
-    engine: Annotated[str, typer.Option("--engine", help="ray (a Ray Data job) or local (in-process, small inputs).")] = "ray",
+    engine: Annotated[str, typer.Option("--engine", help="auto (default: local below 2,000,000 cells, Ray from there or with --actors/--ray-address), ray (a Ray Data job) or local (in-process).")] = "auto",
     actors: Annotated[int, typer.Option("--actors", help="Ray engine: 0 runs the decoder in Ray tasks fused with the writes (reusing running workers); N >= 1 in a pool of N actors.")] = 0,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Cells per batch.")] = 65536,
     ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster address (default: start Ray locally).")] = None,
@@ -218,12 +218,22 @@ def annotate(
             _print_json(res)
             return 0
         s = pv.summary
-        line = f"published {pv.ref}: {pv.n_rows} cells of {', '.join(pv.datasets)} by {pv.instrument_ref} over {pv.embedding_ref} in {pv.job['seconds']:.2f}s (SQL view {pv.view_name})"
+        job = pv.job
+        line = (
+            f"published {pv.ref}: {pv.n_rows} cells of {', '.join(pv.datasets)} by {pv.instrument_ref} over {pv.embedding_ref} "
+            f"in {job['seconds']:.2f}s on the {job['engine']} engine ({job.get('engine_reason', '')}) (SQL view {pv.view_name})"
+        )
         _console().print(line, highlight=False)
         if s:
             agree = "n/a" if s.get("agree_fraction") is None else f"{s['agree_fraction']:.1%}"
             cov = "n/a" if s.get("coverage") is None else f"{s['coverage']:.1%}"
-            sys.stdout.write(f"  labelled cells {s['n_labelled']}: agree {agree}, conformal coverage {cov} (nominal {s['nominal_coverage']:.0%}); abstained {s['n_abstain']}\n")
+            sys.stdout.write(
+                f"  {s['n_labelled']} of {s['n_cells']} cells labelled: {s['agree']} agree ({agree} of the labelled cells); conformal coverage {cov} "
+                f"of the {s['n_labelled_known_type']} labelled cells of a type the decoder knows (nominal {s['nominal_coverage']:.0%}); "
+                f"abstained {s['n_abstain']} of {s['n_cells']} cells\n"
+            )
+            if s.get("rollup"):
+                sys.stdout.write(f"  roll-up to {s['rollup']['spec']}: {rollup_headline(s['rollup'])}\n")
             sys.stdout.write(f"  report: {res['report']}\n")
         return 0
 
@@ -233,3 +243,5 @@ def annotate(
 def register(app: typer.Typer) -> None:
     app.add_typer(instruments_app, name="instruments")
     app.command("annotate")(annotate)
+            from aivc.instruments.report import rollup_headline
+

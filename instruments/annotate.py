@@ -7,7 +7,12 @@ publishes it atomically (:func:`aivc.instruments.predictions.publish`).
 
 Engines
 -------
-``ray`` (default)
+``auto`` (default)
+    ``local`` for a job of fewer than :data:`AUTO_LOCAL_MAX_CELLS` stored vectors, ``ray``
+    for a larger one, and ``ray`` whenever a Ray cluster (``ray_address``) or an actor
+    pool (``actors``) is asked for. :func:`choose_engine` decides; the job record says which
+    engine ran and why (``job.engine``, ``job.engine_reason``). An explicit engine wins.
+``ray``
     A Ray Data job: ``read_parquet`` over the partitions of the chosen datasets,
     ``map_batches`` and a :class:`PredictionSink` whose write tasks write Parquet parts
     per dataset into the staging folder. By default (``actors=0``) the decoder runs in
@@ -22,7 +27,16 @@ Engines
     connects to a cluster (the lake must be reachable from its workers); otherwise an
     already started Ray is used, or a local one is started and stopped.
 ``local``
-    In-process, dataset by dataset: no Ray start-up cost, for small inputs.
+    In-process, dataset by dataset, batch by batch (memory bounded by ``batch_size``):
+    no Ray start-up cost, one process.
+
+Why the threshold is where it is (timings in README.md, "Which engine runs"): every
+``aivc annotate`` is a cold Ray job (Ray starts worker processes per driver), which took
+7-11 s before the first cell on the 2-CPU development machine (``ray.init`` plus Ray Data's
+~2 s floor), while the local engine annotated 2 M cells in ~9 s there. Below that size the
+local engine is done before Ray has started, so Ray cannot win however many cores it gets
+(measured: local was faster at every size, 1.0 s vs 12.5 s wall for 700 cells, 9.8 s vs
+18.4 s for 2 M); above it Ray can spread the work over a bigger machine's cores or a cluster.
 
 Example
 -------
@@ -48,8 +62,10 @@ from aivc.instruments.registry import InstrumentError, InstrumentRecord, get_ins
 from aivc.progress import NullProgress, Progress
 from aivc.store.lake import Lake, utcnow
 
-Engine = Literal["ray", "local"]
-ENGINES: tuple[str, ...] = ("ray", "local")
+Engine = Literal["auto", "ray", "local"]
+ENGINES: tuple[str, ...] = ("auto", "ray", "local")
+#: ``engine="auto"`` runs jobs of fewer stored vectors than this in-process (see the module docstring).
+AUTO_LOCAL_MAX_CELLS = 2_000_000
 KEY_COLUMNS = ("obs_id", "soma_joinid", "dataset_id")
 
 
@@ -278,6 +294,30 @@ def _run_local(lake: Lake, decoder: Any, emb: Any, datasets: list[str], staging:
 
 
 # -- the job -------------------------------------------------------------------------------
+def choose_engine(engine: str, n_cells: int, *, actors: int = 0, ray_address: str | None = None) -> tuple[Literal["ray", "local"], str]:
+    """The engine a job runs on and why: an explicit ``engine`` wins; ``auto`` picks Ray for a
+    cluster address, an actor pool or at least :data:`AUTO_LOCAL_MAX_CELLS` cells, else local.
+
+    >>> choose_engine("auto", 700)
+    ('local', 'auto: 700 cells < 2000000')
+    >>> choose_engine("auto", 700, actors=2)
+    ('ray', 'auto: --actors 2 asks for a Ray actor pool')
+    >>> choose_engine("local", 5_000_000)
+    ('local', '--engine local')
+    """
+    if engine == "ray" or engine == "local":
+        return engine, f"--engine {engine}"
+    if engine != "auto":
+        raise UsageError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}", where="--engine")
+    if ray_address:
+        return "ray", f"auto: --ray-address {ray_address} names a Ray cluster"
+    if actors:
+        return "ray", f"auto: --actors {actors} asks for a Ray actor pool"
+    if n_cells < AUTO_LOCAL_MAX_CELLS:
+        return "local", f"auto: {n_cells} cells < {AUTO_LOCAL_MAX_CELLS}"
+    return "ray", f"auto: {n_cells} cells >= {AUTO_LOCAL_MAX_CELLS}"
+
+
 def annotate(
     lake: Lake,
     instrument: str,
@@ -285,7 +325,7 @@ def annotate(
     datasets: list[str] | None = None,
     all_datasets: bool = False,
     embedding: str | None = None,
-    engine: Engine = "ray",
+    engine: Engine = "auto",
     actors: int = 0,
     batch_size: int = 65536,
     ray_address: str | None = None,
@@ -305,7 +345,8 @@ def annotate(
         The embedding version to read; default (and the only one allowed) is the one the
         instrument was trained on: any other raises :class:`InstrumentError`.
     engine
-        ``"ray"`` (Ray Data) or ``"local"`` (in-process).
+        ``"auto"`` (default: :func:`choose_engine`), ``"ray"`` (Ray Data) or ``"local"``
+        (in-process). The one that ran, and why, is in the version's ``job`` record.
     actors
         Ray engine: 0 (default) runs the decoder in Ray tasks fused with the writes; N >= 1
         in a pool of N actors.
@@ -335,6 +376,7 @@ def annotate(
         rollup_spec = RollUp.parse(rollup)
     files = parquet_files(lake, emb, set(chosen))
     expected = _count_rows(files, emb.ref)
+    engine, reason = choose_engine(engine, expected, actors=actors, ray_address=ray_address)
     decoder = load_instrument(lake, rec)  # checked here; each Ray worker or actor loads its own
     if getattr(decoder, "dim", emb.dim) != emb.dim:
         raise InstrumentError(f"{rec.ref} reads {decoder.dim}-dimensional URs but {emb.ref} has {emb.dim} dimensions", where="--embedding")
@@ -356,7 +398,7 @@ def annotate(
         if sum(rows.values()) != expected:
             raise InstrumentError(f"the job wrote {sum(rows.values())} rows for {expected} stored vectors; nothing was published", where=engine)
         lineage = {r.partition("@")[0]: r for r in (emb.lineage.get("datasets", []) if isinstance(emb.lineage, dict) else [])}
-        job = _job_record(engine, actors, batch_size, seconds, expected)
+        job = _job_record(engine, reason, actors, batch_size, seconds, expected)
         built = None
         if report:
             from aivc.instruments.report import build_report
@@ -396,9 +438,9 @@ def _count_rows(files: list[Path], ref: str) -> int:
     return n
 
 
-def _job_record(engine: str, actors: int, batch_size: int, seconds: float, n: int) -> dict[str, Any]:
+def _job_record(engine: str, reason: str, actors: int, batch_size: int, seconds: float, n: int) -> dict[str, Any]:
     job: dict[str, Any] = {
-        "engine": engine, "actors": actors if engine == "ray" else 0, "batch_size": batch_size,
+        "engine": engine, "engine_reason": reason, "actors": actors if engine == "ray" else 0, "batch_size": batch_size,
         "seconds": round(seconds, 3), "cells_per_second": round(n / seconds, 1) if seconds > 0 else None,
     }  # fmt: skip
     if engine == "ray":

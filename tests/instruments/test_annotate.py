@@ -11,7 +11,7 @@ import pytest
 
 from aivc.embeddings.store import EmbeddingWriter, read_vectors
 from aivc.errors import UsageError
-from aivc.instruments.annotate import annotate
+from aivc.instruments.annotate import AUTO_LOCAL_MAX_CELLS, annotate, choose_engine
 from aivc.instruments.celltype import train_celltype
 from aivc.instruments.predictions import get_prediction_version, list_prediction_versions, read_predictions, version_dir
 from aivc.instruments.registry import InstrumentError, load_instrument
@@ -21,14 +21,14 @@ from tests.instruments.support import run_cli
 
 @pytest.fixture(scope="module")
 def annotated(pbmc_base, ray_session, tmp_path_factory, cli_app):
-    """A lake copy where `aivc annotate` (Ray engine, the default) ran over part 2."""
+    """A lake copy where `aivc annotate --engine ray` ran over part 2."""
     import shutil
 
     from aivc.store.lake import Lake
 
     root = tmp_path_factory.mktemp("annotated") / "lake"
     shutil.copytree(pbmc_base.root, root, symlinks=True)
-    code, out = run_cli(cli_app, "annotate", "--instrument", "celltype@1", "--datasets", "pbmc68k-part2", "--rollup", "CL:0000084,CL:0000236", "--lake", str(root))
+    code, out = run_cli(cli_app, "annotate", "--instrument", "celltype@1", "--datasets", "pbmc68k-part2", "--rollup", "CL:0000084,CL:0000236", "--engine", "ray", "--lake", str(root))
     assert code == 0, out
     return Lake.open(root), out
 
@@ -38,6 +38,7 @@ def test_cli_publishes_a_prediction_version_with_ray(annotated, cli_app):
     assert out["status"] == "published" and out["ref"] == "predictions:celltype@1" and out["sql_view"] == "predictions_celltype_v1"
     assert (out["instrument_ref"], out["embedding_ref"], out["datasets"], out["n_rows"]) == ("celltype@1", "cell:pca@1", ["pbmc68k-part2@1"], 350)
     assert out["job"]["engine"] == "ray" and out["job"]["actors"] == 0 and out["job"]["ray_mode"] == "tasks"
+    assert out["job"]["engine_reason"] == "--engine ray"  # explicit: 350 cells would otherwise run locally
     pv = get_prediction_version(lake, "celltype")
     assert pv.rows_per_dataset == {"pbmc68k-part2": 350} and pv.partitions == ("dataset=pbmc68k-part2",)
     assert out["report"] == str(version_dir(lake, "celltype", 1) / "report.html")
@@ -77,12 +78,50 @@ def test_new_versions_never_change_old_ones(plake, ray_session):
     # the in-process engine, Ray tasks and a Ray actor pool give the same rows
     a = read_predictions(plake, first).to_pandas().set_index("obs_id").sort_index()
     dec = load_instrument(plake, "celltype@1")
-    for actors in (0, 1):
-        again = annotate(plake, "celltype@1", datasets=["pbmc68k-part2"], engine="ray", actors=actors, report=False)
-        assert again.job["ray_mode"] == ("tasks" if actors == 0 else "actor pool of 1")
+    for actors in (0, 1):  # explicit Ray tasks; the default engine (auto) given an actor pool
+        again = annotate(plake, "celltype@1", datasets=["pbmc68k-part2"], actors=actors, report=False, **({"engine": "ray"} if actors == 0 else {}))
+        assert again.job["ray_mode"] == ("tasks" if actors == 0 else "actor pool of 1") and again.job["engine"] == "ray"
+        assert again.job["engine_reason"] == ("--engine ray" if actors == 0 else "auto: --actors 1 asks for a Ray actor pool")
         b = read_predictions(plake, again).to_pandas().set_index("obs_id").sort_index()
         assert a["predicted_term_id"].equals(b["predicted_term_id"]) and dec.record.ref == "celltype@1"
         np.testing.assert_allclose(a["novelty"], b["novelty"], rtol=1e-5)
+
+
+def test_auto_engine_runs_a_small_job_locally_and_says_why(plake, cli_app):
+    from typer.testing import CliRunner
+
+    code, out = run_cli(cli_app, "annotate", "--instrument", "celltype@1", "--datasets", "pbmc68k-part2", "--no-report", "--lake", str(plake.root))
+    assert code == 0, out
+    assert out["job"]["engine"] == "local" and out["job"]["engine_reason"] == f"auto: 350 cells < {AUTO_LOCAL_MAX_CELLS}" and "ray_mode" not in out["job"]
+    assert get_prediction_version(plake, "celltype@1").job["engine_reason"] == out["job"]["engine_reason"]  # in the version's record
+    # the human summary says which engine ran and why, and names every denominator
+    res = CliRunner().invoke(cli_app, ["annotate", "--instrument", "celltype@1", "--all", "--rollup", "CL:0000084,CL:0000236", "--lake", str(plake.root)])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.stdout.split())
+    assert f"on the local engine (auto: 700 cells < {AUTO_LOCAL_MAX_CELLS})" in text
+    s = get_prediction_version(plake, "celltype@2").summary
+    assert f"700 of 700 cells labelled: {s['agree']} agree ({s['agree_fraction']:.1%} of the labelled cells)" in text
+    r = s["rollup"]
+    assert f"roll-up to CL:0000084,CL:0000236: {r['agree']} of {r['n_in_groups']} labelled cells in the groups agree" in text
+    assert r["n_in_groups"] == r["agree"] + r["conflict"] and r["n_in_groups"] + r["n_not_in_rollup"] == 700
+
+
+def test_choose_engine():
+    n = AUTO_LOCAL_MAX_CELLS
+    assert choose_engine("auto", n - 1) == ("local", f"auto: {n - 1} cells < {n}")
+    assert choose_engine("auto", n) == ("ray", f"auto: {n} cells >= {n}")
+    assert choose_engine("auto", 700, actors=2) == ("ray", "auto: --actors 2 asks for a Ray actor pool")
+    assert choose_engine("auto", 700, ray_address="auto") == ("ray", "auto: --ray-address auto names a Ray cluster")
+    assert choose_engine("local", 10 * n, actors=2) == ("local", "--engine local") and choose_engine("ray", 1) == ("ray", "--engine ray")
+    with pytest.raises(UsageError) as bad:
+        choose_engine("spark", 1)
+    assert bad.value.where == "--engine"
+    from aivc.cli_instruments import annotate as command
+
+    import typing
+
+    option = typing.get_type_hints(command, include_extras=True)["engine"].__metadata__[0]
+    assert f"local below {n:,} cells" in option.help  # the documented threshold is the one in the code
 
 
 def _pca_v2(lake) -> None:  # noqa: ANN001
@@ -112,7 +151,7 @@ def test_wrong_embedding_version_and_missing_vectors_are_refused(plake, cli_app,
     assert code == 1 and "holds the vectors of pbmc68k-part2@1, not of pbmc68k-part2@2" in err["errors"][0]["message"]
     code, err = run_cli(cli_app, "annotate", "--instrument", "celltype@1", "--lake", str(plake.root))
     assert code == 2 and err["errors"][0]["code"] == "USAGE"
-    with pytest.raises(UsageError, match="--actors 2 would hold all 2 CPUs"):
+    with pytest.raises(UsageError, match="--actors 2 would hold all 2 CPUs"):  # auto with --actors 2: the Ray engine, which checks the pool
         annotate(plake, "celltype@1", all_datasets=True, actors=2)
     with pytest.raises(UsageError, match=r"--actors must be 0 \(Ray tasks\) or more, got -1"):
         annotate(plake, "celltype@1", all_datasets=True, actors=-1)

@@ -6,6 +6,11 @@ per cell and ``obs["n_counts"]`` the totals, so raw counts are recovered exactly
 ``round(expm1(raw.X) * n_counts / 1e4)``. The demo splits it into two submissions (one
 with submitted cell-type labels mapped to the Cell Ontology, one without labels),
 validates and commits both, resubmits one unchanged, prints the catalog and runs SQL.
+
+The submissions are written to ``--workdir``, by default ``<lake>/demo-inputs/`` (never
+the current folder): no lake reader, check or recovery walks the lake's top level, each
+reads only its own folders (``soma``, ``catalog``, ``submissions``, ``features``, ...), so
+the extra folder is left alone and goes away with the lake.
 """
 
 from __future__ import annotations
@@ -107,6 +112,20 @@ def build_pbmc_submissions(workdir: str | Path) -> list[tuple[Path, Path]]:
     return written
 
 
+#: Folder of the demo's submissions under the lake when no ``--workdir`` is given.
+DEMO_INPUTS = "demo-inputs"
+
+
+def prepare_inputs(lake_path: str | None, workdir: str | None = None) -> tuple[Any, Path, list[tuple[Path, Path]]]:
+    """Create (or open) the demo lake and write the two PBMC submissions: into ``workdir``,
+    by default ``<lake>/demo-inputs/``; returns ``(lake, folder, [(h5ad, manifest), ...])``."""
+    from aivc.store.lake import Lake
+
+    lake = Lake.init(lake_path)
+    work = Path(workdir).expanduser().absolute() if workdir else lake.root / DEMO_INPUTS
+    return lake, work, build_pbmc_submissions(work)
+
+
 def run_demo(lake_path: str | None, *, workdir: str | None = None, json_mode: bool = False) -> dict[str, Any]:
     """Run the demo; print a human summary unless ``json_mode``; return a summary dict."""
     from rich.console import Console
@@ -115,16 +134,13 @@ def run_demo(lake_path: str | None, *, workdir: str | None = None, json_mode: bo
     from aivc.ingest.submission import submit
     from aivc.progress import make_progress
     from aivc.store.catalog import Catalog
-    from aivc.store.lake import Lake
     from aivc.store.sql import query
 
     con = Console(quiet=json_mode)
-    lake = Lake.init(lake_path)
-    work = Path(workdir) if workdir else lake.root.parent / "aivc-demo-inputs"
     con.rule("[bold]aivc demo[/]: consortium submission of real PBMC data")
-    con.print(f"lake: {lake.root}\ninputs: {work}")
-    files = build_pbmc_submissions(work)
-    summary: dict[str, Any] = {"lake": str(lake.root), "submissions": []}
+    lake, work, files = prepare_inputs(lake_path, workdir)
+    con.print(f"lake: {lake.root}\ninputs: {work}", highlight=False)
+    summary: dict[str, Any] = {"lake": str(lake.root), "inputs": str(work), "submissions": []}
     for h5, mf in files + files[:1]:
         progress = make_progress(json_mode)
         try:
@@ -159,7 +175,8 @@ def run_demo(lake_path: str | None, *, workdir: str | None = None, json_mode: bo
 
 def _demo_reannotation(lake: Any, con: Any, embedding: str, json_mode: bool) -> dict[str, Any]:
     """Train a cell-type decoder on part 1's labels over the learned UR, reannotate the whole
-    demo atlas with it (Ray Data), and print the ontology-aware agreement summary."""
+    demo atlas with it (the default engine, auto: in-process for 700 cells), and print the agreement
+    summary with each fraction's denominator named."""
     import json as _json
 
     from aivc.cli_common import print_table
@@ -185,9 +202,8 @@ def _demo_reannotation(lake: Any, con: Any, embedding: str, json_mode: bool) -> 
         progress.close()
     report = version_dir(lake, pv.instrument, pv.version) / "report.html"
     agreement = _json.loads((report.parent / "report.json").read_text())["agreement"]
-    con.print(f"published {pv.ref} ({pv.n_rows} cells, SQL view {pv.view_name}); report: {report}", highlight=False)
-    rows = [(k, v, f"{agreement['fractions'][k]:.1%}" if agreement["fractions"].get(k) is not None else "") for k, v in agreement["counts"].items()]
-    print_table(("agreement with the submitted label", "cells", "fraction"), rows, title="ontology-aware agreement (part 1 labels; part 2 was submitted unlabelled)", out=con)
+    con.print(f"published {pv.ref} ({pv.n_rows} cells on the {pv.job['engine']} engine: {pv.job['engine_reason']}; SQL view {pv.view_name}); report: {report}", highlight=False)
+    print_table(*agreement_table(agreement), title="ontology-aware agreement with the submitted labels (part 1 labelled; part 2 was submitted unlabelled)", out=con)
     sql = (
         f"SELECT p.predicted_label, count(*) AS n_cells, round(avg(p.probability), 3) AS mean_probability, sum(p.abstain::INT) AS abstained "
         f"FROM {pv.view_name} p JOIN cells c USING (obs_id) WHERE c.dataset_id = 'pbmc68k-part2' GROUP BY ALL ORDER BY n_cells DESC"
@@ -196,6 +212,18 @@ def _demo_reannotation(lake: Any, con: Any, embedding: str, json_mode: bool) -> 
     con.print(f"[bold]aivc sql[/] \"{sql}\"", highlight=False)
     print_table(res.columns, res.rows, out=con)
     return {"instrument": rec.ref, "decoder_metrics": m, "predictions": pv.ref, "summary": pv.summary, "agreement": agreement["counts"], "report": str(report), "part2_query": sql, "part2": res.to_dicts()}
+
+
+def agreement_table(agreement: dict[str, Any]) -> tuple[tuple[str, ...], list[tuple[str, int, str, str]]]:
+    """Header and rows of the demo's agreement table: each fraction column has one denominator,
+    named in its header (the labelled cells, or all cells)."""
+    from aivc.instruments.agreement import agreement_rows
+
+    def pct(x: float | None) -> str:
+        return "" if x is None else f"{x:.1%}"
+
+    header = ("agreement with the submitted label", "cells", f"of {agreement['n_labelled']} labelled cells", f"of all {agreement['n_cells']} cells")
+    return header, [(c, n, pct(fl), pct(fc)) for c, n, fl, fc in agreement_rows(agreement)]
 
 
 DEMO_VAE_OVERRIDES = ("name=pbmc-vae", "optim.epochs=40", "optim.batch_size=128", "model.latent_dim=10", "model.hidden_dim=128", "seed=0")

@@ -31,3 +31,44 @@ def test_demo_end_to_end(tmp_path, ray_session):  # noqa: ANN001
     assert rea["agreement"]["exact"] + rea["agreement"]["ancestor"] + rea["agreement"]["descendant"] >= 0.7 * 350
     assert sum(r["n_cells"] for r in rea["part2"]) == 350
     assert Path(rea["report"]).is_file() and "<img" in Path(rea["report"]).read_text()
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_demo_inputs_go_under_the_lake_not_the_current_folder(tmp_path, monkeypatch):
+    """`aivc demo` with the default lake (./lake): its submissions land in <lake>/demo-inputs, the
+    current folder gets nothing but the lake, and the lake's recovery leaves the inputs alone."""
+    import aivc.ingest.submission
+    from aivc.demo import DEMO_INPUTS, run_demo
+    from aivc.store.catalog import Catalog
+    from aivc.store.lake import Lake
+    from aivc.store.recovery import recover
+
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    monkeypatch.delenv("AIVC_LAKE", raising=False)
+    submitted: list[Path] = []
+
+    def stop(lake, h5, manifest, **kw):  # noqa: ANN001, ANN003, ANN202 - the first submission ends the run
+        submitted.append(Path(h5))
+        raise _Stop
+
+    monkeypatch.setattr(aivc.ingest.submission, "submit", stop)
+    with pytest.raises(_Stop):
+        run_demo(None, json_mode=True)
+    inputs = cwd / "lake" / DEMO_INPUTS
+    assert sorted(p.name for p in cwd.iterdir()) == ["lake"]
+    assert sorted(p.name for p in inputs.iterdir()) == ["pbmc68k-part1.h5ad", "pbmc68k-part1.yaml", "pbmc68k-part2.h5ad", "pbmc68k-part2.yaml"]
+    assert submitted == [inputs / "pbmc68k-part1.h5ad"]
+    lake = Lake.open(cwd / "lake")
+    with lake.write_lock():
+        assert recover(lake) == []
+    assert Catalog(lake).all_versions() == [] and len(list(inputs.iterdir())) == 4
+    assert Lake.init(cwd / "lake").root == lake.root  # still a lake, re-opened as one
+    # an explicit --workdir is used as given
+    with pytest.raises(_Stop):
+        run_demo(str(tmp_path / "other-lake"), workdir=str(tmp_path / "mine"), json_mode=True)
+    assert submitted[-1] == tmp_path / "mine" / "pbmc68k-part1.h5ad" and not (tmp_path / "other-lake" / DEMO_INPUTS).exists()

@@ -225,6 +225,8 @@ def annotate(
         )
         _console().print(line, highlight=False)
         if s:
+            from aivc.instruments.report import rollup_headline
+
             agree = "n/a" if s.get("agree_fraction") is None else f"{s['agree_fraction']:.1%}"
             cov = "n/a" if s.get("coverage") is None else f"{s['coverage']:.1%}"
             sys.stdout.write(
@@ -243,5 +245,3 @@ def annotate(
 def register(app: typer.Typer) -> None:
     app.add_typer(instruments_app, name="instruments")
     app.command("annotate")(annotate)
-            from aivc.instruments.report import rollup_headline
-

@@ -27,8 +27,6 @@ Example
 from __future__ import annotations
 
 import datetime as dt
-import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -36,15 +34,15 @@ from typing import Any, Literal
 import numpy as np
 
 from aivc.errors import AivcError, UsageError
-from aivc.store.lake import Lake, write_json_atomic
-from aivc.store.records import dump_record, load_record, pick_version
+from aivc.store.collection import Collection, check_name, sql_name
+from aivc.store.collection import parse_ref as parse_collection_ref
+from aivc.store.lake import Lake
+from aivc.store.records import dump_record, load_record
 
 Entity = Literal["cell", "gene", "niche"]
 ENTITIES: tuple[str, ...] = ("cell", "gene", "niche")
 RECORD_NAME = "_version.json"
 RECORD_SCHEMA = "aivc.embedding_version"
-_NAME = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
-_VERSION_DIR = re.compile(r"^v(\d{6})$")
 
 
 class EmbeddingError(AivcError):
@@ -76,11 +74,11 @@ class EmbeddingVersion:
 
     @property
     def view_name(self) -> str:
-        return f"{self.entity}_{self.name}_v{self.version}"
+        return f"{self.entity}_{sql_name(self.name)}_v{self.version}"
 
     @property
     def alias_name(self) -> str:
-        return f"{self.entity}_{self.name}"
+        return f"{self.entity}_{sql_name(self.name)}"
 
     def to_record(self) -> dict[str, Any]:
         return dump_record(self, RECORD_SCHEMA)
@@ -90,56 +88,39 @@ class EmbeddingVersion:
         return load_record(cls, d, RECORD_SCHEMA)
 
 
+def features(lake: Lake) -> Collection[EmbeddingVersion]:
+    """The lake's embedding versions (``<lake>/features/<entity>/<name>/v000001/``)."""
+    return Collection(
+        lake, folder="features", kinds=ENTITIES, record_name=RECORD_NAME, load=EmbeddingVersion.from_record,
+        what="embedding", hint="aivc features list", error=EmbeddingError, form="ENTITY:NAME[@VERSION]", example="cell:pca@1",
+    )  # fmt: skip
+
+
 def parse_ref(ref: str) -> tuple[str, str, int | None]:
     """``"cell:pca@2"`` -> ("cell", "pca", 2); ``"cell:pca"`` / ``"cell:pca@latest"`` -> version None."""
-    m = re.match(r"^(\w+):([a-z][a-z0-9_]*)(?:@(\d+|latest))?$", ref)
-    if not m:
-        raise UsageError(f"embedding reference {ref!r} must look like ENTITY:NAME[@VERSION], e.g. cell:pca@1", where=ref)
-    entity, name, v = m.groups()
-    if entity not in ENTITIES:
-        raise UsageError(f"entity {entity!r} is not one of {', '.join(ENTITIES)}", where=ref)
-    return entity, name, None if v in (None, "latest") else int(v)
+    r = parse_collection_ref(ref, kinds=ENTITIES, what="embedding reference", form="ENTITY:NAME[@VERSION]", example="cell:pca@1")
+    return r.kind, r.name, r.version
 
 
 def features_root(lake: Lake) -> Path:
-    return lake.root / "features"
+    return features(lake).root
 
 
 def version_dir(lake: Lake, entity: str, name: str, version: int) -> Path:
-    return features_root(lake) / entity / name / f"v{version:06d}"
+    return features(lake).version_dir(entity, name, version)
 
 
 def list_versions(lake: Lake, entity: str | None = None, name: str | None = None) -> list[EmbeddingVersion]:
     """Every published embedding version (optionally of one entity / name)."""
-    root = features_root(lake)
-    out: list[EmbeddingVersion] = []
-    if not root.is_dir():
-        return out
-    for ent in sorted(p for p in root.iterdir() if p.is_dir() and p.name in ENTITIES):
-        if entity and ent.name != entity:
-            continue
-        for nm in sorted(p for p in ent.iterdir() if p.is_dir()):
-            if name and nm.name != name:
-                continue
-            for vd in sorted(nm.iterdir()):
-                rec = vd / RECORD_NAME
-                if _VERSION_DIR.match(vd.name) and rec.is_file():
-                    out.append(EmbeddingVersion.from_record(json.loads(rec.read_text())))
-    return out
+    return features(lake).list(entity, name)
 
 
 def latest_versions(lake: Lake) -> list[EmbeddingVersion]:
-    latest: dict[tuple[str, str], EmbeddingVersion] = {}
-    for v in list_versions(lake):
-        key = (v.entity, v.name)
-        if key not in latest or v.version > latest[key].version:
-            latest[key] = v
-    return [latest[k] for k in sorted(latest)]
+    return features(lake).latest()
 
 
 def get_version(lake: Lake, ref: str) -> EmbeddingVersion:
-    entity, name, version = parse_ref(ref)
-    return pick_version(list_versions(lake, entity, name), version, ref=ref, what=f"embedding {entity}:{name}", hint="aivc features list")
+    return features(lake).get(ref)
 
 
 def parquet_files(lake: Lake, v: EmbeddingVersion, datasets: set[str] | None = None) -> list[Path]:
@@ -175,8 +156,7 @@ class EmbeddingWriter:
     ) -> None:
         if entity not in ENTITIES:
             raise UsageError(f"entity {entity!r} is not one of {', '.join(ENTITIES)}", where="--entity")
-        if not _NAME.match(name):
-            raise UsageError(f"embedding name {name!r} must be lower-case letters, digits and _ (starting with a letter)", where="--name")
+        check_name(name, "embedding name")
         if dim < 1:
             raise EmbeddingError(f"dimension must be >= 1, got {dim}")
         import pyarrow as pa
@@ -286,10 +266,9 @@ class EmbeddingWriter:
         self._close_files()
         self._check_duplicates()
         partitions = tuple(sorted(p.name for p in self.staging.iterdir() if p.is_dir()))
-        with self.lake.write_lock():
-            existing = list_versions(self.lake, self.entity, self.name)
-            version = existing[-1].version + 1 if existing else 1
-            record = EmbeddingVersion(
+
+        def make(version: int) -> EmbeddingVersion:
+            return EmbeddingVersion(
                 entity=self.entity,
                 name=self.name,
                 version=version,
@@ -303,8 +282,8 @@ class EmbeddingWriter:
                 metrics=metrics or {},
                 partitions=partitions,
             )
-            write_json_atomic(self.staging / RECORD_NAME, record.to_record())
-            self.lake.publish_staging(self.staging, version_dir(self.lake, self.entity, self.name, version), fault="before_embedding_publish", fault_exit=97)
+
+        record = features(self.lake).publish(self.staging, self.entity, self.name, make, fault="before_embedding_publish", fault_exit=97)
         self.version = record
         return record
 

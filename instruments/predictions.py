@@ -28,24 +28,19 @@ Example
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aivc.errors import UsageError
 from aivc.instruments.registry import InstrumentError
-from aivc.store.lake import Lake, write_json_atomic
-from aivc.store.records import dump_record, load_record, pick_version
+from aivc.store.collection import Collection, Ref, parse_ref, sql_name
+from aivc.store.lake import Lake
+from aivc.store.records import dump_record, load_record
 
 RECORD_NAME = "_version.json"
 RECORD_SCHEMA = "aivc.prediction_version"
 ROWS_SCHEMA = "aivc.prediction_rows"
-_NAME = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
-_VERSION_DIR = re.compile(r"^v(\d{6})$")
-_REF = re.compile(r"^(?:predictions:)?([a-z][a-z0-9_]{0,40})(?:@(\d+|latest))?$")
 
 
 @dataclass(frozen=True)
@@ -69,16 +64,21 @@ class PredictionVersion:
     partitions: tuple[str, ...] = ()
 
     @property
+    def name(self) -> str:
+        """The collection name: the instrument's."""
+        return self.instrument
+
+    @property
     def ref(self) -> str:
         return f"predictions:{self.instrument}@{self.version}"
 
     @property
     def view_name(self) -> str:
-        return f"predictions_{self.instrument}_v{self.version}"
+        return f"predictions_{sql_name(self.instrument)}_v{self.version}"
 
     @property
     def alias_name(self) -> str:
-        return f"predictions_{self.instrument}"
+        return f"predictions_{sql_name(self.instrument)}"
 
     def to_record(self) -> dict[str, Any]:
         return dump_record(self, RECORD_SCHEMA)
@@ -88,12 +88,21 @@ class PredictionVersion:
         return load_record(cls, d, RECORD_SCHEMA, error=InstrumentError)
 
 
+def predictions(lake: Lake) -> Collection[PredictionVersion]:
+    """The lake's prediction versions (``<lake>/predictions/<instrument>/v000001/_version.json``)."""
+    return Collection(
+        lake, folder="predictions", kinds=("predictions",), record_name=RECORD_NAME, load=PredictionVersion.from_record,
+        what="prediction version of instrument", hint="aivc instruments predictions", error=InstrumentError,
+        form="[predictions:]INSTRUMENT[@VERSION]", example="predictions:celltype@1",
+    )  # fmt: skip
+
+
 def predictions_root(lake: Lake) -> Path:
-    return lake.root / "predictions"
+    return predictions(lake).root
 
 
 def version_dir(lake: Lake, instrument: str, version: int) -> Path:
-    return predictions_root(lake) / instrument / f"v{version:06d}"
+    return predictions(lake).version_dir("predictions", instrument, version)
 
 
 def parse_prediction_ref(ref: str) -> tuple[str, int | None]:
@@ -102,33 +111,22 @@ def parse_prediction_ref(ref: str) -> tuple[str, int | None]:
     >>> parse_prediction_ref("predictions:celltype@2"), parse_prediction_ref("celltype")
     (('celltype', 2), ('celltype', None))
     """
-    m = _REF.match(ref)
-    if not m:
-        raise UsageError(f"prediction reference {ref!r} must look like [predictions:]INSTRUMENT[@VERSION], e.g. predictions:celltype@1", where=ref)
-    name, v = m.groups()
-    return name, None if v in (None, "latest") else int(v)
+    r = predictions_parse(ref)
+    return r.name, r.version
+
+
+def predictions_parse(ref: str) -> Ref:
+    return parse_ref(ref, kinds=("predictions",), what="prediction reference", form="[predictions:]INSTRUMENT[@VERSION]", example="predictions:celltype@1")
 
 
 def list_prediction_versions(lake: Lake, instrument: str | None = None) -> list[PredictionVersion]:
     """Every published prediction version (optionally of one instrument name)."""
-    root = predictions_root(lake)
-    out: list[PredictionVersion] = []
-    if not root.is_dir():
-        return out
-    for nd in sorted(p for p in root.iterdir() if p.is_dir() and _NAME.match(p.name)):
-        if instrument and nd.name != instrument:
-            continue
-        for vd in sorted(nd.iterdir()):
-            rec = vd / RECORD_NAME
-            if _VERSION_DIR.match(vd.name) and rec.is_file():
-                out.append(PredictionVersion.from_record(json.loads(rec.read_text())))
-    return out
+    return predictions(lake).list(name=instrument)
 
 
 def get_prediction_version(lake: Lake, ref: str) -> PredictionVersion:
     """The record of ``[predictions:]INSTRUMENT[@VERSION]`` (latest when no version is given)."""
-    name, version = parse_prediction_ref(ref)
-    return pick_version(list_prediction_versions(lake, name), version, ref=ref, what=f"prediction version of instrument {name!r}", hint="aivc instruments predictions")
+    return predictions(lake).get(ref)
 
 
 def parquet_files(lake: Lake, v: PredictionVersion, datasets: set[str] | None = None) -> list[Path]:
@@ -167,14 +165,8 @@ def publish(
     ``make_record(version)``, let ``before_rename(staging, record)`` add last files (the
     report), write the record and rename the folder into place. The rename is the commit.
     """
-    with lake.write_lock(wait=wait):
-        existing = list_prediction_versions(lake, instrument)
-        version = existing[-1].version + 1 if existing else 1
-        record = make_record(version)
-        if before_rename is not None:
-            before_rename(staging, record)
-        write_json_atomic(staging / RECORD_NAME, record.to_record())
-        lake.publish_staging(staging, version_dir(lake, record.instrument, version), fault="before_prediction_publish", fault_exit=23)
-    return record
+    return predictions(lake).publish(
+        staging, "predictions", instrument, make_record, before_rename=before_rename, fault="before_prediction_publish", fault_exit=23, wait=wait
+    )
 
 

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -47,18 +46,17 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from aivc.errors import AivcError, UsageError
-from aivc.store.lake import Lake, utcnow, write_json_atomic
-from aivc.store.records import dump_record, load_record, pick_version
+from aivc.store.collection import Collection, parse_ref
+from aivc.store.collection import check_name as check_collection_name
+from aivc.store.lake import Lake, utcnow
+from aivc.store.records import dump_record, load_record
 
 InstrumentKind = Literal["decoder", "manipulator"]
 KINDS: tuple[str, ...] = ("decoder", "manipulator")
 INSTRUMENT_SCHEMA = "aivc.instrument"
 RECORD_NAME = "instrument.json"
 WEIGHTS_NAME = "weights.npz"
-_NAME = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
 _TYPE = re.compile(r"^[a-z][a-z0-9_-]{0,40}$")
-_VERSION_DIR = re.compile(r"^v(\d{6})$")
-_REF = re.compile(r"^([a-z][a-z0-9_]{0,40})(?:@(\d+|latest))?$")
 
 
 class InstrumentError(AivcError):
@@ -155,12 +153,20 @@ def _resolve_loader(rec: InstrumentRecord) -> Loader:
 
 
 # -- paths and references --------------------------------------------------------------
+def instruments(lake: Lake) -> Collection[InstrumentRecord]:
+    """The lake's registered instruments (``<lake>/instruments/<name>/v000001/instrument.json``)."""
+    return Collection(
+        lake, folder="instruments", kinds=("instrument",), record_name=RECORD_NAME, load=InstrumentRecord.from_record,
+        what="instrument", hint="aivc instruments list", error=InstrumentError, form="NAME[@VERSION]", example="celltype@1",
+    )  # fmt: skip
+
+
 def instruments_root(lake: Lake) -> Path:
-    return lake.root / "instruments"
+    return instruments(lake).root
 
 
 def version_dir(lake: Lake, name: str, version: int) -> Path:
-    return instruments_root(lake) / name / f"v{version:06d}"
+    return instruments(lake).version_dir("instrument", name, version)
 
 
 def parse_instrument_ref(ref: str) -> tuple[str, int | None]:
@@ -169,49 +175,23 @@ def parse_instrument_ref(ref: str) -> tuple[str, int | None]:
     >>> parse_instrument_ref("celltype@2")
     ('celltype', 2)
     """
-    m = _REF.match(ref)
-    if not m:
-        raise UsageError(f"instrument reference {ref!r} must look like NAME[@VERSION], e.g. celltype@1", where=ref)
-    name, v = m.groups()
-    return name, None if v in (None, "latest") else int(v)
+    r = parse_ref(ref, kinds=("instrument",), what="instrument reference", form="NAME[@VERSION]", example="celltype@1")
+    return r.name, r.version
 
 
 def check_name(name: str, where: str = "--name") -> str:
-    if not _NAME.match(name):
-        raise UsageError(f"instrument name {name!r} must be lower-case letters, digits and _ (starting with a letter, at most 41)", where=where)
-    return name
+    return check_collection_name(name, "instrument name", where=where)
 
 
 # -- reading ---------------------------------------------------------------------------
-def _read_record(path: Path) -> InstrumentRecord:
-    try:
-        return InstrumentRecord.from_record(json.loads(path.read_text()))
-    except (OSError, json.JSONDecodeError, TypeError) as exc:
-        raise InstrumentError(f"instrument record is unreadable ({exc})", where=str(path)) from None
-
-
 def list_instruments(lake: Lake, name: str | None = None, kind: str | None = None) -> list[InstrumentRecord]:
     """Every registered instrument version (optionally of one name or kind), by name then version."""
-    root = instruments_root(lake)
-    out: list[InstrumentRecord] = []
-    if not root.is_dir():
-        return out
-    for nd in sorted(p for p in root.iterdir() if p.is_dir() and _NAME.match(p.name)):
-        if name and nd.name != name:
-            continue
-        for vd in sorted(nd.iterdir()):
-            rec = vd / RECORD_NAME
-            if _VERSION_DIR.match(vd.name) and rec.is_file():
-                r = _read_record(rec)
-                if kind is None or r.kind == kind:
-                    out.append(r)
-    return out
+    return [r for r in instruments(lake).list(name=name) if kind is None or r.kind == kind]
 
 
 def get_instrument(lake: Lake, ref: str) -> InstrumentRecord:
     """The record of ``NAME[@VERSION]`` (latest version when none is given)."""
-    name, version = parse_instrument_ref(ref)
-    return pick_version(list_instruments(lake, name), version, ref=ref, what=f"instrument {name!r}", hint="aivc instruments list")
+    return instruments(lake).get(ref)
 
 
 def read_weights(lake: Lake, rec: InstrumentRecord) -> dict[str, np.ndarray]:
@@ -279,17 +259,15 @@ def register_instrument(
         with open(staging / WEIGHTS_NAME, "wb") as fh:
             np.savez(fh, **{k: np.asarray(v) for k, v in weights.items()})
         sha = hashlib.sha256((staging / WEIGHTS_NAME).read_bytes()).hexdigest()
-        with lake.write_lock(wait=wait):
-            existing = list_instruments(lake, name)
-            version = existing[-1].version + 1 if existing else 1
-            rec = InstrumentRecord(
+
+        def make(version: int) -> InstrumentRecord:
+            return InstrumentRecord(
                 name=name, version=version, kind=kind, type=type, reads=reads, outputs=dict(outputs), metrics=dict(metrics),
                 lineage=dict(lineage), config=dict(config), created_at=utcnow(), description=description,
                 weights=WEIGHTS_NAME, weights_sha256=sha, extra=dict(extra or {}),
             )  # fmt: skip
-            write_json_atomic(staging / RECORD_NAME, rec.to_record())
-            lake.publish_staging(staging, version_dir(lake, name, version), fault="before_instrument_publish", fault_exit=19)
-        return rec
+
+        return instruments(lake).publish(staging, "instrument", name, make, fault="before_instrument_publish", fault_exit=19, wait=wait)
     finally:
         if staging.exists():
             lake.discard_staging(staging)

@@ -27,23 +27,19 @@ Example
 from __future__ import annotations
 
 import hashlib
-import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aivc.errors import UsageError
-from aivc.store.lake import Lake, utcnow, write_json_atomic
-from aivc.store.records import dump_record, load_record, pick_version
+from aivc.store.collection import Collection, check_name, parse_ref
+from aivc.store.lake import Lake, utcnow
+from aivc.store.records import dump_record, load_record
 from aivc.training.errors import ModelError
 from aivc.training.gene_tokens import GeneTableReader, require_reader
 
 MODEL_SCHEMA = "aivc.model"
 RECORD_NAME = "model.json"
 WEIGHTS_NAME = "model.pt"
-_NAME = re.compile(r"^[a-z][a-z0-9-]{0,40}$")
-_VERSION_DIR = re.compile(r"^v(\d{6})$")
 
 
 @dataclass(frozen=True)
@@ -77,50 +73,36 @@ class ModelRecord:
         return load_record(cls, d, MODEL_SCHEMA, error=ModelError)
 
 
+def models(lake: Lake) -> Collection[ModelRecord]:
+    """The lake's registered models (``<lake>/models/<name>/v000001/model.json``)."""
+    return Collection(
+        lake, folder="models", kinds=("model",), record_name=RECORD_NAME, load=ModelRecord.from_record,
+        what="model", hint="aivc models list", error=ModelError, form="NAME[@VERSION]", example="cell-vae@1",
+    )  # fmt: skip
+
+
 def models_root(lake: Lake) -> Path:
-    return lake.root / "models"
+    return models(lake).root
 
 
 def version_dir(lake: Lake, name: str, version: int) -> Path:
-    return models_root(lake) / name / f"v{version:06d}"
+    return models(lake).version_dir("model", name, version)
 
 
 def parse_model_ref(ref: str) -> tuple[str, int | None]:
     """``"cell-vae@2"`` -> ("cell-vae", 2); ``"cell-vae"`` / ``"cell-vae@latest"`` -> version None."""
-    m = re.match(r"^([a-z][a-z0-9-]{0,40})(?:@(\d+|latest))?$", ref)
-    if not m:
-        raise UsageError(f"model reference {ref!r} must look like NAME[@VERSION], e.g. cell-vae@1", where=ref)
-    name, v = m.groups()
-    return name, None if v in (None, "latest") else int(v)
+    r = parse_ref(ref, kinds=("model",), what="model reference", form="NAME[@VERSION]", example="cell-vae@1")
+    return r.name, r.version
 
 
 def list_models(lake: Lake, name: str | None = None) -> list[ModelRecord]:
     """Every registered model version (optionally of one name), by name then version."""
-    root = models_root(lake)
-    out: list[ModelRecord] = []
-    if not root.is_dir():
-        return out
-    for nd in sorted(p for p in root.iterdir() if p.is_dir() and _NAME.match(p.name)):
-        if name and nd.name != name:
-            continue
-        for vd in sorted(nd.iterdir()):
-            rec = vd / RECORD_NAME
-            if _VERSION_DIR.match(vd.name) and rec.is_file():
-                out.append(_read_record(rec))
-    return out
-
-
-def _read_record(path: Path) -> ModelRecord:
-    try:
-        return ModelRecord.from_record(json.loads(path.read_text()))
-    except (OSError, json.JSONDecodeError, TypeError) as exc:
-        raise ModelError(f"model record is unreadable ({exc})", where=str(path)) from None
+    return models(lake).list(name=name)
 
 
 def get_model(lake: Lake, ref: str) -> ModelRecord:
     """The record of ``NAME[@VERSION]`` (latest version when none is given)."""
-    name, version = parse_model_ref(ref)
-    return pick_version(list_models(lake, name), version, ref=ref, what=f"model {name!r}", hint="aivc models list")
+    return models(lake).get(ref)
 
 
 def register_model(
@@ -142,16 +124,14 @@ def register_model(
     """Publish a trained model as the next version of ``name``; returns its record."""
     import torch
 
-    if not _NAME.match(name):
-        raise UsageError(f"model name {name!r} must be lower-case letters, digits and - (starting with a letter)", where="name")
+    check_name(name, "model name", where="name")
     staging = lake.new_staging()
     try:
         torch.save(state_dict, staging / WEIGHTS_NAME)
         sha = hashlib.sha256((staging / WEIGHTS_NAME).read_bytes()).hexdigest()
-        with lake.write_lock(wait=wait):
-            existing = list_models(lake, name)
-            version = existing[-1].version + 1 if existing else 1
-            rec = ModelRecord(
+
+        def make(version: int) -> ModelRecord:
+            return ModelRecord(
                 name=name,
                 version=version,
                 model_type=model_type,
@@ -167,9 +147,8 @@ def register_model(
                 weights=WEIGHTS_NAME,
                 weights_sha256=sha,
             )
-            write_json_atomic(staging / RECORD_NAME, rec.to_record())
-            lake.publish_staging(staging, version_dir(lake, name, version), fault="before_model_publish", fault_exit=17)
-        return rec
+
+        return models(lake).publish(staging, "model", name, make, fault="before_model_publish", fault_exit=17, wait=wait)
     finally:
         if staging.exists():
             lake.discard_staging(staging)

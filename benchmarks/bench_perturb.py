@@ -8,12 +8,12 @@ Usage::
 
 What it does
 ------------
-1. Simulates a knockdown screen with :func:`aivc.instruments.grn_sim.simulate_screen` (a random
+1. Simulates a knockdown screen with :func:`grn_sim.simulate_screen` (``benchmarks/grn_sim.py``) (a random
    sparse regulatory DAG, Hill responses, negative-binomial counts): control cells, single
    knockdowns of every regulator plus ``--extra-targets`` non-regulator genes, and ``--doubles``
    random double knockdowns.
 2. Holds out ``--holdout`` of the singles, and of the doubles, with
-   :func:`~aivc.instruments.manipulator.split_conditions` (a double with a held-out target is held
+   :func:`~aivc.instruments.perturbation_screen.split_conditions` (a double with a held-out target is held
    out too). Gene URs are the control cells' co-expression (top eigenvectors of the gene-gene
    correlation, ``--ur-dim``), as an embedding job would publish them.
 3. Trains the manipulator (PCA cell URs, ensemble of ``--members``) on the rest and predicts every
@@ -51,6 +51,7 @@ import pandas as pd
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("TQDM_DISABLE", "1")  # pdex's per-perturbation progress bars
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # grn_sim.py lives beside this file
 
 METRICS = ("pearson_delta", "mse", "mae", "discrimination_score_l1", "overlap_at_N", "precision_at_N")
 LOWER_IS_BETTER = {"mse", "mae"}
@@ -75,7 +76,7 @@ def _parse() -> argparse.Namespace:
 
 
 def _simulate(a: argparse.Namespace) -> Any:
-    from aivc.instruments.grn_sim import GrnParams, simulate_screen
+    from grn_sim import GrnParams, simulate_screen
 
     rng = np.random.default_rng(a.seed)
     extra = rng.choice(np.arange(a.regulators, a.genes), size=a.extra_targets, replace=False)
@@ -85,7 +86,7 @@ def _simulate(a: argparse.Namespace) -> Any:
 
 
 def _groups(test: list[str], train: list[str]) -> dict[str, list[str]]:
-    from aivc.instruments.manipulator import targets_of
+    from aivc.instruments.perturbation_screen import targets_of
 
     trained = set(train)
     out: dict[str, list[str]] = {"single": [], "double/seen": [], "double/unseen": []}
@@ -116,16 +117,9 @@ def main() -> int:
     a = _parse()
     logging.getLogger("cell_eval").setLevel(logging.ERROR)
     logging.getLogger("pdex").setLevel(logging.ERROR)
-    from aivc.instruments.manipulator import (
-        METHODS,
-        ManipulatorParams,
-        PerturbationScreen,
-        baseline_effects,
-        coexpression_gene_urs,
-        fit_manipulator,
-        pearson_delta,
-        split_conditions,
-    )
+    from aivc.instruments.manipulator import METHODS, ManipulatorParams
+    from aivc.instruments.perturbation_fit import fit_manipulator
+    from aivc.instruments.perturbation_screen import PerturbationScreen, baseline_effects, coexpression_gene_urs, pearson_delta, split_conditions
 
     t0 = time.perf_counter()
     sim = _simulate(a)

@@ -29,22 +29,9 @@ import numpy as np
 import pandas as pd
 
 from aivc.errors import NotFoundError, UsageError
-from aivc.instruments.manipulator import (
-    CONTROL,
-    KIND,
-    TYPE,
-    Evaluation,
-    GeneURs,
-    ManipulatorParams,
-    PerturbationManipulator,
-    PerturbationPrediction,
-    PerturbationScreen,
-    condition_of,
-    evaluate,
-    fit_manipulator,
-    split_conditions,
-    targets_of,
-)
+from aivc.instruments.manipulator import KIND, TYPE, Evaluation, ManipulatorParams, PerturbationManipulator, PerturbationPrediction, evaluate
+from aivc.instruments.perturbation_fit import fit_manipulator
+from aivc.instruments.perturbation_screen import CONTROL, GeneURs, PerturbationScreen, condition_of, split_conditions, targets_of
 from aivc.instruments.registry import InstrumentRecord, get_instrument, load_instrument, register_instrument
 from aivc.progress import NullProgress, Progress
 from aivc.store.catalog import Catalog, DatasetVersion

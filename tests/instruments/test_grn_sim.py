@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from aivc.errors import UsageError
-from aivc.instruments.grn_sim import GrnParams, lognormalize, make_network, simulate_screen, steady_state
+from benchmarks.grn_sim import GrnParams, lognormalize, make_network, simulate_screen, steady_state
 
 
 @pytest.fixture(scope="module")

@@ -11,19 +11,10 @@ import numpy as np
 import pytest
 
 from aivc.errors import NotFoundError, UsageError
-from aivc.instruments.grn_sim import GrnParams, make_network, simulate_screen
-from aivc.instruments.manipulator import (
-    GeneURs,
-    ManipulatorParams,
-    PerturbationScreen,
-    baseline_effects,
-    coexpression_gene_urs,
-    evaluate,
-    fit_manipulator,
-    mse,
-    pearson_delta,
-    split_conditions,
-)
+from aivc.instruments.manipulator import ManipulatorParams, evaluate
+from aivc.instruments.perturbation_fit import fit_manipulator
+from aivc.instruments.perturbation_screen import GeneURs, PerturbationScreen, baseline_effects, coexpression_gene_urs, mse, pearson_delta, split_conditions
+from benchmarks.grn_sim import GrnParams, make_network, simulate_screen
 
 FAST = ManipulatorParams(steps=400, hidden=64)
 

@@ -66,6 +66,33 @@ def term_prefix(term_id: str) -> str | None:
     return m.group(1) if m else None
 
 
+#: The article each shipped prefix takes, as it is read aloud: letter by letter ("an EFO",
+#: "an NCBITaxon", "a CL") or as a word ("a MONDO", "an UBERON", as CELLxGENE writes it).
+_ARTICLES: dict[str, str] = {
+    "AfPO": "an", "CHEBI": "a", "CL": "a", "CVCL": "a", "EFO": "an", "FBbt": "an", "FBdv": "an",
+    "HANCESTRO": "a", "HsapDv": "an", "MONDO": "a", "MmusDv": "an", "NCBITaxon": "an", "PATO": "a",
+    "UBERON": "an", "UniProt": "a", "WBbt": "a", "WBls": "a", "ZFA": "a", "ZFS": "a",
+}
+
+
+def with_article(prefix: str) -> str:
+    """``prefix`` with its indefinite article, for messages such as "is an EFO term".
+
+    Other prefixes are read letter by letter when short and in capitals (letters whose names
+    start with a vowel sound take "an"), else as a word.
+
+    >>> with_article("EFO"), with_article("CL"), with_article("UBERON"), with_article("MONDO")
+    ('an EFO', 'a CL', 'an UBERON', 'a MONDO')
+    >>> with_article("SO"), with_article("GO"), with_article("Orphanet")
+    ('an SO', 'a GO', 'an Orphanet')
+    """
+    article = _ARTICLES.get(prefix)
+    if article is None:
+        spelt = prefix.isupper() and len(prefix) <= 4
+        article = "an" if prefix[:1].upper() in ("AEFHILMNORSX" if spelt else "AEIOU") else "a"
+    return f"{article} {prefix}"
+
+
 @dataclass(frozen=True)
 class TermInfo:
     """What the pinned ontology says about one term.

@@ -3,8 +3,9 @@
 Each standard field is filled from the manifest (``obs.<field>``): a constant ``value`` or an obs
 ``column``, optionally translated through a ``label_map``. Ontology fields accept term ids
 (``"CL:0000236"``) or labels and synonyms (``"B cell"``, ``"B-lymphocyte"``), which are resolved to
-ids against the ontology releases pinned by the schema. Work is done once per distinct submitted
-value, so a million cells cost about as much as their few hundred distinct labels.
+ids against the ontology releases pinned by the schema; what each field accepts is declared in
+:mod:`aivc.ingest.obs_rules`. Work is done once per distinct submitted value, so a million cells
+cost about as much as their few hundred distinct labels.
 
 Every problem becomes a :class:`~aivc.errors.Finding` with a stable code (see ``OBS_CODES``) that
 names the field, the obs column, the first offending row and how many rows share the problem;
@@ -14,7 +15,7 @@ Example
 -------
 >>> from aivc.ingest.manifest import Manifest
 >>> m = Manifest.model_validate({
-...     "dataset_id": "d", "title": "t", "license": "CC-BY-4.0", "access": "public",
+...     "dataset_id": "d1", "title": "t", "license": "CC-BY-4.0", "access": "public",
 ...     "organism": "NCBITaxon:9606", "genes": {"id_type": "symbol"},
 ...     "obs": {"assay": {"value": "EFO:0009922"}, "cell_type": {"column": "ct"},
 ...             "development_stage": {"value": "unknown"}, "disease": {"value": "normal"},
@@ -32,7 +33,6 @@ import difflib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -40,7 +40,19 @@ import pandas as pd
 from aivc.errors import Finding
 from aivc.ingest.findings import Decision, How
 from aivc.ingest.manifest import ONTOLOGY_FIELDS, ORGANISMS, STANDARD_FIELDS, FieldSpec, Manifest
-from aivc.ontology import NON_ONTOLOGY_VALUES, Ontologies, TermInfo, get_ontologies
+from aivc.ingest.obs_rules import (
+    HUMAN,
+    MULTI_DELIMITER,
+    OUTPUT_COLUMNS,
+    RULE_PREFIXES,
+    SUSPENSION_TYPES,
+    TERM_COLUMNS,
+    TISSUE_TYPE_ALIASES,
+    TISSUE_TYPES,
+    TermRule,
+    term_rule,
+)
+from aivc.ontology import NON_ONTOLOGY_VALUES, Ontologies, TermInfo, get_ontologies, with_article
 
 # -- finding codes ----------------------------------------------------------------------------
 OBS_COLUMN_MISSING = "OBS_COLUMN_MISSING"
@@ -77,168 +89,6 @@ OBS_CODES: tuple[str, ...] = (
     OBS_BAD_DONOR_ID,
 )
 
-# -- the contract -----------------------------------------------------------------------------
-HUMAN = "NCBITaxon:9606"
-MOUSE = "NCBITaxon:10090"
-#: Delimiter of multi-term values (disease, self_reported_ethnicity) since schema 5.0.
-MULTI_DELIMITER = " || "
-TissueType = Literal["tissue", "organoid", "primary cell culture"]
-TISSUE_TYPES: tuple[TissueType, ...] = ("tissue", "organoid", "primary cell culture")
-#: Accepted older spellings of tissue types (schema 7.1 renamed "cell culture").
-TISSUE_TYPE_ALIASES: dict[str, TissueType] = {"cell culture": "primary cell culture"}
-SUSPENSION_TYPES: tuple[str, ...] = ("cell", "nucleus", "na")
-TERM_COLUMNS: dict[str, str] = {f: f"{f}_ontology_term_id" for f in ONTOLOGY_FIELDS}
-#: Columns of :attr:`ObsResult.frame`, in order.
-OUTPUT_COLUMNS: tuple[str, ...] = (
-    *TERM_COLUMNS.values(),
-    "tissue_type",
-    "suspension_type",
-    "donor_id",
-    "is_primary_data",
-    *ONTOLOGY_FIELDS,
-)
-
-#: CELLxGENE forbids CL:0000255, CL:0000257 and CL:0000548 (schema 7.x). aivc also refuses the
-#: uninformative root CL:0000000 "cell" and the obsolete CL:0000003 "native cell" (the
-#: cellxgene-schema 7.1.2 validator accepts CL:0000000; submit "unknown" or a specific type).
-FORBIDDEN_CELL_TYPES: frozenset[str] = frozenset({"CL:0000000", "CL:0000003", "CL:0000255", "CL:0000257", "CL:0000548"})
-#: HANCESTRO terms schema 7.0 names as forbidden (7.1 also requires descent from 0601 or 0602).
-FORBIDDEN_ETHNICITIES: frozenset[str] = frozenset(
-    [f"HANCESTRO:{n:04d}" for n in (2, 3, 4, 18, 290, 304, 323, 324, 551, 554, 555, 557, 558, 559, 560, 561, 564, 565, 566)]
-    + [f"HANCESTRO:{n:04d}" for n in range(29, 35)]
-    + ["HANCESTRO:0601", "HANCESTRO:0602"]
-)
-
-
-@dataclass(frozen=True)
-class TermRule:
-    """What one ontology field accepts (for one organism and tissue type).
-
-    A term is valid when its prefix is in ``prefixes``, it is not in ``forbidden``, it is not
-    obsolete, and, when ``roots`` or ``terms`` are given, it is one of ``terms`` or a strict
-    descendant of one of ``roots``.
-    """
-
-    prefixes: tuple[str, ...]
-    valid: str
-    roots: tuple[str, ...] = ()
-    terms: tuple[str, ...] = ()
-    forbidden: frozenset[str] = frozenset()
-    literals: tuple[str, ...] = ()
-    multi_prefixes: tuple[str, ...] = ()
-    split_commas: bool = False
-
-    def admits(self, term_id: str, ontologies: Ontologies) -> bool:
-        if not self.roots and not self.terms:
-            return True
-        if term_id in self.terms:
-            return True
-        ancestors = ontologies.ancestors(term_id)
-        return any(root in ancestors for root in self.roots)
-
-
-_CELL_TYPE = TermRule(
-    prefixes=("CL",),
-    roots=("CL:0000000",),
-    forbidden=FORBIDDEN_CELL_TYPES,
-    literals=("unknown",),
-    valid="a CL cell type more specific than CL:0000000 (cell), or 'unknown'",
-)
-_RULES: dict[str, TermRule] = {
-    "assay": TermRule(
-        prefixes=("EFO",),
-        roots=("EFO:0002772", "EFO:0010183"),
-        forbidden=frozenset({"EFO:0002772", "EFO:0010183"}),
-        valid="an EFO descendant of EFO:0002772 (assay by molecule) or EFO:0010183 (single cell library construction)",
-    ),
-    "cell_type": _CELL_TYPE,
-    "development_stage/human": TermRule(
-        prefixes=("HsapDv",),
-        roots=("HsapDv:0000001",),
-        forbidden=frozenset({"HsapDv:0000001"}),
-        literals=("unknown",),
-        valid="an HsapDv descendant of HsapDv:0000001 (life cycle), or 'unknown'",
-    ),
-    "development_stage/mouse": TermRule(
-        prefixes=("MmusDv",),
-        roots=("MmusDv:0000001",),
-        forbidden=frozenset({"MmusDv:0000001"}),
-        literals=("unknown",),
-        valid="an MmusDv descendant of MmusDv:0000001 (life cycle), or 'unknown'",
-    ),
-    "development_stage/other": TermRule(
-        prefixes=("UBERON",),
-        roots=("UBERON:0000105",),
-        forbidden=frozenset({"UBERON:0000105", "UBERON:0000071"}),
-        literals=("unknown",),
-        valid="an UBERON descendant of UBERON:0000105 (life cycle stage) other than UBERON:0000071 (death stage), or 'unknown'",
-    ),
-    "disease": TermRule(
-        prefixes=("MONDO", "PATO"),
-        roots=("MONDO:0000001", "MONDO:0021178"),
-        terms=("PATO:0000461", "MONDO:0021178"),
-        forbidden=frozenset({"MONDO:0000001"}),
-        multi_prefixes=("MONDO",),
-        valid=(
-            "PATO:0000461 (normal), or MONDO descendants of MONDO:0000001 (disease) or MONDO:0021178 "
-            f"(injury, itself allowed), several joined by {MULTI_DELIMITER!r}"
-        ),
-    ),
-    "self_reported_ethnicity/human": TermRule(
-        prefixes=("HANCESTRO", "AfPO"),
-        roots=("HANCESTRO:0601", "HANCESTRO:0602"),
-        forbidden=FORBIDDEN_ETHNICITIES,
-        literals=("unknown",),
-        multi_prefixes=("HANCESTRO", "AfPO"),
-        split_commas=True,
-        valid=(
-            "HANCESTRO or AfPO descendants of HANCESTRO:0601 (ethnicity category) or HANCESTRO:0602 "
-            f"(geography-based population category), several joined by {MULTI_DELIMITER!r}, or 'unknown'"
-        ),
-    ),
-    "sex": TermRule(
-        prefixes=("PATO",),
-        terms=("PATO:0000383", "PATO:0000384", "PATO:0001340"),
-        literals=("unknown",),
-        valid="PATO:0000383 (female), PATO:0000384 (male), PATO:0001340 (hermaphrodite) or 'unknown'",
-    ),
-    "tissue/tissue": TermRule(
-        prefixes=("UBERON",),
-        roots=("UBERON:0001062",),
-        forbidden=frozenset({"UBERON:0001062"}),
-        valid="an UBERON descendant of UBERON:0001062 (anatomical entity)",
-    ),
-    "tissue/organoid": TermRule(
-        prefixes=("UBERON",),
-        roots=("UBERON:0001062",),
-        forbidden=frozenset({"UBERON:0001062", "UBERON:0000922"}),
-        valid="an UBERON descendant of UBERON:0001062 (anatomical entity) other than UBERON:0000922 (embryo)",
-    ),
-    "tissue/primary cell culture": TermRule(
-        prefixes=("CL",),
-        roots=_CELL_TYPE.roots,
-        forbidden=_CELL_TYPE.forbidden,
-        literals=("unknown",),
-        valid="a CL cell type more specific than CL:0000000 (cell), or 'unknown' (as tissue_type is 'primary cell culture')",
-    ),
-}
-#: Prefixes some rule uses; ids of other prefixes are refused without loading their ontology
-#: (NCBITaxon alone takes ~25 s to load).
-_RULE_PREFIXES: frozenset[str] = frozenset(p for r in _RULES.values() for p in r.prefixes)
-
-
-def term_rule(field_name: str, organism: str, tissue_type: TissueType = "tissue") -> TermRule:
-    """The :class:`TermRule` of an ontology field for an organism (and, for tissue, tissue type)."""
-    if field_name == "development_stage":
-        kind = {HUMAN: "human", MOUSE: "mouse"}.get(organism, "other")
-        return _RULES[f"development_stage/{kind}"]
-    if field_name == "self_reported_ethnicity":
-        return _RULES["self_reported_ethnicity/human"]
-    if field_name == "tissue":
-        return _RULES[f"tissue/{tissue_type}"]
-    return _RULES[field_name]
-
-
 # -- results ----------------------------------------------------------------------------------
 @dataclass
 class ObsResult:
@@ -253,6 +103,23 @@ class ObsResult:
     frame: pd.DataFrame
     findings: list[Finding] = field(default_factory=list)
     decisions: list[Decision] = field(default_factory=list)
+    #: Per column of :data:`OUTPUT_COLUMNS` that holds a standard field's value: which cells'
+    #: values were refused (missing, or not harmonizable), each already reported by a finding.
+    refused: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def accepted_frame(self) -> pd.DataFrame:
+        """``frame`` with every refused value set to missing (``None``).
+
+        What checks that run after harmonization (the Great Expectations suites) should see:
+        a refused value has its finding already, and is not a second mistake.
+        """
+        out = self.frame.copy()
+        for column, refused in self.refused.items():
+            if refused.any():
+                values = out[column].to_numpy(dtype=object, copy=True)
+                values[refused] = None
+                out[column] = values
+        return out
 
     @property
     def errors(self) -> list[Finding]:
@@ -405,10 +272,10 @@ class _TermResolver:
     def _check(self, term_id: str, rule: TermRule, shown: str, how: How) -> _Outcome:
         prefix = term_id.split(":", 1)[0]
         what = shown if how == "term_id" else f"{shown} ({how} of {term_id})"
-        if prefix not in rule.prefixes and prefix not in _RULE_PREFIXES:
+        if prefix not in rule.prefixes and prefix not in RULE_PREFIXES:
             if self.onto.supports(prefix):
                 return _Outcome.fail(
-                    OBS_WRONG_ONTOLOGY, f"{what} is a {prefix} term; {self.field} must be {rule.valid}"
+                    OBS_WRONG_ONTOLOGY, f"{what} is {with_article(prefix)} term; {self.field} must be {rule.valid}"
                 )
             return _Outcome.fail(
                 OBS_UNKNOWN_TERM,
@@ -424,7 +291,7 @@ class _TermResolver:
         described = f"{what} ({info.label})" if how == "term_id" and info.label else what
         if prefix not in rule.prefixes:
             return _Outcome.fail(
-                OBS_WRONG_ONTOLOGY, f"{described} is a {prefix} term; {self.field} must be {rule.valid}"
+                OBS_WRONG_ONTOLOGY, f"{described} is {with_article(prefix)} term; {self.field} must be {rule.valid}"
             )
         if term_id in rule.forbidden:
             return _Outcome.fail(
@@ -443,7 +310,7 @@ class _TermResolver:
 
     def _peek(self, term_id: str) -> TermInfo | None:
         """Look up ids of the ontologies the rules use; others (maybe huge, maybe absent) are not loaded."""
-        return self.onto.lookup(term_id) if term_id.split(":", 1)[0] in _RULE_PREFIXES else None
+        return self.onto.lookup(term_id) if term_id.split(":", 1)[0] in RULE_PREFIXES else None
 
     def _replacement(self, term_id: str) -> str:
         seen = {term_id}
@@ -518,6 +385,7 @@ class _FieldOutput:
     labels: np.ndarray | None
     findings: list[Finding]
     decisions: list[Decision]
+    refused: np.ndarray  # per cell: the value is missing or could not be harmonized
 
 
 def harmonize_obs(obs: pd.DataFrame, manifest: Manifest, *, ontologies: Ontologies | None = None) -> ObsResult:
@@ -570,6 +438,7 @@ def harmonize_obs(obs: pd.DataFrame, manifest: Manifest, *, ontologies: Ontologi
         labels = outputs[name].labels
         columns[name] = labels if labels is not None else np.full(n, "", dtype=object)
     frame = pd.DataFrame({c: columns[c] for c in OUTPUT_COLUMNS}, index=obs.index)
+    refused = {TERM_COLUMNS.get(name, name): outputs[name].refused for name in STANDARD_FIELDS}
     if manifest.is_perturbation_screen:  # optional field: adds PERTURBATION_COLUMNS after OUTPUT_COLUMNS
         from aivc.ingest.perturbation_fields import harmonize_perturbations
 
@@ -577,7 +446,7 @@ def harmonize_obs(obs: pd.DataFrame, manifest: Manifest, *, ontologies: Ontologi
         frame = pd.concat([frame, screen.frame], axis=1)
         findings.extend(screen.findings)
         decisions.extend(screen.decisions)
-    return ObsResult(frame, findings, decisions)
+    return ObsResult(frame, findings, decisions, refused)
 
 
 _OTHER_RESOLVERS: dict[str, Resolver] = {
@@ -645,11 +514,13 @@ def _harmonize_field(
     fill: str | bool = False if name == "is_primary_data" else ""
     if spec.column is not None and spec.column not in obs.columns:
         blank = np.full(len(obs), fill, dtype=object)
-        return _FieldOutput(blank, np.full(len(obs), "", dtype=object), [_missing_column(name, spec.column, obs)], [])
+        missing = [_missing_column(name, spec.column, obs)]
+        return _FieldOutput(blank, np.full(len(obs), "", dtype=object), missing, [], np.ones(len(obs), dtype=bool))
     distinct = _distinct(name, spec, obs, contexts)
     counts = distinct.counts()
     values = np.full(distinct.size + 1, fill, dtype=object)  # the last slot is for missing values
     labels = np.full(distinct.size + 1, "", dtype=object)
+    accepted = np.zeros(distinct.size + 1, dtype=bool)
     problems: dict[tuple[int, str, str], list[int]] = {}
     decided: dict[tuple[str, str, str, How], int] = {}
     for c in distinct.present():
@@ -661,7 +532,7 @@ def _harmonize_field(
             for p in outcome.problems:
                 problems.setdefault((c // distinct.n_ctx, p.code, p.message), []).append(c)
             continue
-        values[c], labels[c] = outcome.value, outcome.label
+        values[c], labels[c], accepted[c] = outcome.value, outcome.label, True
         if name in ONTOLOGY_FIELDS and outcome.how is not None:
             key = (str(raw), str(outcome.value), outcome.label, outcome.how)
             decided[key] = decided.get(key, 0) + int(counts[c])
@@ -671,7 +542,8 @@ def _harmonize_field(
         findings += _unused_label_map(name, spec, distinct.uniques)
     decisions = [Decision(name, s, r, lab, how, k) for (s, r, lab, how), k in decided.items()]
     index = np.where(distinct.combo >= 0, distinct.combo, distinct.size)
-    return _FieldOutput(values[index], labels[index] if name in ONTOLOGY_FIELDS else None, findings, decisions)
+    labelled = labels[index] if name in ONTOLOGY_FIELDS else None
+    return _FieldOutput(values[index], labelled, findings, decisions, ~accepted[index])
 
 
 def _is_blank(value: object) -> bool:

@@ -224,8 +224,9 @@ def validate_submission(
             from aivc.ingest.qc import run_expectations
 
             progress.phase("data-quality expectations")
-            meta = obs_result.frame.reindex(qc.index) if obs_result.frame is not None else None
-            frame = qc if meta is None else pd.concat([qc, meta], axis=1)
+            # Values harmonization refused are missing here: each has its finding already.
+            meta = obs_result.accepted_frame().reindex(qc.index)
+            frame = pd.concat([qc, meta], axis=1)
             qc_findings, results = run_expectations(
                 frame, n_genes_total=data.n_vars, max_pct_mito=manifest.qc.max_pct_mito
             )

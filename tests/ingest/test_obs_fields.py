@@ -198,7 +198,7 @@ def test_wrong_ontology_for_the_field(onto: Ontologies) -> None:
     res = run(cells(x=[0]), onto, cell_type={"value": "UBERON:0002048"})
     f = only(res, "OBS_WRONG_ONTOLOGY")
     assert f.where == "manifest obs/cell_type/value"
-    assert "'UBERON:0002048' (lung) is a UBERON term" in f.message
+    assert "'UBERON:0002048' (lung) is an UBERON term" in f.message
     assert "cell_type must be a CL cell type" in f.message
 
 
@@ -206,7 +206,7 @@ def test_wrong_ontology_without_loading_huge_ontologies(onto: Ontologies) -> Non
     start = time.perf_counter()
     res = run(cells(x=[0]), onto, cell_type={"value": "NCBITaxon:9606"})
     assert time.perf_counter() - start < 2.0  # NCBITaxon alone takes ~25 s to load
-    assert "is a NCBITaxon term" in only(res, "OBS_WRONG_ONTOLOGY").message
+    assert "is an NCBITaxon term" in only(res, "OBS_WRONG_ONTOLOGY").message
 
 
 def test_assay_must_be_an_assay(onto: Ontologies) -> None:
@@ -351,7 +351,7 @@ def test_mouse_rules(onto: Ontologies) -> None:
     assert ok.frame["self_reported_ethnicity_ontology_term_id"].tolist() == ["na", "na"]  # manifest default
     assert ok.frame["development_stage"].tolist() == ["mature stage", "mature stage"]
     human_stage = run(cells(x=[0]), onto, MOUSE, development_stage={"value": "HsapDv:0000258"})
-    assert "'HsapDv:0000258' (adult stage) is a HsapDv term" in only(human_stage, "OBS_WRONG_ONTOLOGY").message
+    assert "'HsapDv:0000258' (adult stage) is an HsapDv term" in only(human_stage, "OBS_WRONG_ONTOLOGY").message
     ethnic = run(cells(e=["na", "unknown"]), onto, MOUSE, self_reported_ethnicity={"column": "e"})
     f = only(ethnic, "OBS_ETHNICITY_NOT_NA")
     assert f.where == "obs['e'] (self_reported_ethnicity) row 'AAAC-1' (index 1)"
@@ -364,7 +364,7 @@ def test_human_rules(onto: Ontologies) -> None:
     ok = run(cells(x=[0]), onto, development_stage={"value": "adult stage"})
     assert ok.frame["development_stage_ontology_term_id"].tolist() == ["HsapDv:0000258"]
     mouse_stage = run(cells(x=[0]), onto, development_stage={"value": "MmusDv:0000110"})
-    assert "is a MmusDv term" in only(mouse_stage, "OBS_WRONG_ONTOLOGY").message
+    assert "is an MmusDv term" in only(mouse_stage, "OBS_WRONG_ONTOLOGY").message
     assert term_rule("development_stage", HUMAN).prefixes == ("HsapDv",)
     assert term_rule("development_stage", MOUSE).prefixes == ("MmusDv",)
 

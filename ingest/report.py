@@ -148,6 +148,14 @@ def _findings_section(title: str, findings: Sequence[Finding], empty: str) -> st
     return head + f"<p>By code: {by_code}</p>" + _table(("code", "where", "message"), rows)
 
 
+#: How a gene was mapped when not by its exact current id (the gene decisions' ``how``).
+_GENE_HOWS: dict[str, str] = {
+    "symbol_case": "by the symbol in another letter case",
+    "previous_symbol": "by an outdated symbol",
+    "ensembl_unversioned": "by the Ensembl id without its version",
+}
+
+
 def _decisions_section(decisions: Sequence[Decision]) -> str:
     head = f"<h2>Harmonization decisions ({len(decisions)})</h2>"
     if not decisions:
@@ -158,19 +166,35 @@ def _decisions_section(decisions: Sequence[Decision]) -> str:
     parts = [head]
     for name in sorted(groups):
         group = sorted(groups[name], key=lambda d: (-int(d.n), d.submitted))
-        cells = sum(int(d.n) for d in group)
-        parts.append(f"<h3><code>{_e(name)}</code>: {len(group)} distinct values, {cells} cells</h3>")
+        parts.append(f"<h3>{_e(_decisions_heading(name, group))}</h3>")
+        genes = name == "genes"  # one decision per submitted gene: no cell counts
         rows = [
             (
                 f'<span class="mono">{_e(d.submitted)}</span>',
                 f"<code>{_e(d.resolved)}</code> ({_e(d.label)})",
-                _e(d.how),
-                _num(d.n),
+                _e(_GENE_HOWS.get(d.how, d.how) if genes else d.how),
+                *(() if genes else (_num(d.n),)),
             )
             for d in group
         ]
-        parts.append(_table(("submitted", "resolved (label)", "how", "cells"), rows, numeric=(3,)))
+        header = ("submitted", "resolved (symbol)", "how") if genes else ("submitted", "resolved (label)", "how", "cells")
+        parts.append(_table(header, rows, numeric=() if genes else (3,)))
     return "".join(parts)
+
+
+def _decisions_heading(name: str, group: Sequence[Decision]) -> str:
+    """``"cell_type: 2 submitted values in 60 cells"``; for genes (one decision per gene, only
+    for those not found by their exact current id), how many and how they were mapped."""
+    if name == "genes":
+        hows = Counter(d.how for d in group)
+        ways = ", ".join(f"{n} {_GENE_HOWS.get(how, how)}" for how, n in hows.most_common())
+        return f"genes: {_plural(len(group), 'submitted gene')} mapped to a current gene indirectly ({ways})"
+    cells = sum(int(d.n) for d in group)
+    return f"{name}: {_plural(len(group), 'submitted value')} in {_plural(cells, 'cell')}"
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
 
 
 def _expectations_section(results: Sequence[Mapping[str, Any]]) -> str:

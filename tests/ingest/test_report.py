@@ -111,7 +111,7 @@ def test_html_is_self_contained_escaped_and_complete(tmp_path: Path) -> None:
     assert "obs[&#x27;cell_type&#x27;] row &#x27;AAAC-1&#x27; (index 3)" in text
     assert "cell 1 &amp; friends" in text
     # decisions grouped by field, escaped
-    assert text.index("<code>cell_type</code>") < text.index("<code>tissue</code>")
+    assert text.index("<h3>cell_type: ") < text.index("<h3>tissue: ")
     assert "B &lt;cell&gt;" in text and "CL:0000084" in text and "(T cell)" in text and "synonym" in text
     # summary and GX results
     assert "n_cells" in text and "[&quot;X&quot;, &quot;raw&quot;]" in text

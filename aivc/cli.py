@@ -188,6 +188,14 @@ def datasets(
 def export(
     dataset: Annotated[str, typer.Argument(help="DATASET or DATASET@VERSION.")],
     out: Annotated[str, typer.Option("-o", "--out", help="Output .h5ad path.")],
+    for_analysis: Annotated[
+        bool,
+        typer.Option(
+            "--for-analysis",
+            help="Also write gene symbols (var feature_name) and the label next to each ontology term id (obs cell_type, assay, ...), "
+            "as CELLxGENE's curated files have; such a file is marked in uns and is not for submission to CELLxGENE.",
+        ),
+    ] = False,
     lake: LakeOpt = None,
     json_: JsonOpt = False,
     debug: DebugOpt = False,
@@ -198,11 +206,12 @@ def export(
         from aivc.store.export import export_h5ad
         from aivc.store.lake import Lake
 
-        res = export_h5ad(Lake.open(lake), dataset, out)
+        res = export_h5ad(Lake.open(lake), dataset, out, for_analysis=for_analysis)
         if json_:
             _print_json({"status": "ok", **res})
         else:
-            _console().print(f"exported {res['dataset_id']}@{res['version']}: {res['n_cells']} cells x {res['n_genes']} genes -> {res['path']}", highlight=False)
+            kind = " (analysis export: gene symbols and labels added; not for CELLxGENE submission)" if for_analysis else ""
+            _console().print(f"exported {res['dataset_id']}@{res['version']}: {res['n_cells']} cells x {res['n_genes']} genes -> {res['path']}{kind}")
         return 0
 
     run_command(json_, debug, body)

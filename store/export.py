@@ -4,6 +4,13 @@ The cells come back in their submitted order with their exact raw counts (float3
 in ``X``), the harmonized standard fields as ontology term ids, the submitter's other
 obs columns and ``obsm`` embeddings, and ``var`` indexed by reference Ensembl ids (only
 the genes this dataset measured).
+
+An *analysis* export (``for_analysis=True``, ``aivc export --for-analysis``) adds what
+CELLxGENE's own curated files carry for people working in scanpy: ``var["feature_name"]``
+(the gene symbol the lake stores for each id) and, next to each ``<field>_ontology_term_id``
+obs column, the ``<field>`` label the lake stores (the labels of the ``cells`` SQL view).
+Those are columns the CELLxGENE schema reserves for its own tooling, so such a file is
+marked ``uns["aivc"]["export"] = "analysis"`` and is not for submission to CELLxGENE.
 """
 
 from __future__ import annotations
@@ -30,6 +37,11 @@ TERM_COLUMNS = (
     "tissue_ontology_term_id",
 )
 CATEGORICAL_COLUMNS = (*TERM_COLUMNS, "tissue_type", "suspension_type", "donor_id")
+#: ``<field>`` label columns of an analysis export, each next to ``<field>_ontology_term_id``
+#: and read from the lake's cells table (where the ``cells`` SQL view reads them).
+LABEL_COLUMNS = tuple(c.removesuffix("_ontology_term_id") for c in TERM_COLUMNS)
+#: What ``uns["aivc"]["export"]`` says of an analysis export.
+ANALYSIS_EXPORT = "analysis"
 #: obs columns the CELLxGENE tooling adds itself; submitter columns with these names are
 #: exported with an ``author_`` prefix.
 RESERVED_OBS = (
@@ -51,8 +63,11 @@ RESERVED_OBS = (
 )
 
 
-def load_version_anndata(lake: Lake, ref: str):  # noqa: ANN201 - AnnData
-    """The committed cells of ``ref`` (``DATASET[@VERSION]``) as an in-memory AnnData."""
+def load_version_anndata(lake: Lake, ref: str, *, for_analysis: bool = False):  # noqa: ANN201 - AnnData
+    """The committed cells of ``ref`` (``DATASET[@VERSION]``) as an in-memory AnnData.
+
+    ``for_analysis`` adds gene symbols and term labels (see the module docstring).
+    """
     import anndata as ad
     import pyarrow.parquet as pq
 
@@ -93,12 +108,30 @@ def load_version_anndata(lake: Lake, ref: str):  # noqa: ANN201 - AnnData
     adata.uns["title"] = v.title
     adata.uns["organism_ontology_term_id"] = v.organism
     adata.uns["aivc"] = {"dataset_id": v.dataset_id, "version": v.version, "content_hash": v.content_hash, "license": v.license}
+    if for_analysis:
+        _add_analysis_columns(adata, cells, genes)
     return adata, v
 
 
-def export_h5ad(lake: Lake, ref: str, out: str | Path) -> dict[str, Any]:
-    """Write ``ref`` to ``out`` (atomically: a temporary file renamed into place)."""
-    adata, v = load_version_anndata(lake, ref)
+def _add_analysis_columns(adata: Any, cells: pd.DataFrame, genes: pd.DataFrame) -> None:
+    """Gene symbols in ``var``, a label column next to each term id column in ``obs``, the mark in ``uns``."""
+    adata.var["feature_name"] = pd.Categorical(genes["feature_name"].astype(str).to_numpy())
+    for label in LABEL_COLUMNS:
+        adata.obs[label] = pd.Categorical(cells[label].astype(str).to_numpy())
+    adata.uns["aivc"] = adata.uns["aivc"] | {
+        "export": ANALYSIS_EXPORT,
+        "note": "analysis export: var feature_name and the obs label columns are columns CELLxGENE reserves for its own tooling; "
+        "export without --for-analysis to submit to CELLxGENE",
+    }
+
+
+def export_h5ad(lake: Lake, ref: str, out: str | Path, *, for_analysis: bool = False) -> dict[str, Any]:
+    """Write ``ref`` to ``out`` (atomically: a temporary file renamed into place).
+
+    ``for_analysis`` writes an analysis export (gene symbols and term labels, not for
+    submission to CELLxGENE; see the module docstring).
+    """
+    adata, v = load_version_anndata(lake, ref, for_analysis=for_analysis)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
@@ -107,4 +140,5 @@ def export_h5ad(lake: Lake, ref: str, out: str | Path) -> dict[str, Any]:
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
-    return {"dataset_id": v.dataset_id, "version": v.version, "n_cells": adata.n_obs, "n_genes": adata.n_vars, "path": str(out)}
+    res = {"dataset_id": v.dataset_id, "version": v.version, "n_cells": adata.n_obs, "n_genes": adata.n_vars, "path": str(out)}
+    return res | {"export": ANALYSIS_EXPORT if for_analysis else "cellxgene"}

@@ -100,13 +100,10 @@ class Report:
 # -- computing ---------------------------------------------------------------------------
 def _submitted(lake: Lake, datasets: Sequence[str]) -> pd.DataFrame:
     from aivc.store.catalog import Catalog
+    from aivc.store.read import version_cells
 
     cat = Catalog(lake)
-    frames = [
-        pd.read_parquet(cat.artifacts_path(v) / "cells.parquet", columns=["obs_id", "cell_type_ontology_term_id", "cell_type"])
-        for d in datasets
-        for v in cat.versions(d)
-    ]
+    frames = [version_cells(lake, v, ["obs_id", "cell_type_ontology_term_id", "cell_type"]) for d in datasets for v in cat.versions(d)]
     if not frames:
         return pd.DataFrame({"obs_id": [], "cell_type_ontology_term_id": [], "cell_type": []})
     return pd.concat(frames, ignore_index=True).rename(columns={"cell_type_ontology_term_id": "submitted_term_id", "cell_type": "submitted_label"})

@@ -103,11 +103,13 @@ def register_vae(lake: Any, dataset_id: str, seed: int) -> Any:
     import torch
 
     from aivc.store.catalog import Catalog
+
+    from aivc.store.read import version_features
     from aivc.training.models.cell_vae import CellVAE
     from aivc.training.registry import register_model
 
     cat = Catalog(lake)
-    genes = pd.read_parquet(cat.artifacts_path(cat.get(dataset_id)) / "genes.parquet", columns=["gene_id", "soma_joinid"]).sort_values("soma_joinid")
+    genes = version_features(lake, cat.get(dataset_id), ["gene_id", "soma_joinid"]).sort_values("soma_joinid")
     init = {"n_genes": len(genes), "n_batches": 1, "latent_dim": 16, "hidden_dim": 128, "n_layers": 1, "dropout": 0.1}
     torch.manual_seed(seed)
     m = CellVAE(**init)
@@ -121,9 +123,10 @@ def register_vae(lake: Any, dataset_id: str, seed: int) -> Any:
 # -- the contenders -----------------------------------------------------------------------------
 def cells_of(lake: Any, dataset_id: str) -> pd.DataFrame:
     from aivc.store.catalog import Catalog
+    from aivc.store.read import version_cells
 
     cat = Catalog(lake)
-    cells = pd.read_parquet(cat.artifacts_path(cat.get(dataset_id)) / "cells.parquet", columns=["obs_id", "soma_joinid"])
+    cells = version_cells(lake, cat.get(dataset_id), ["obs_id", "soma_joinid"])
     return cells.sort_values("soma_joinid", kind="stable").reset_index(drop=True)
 
 
@@ -133,6 +136,7 @@ def run_peer(lake: Any, model_ref: str, dataset_id: str) -> tuple[float, np.ndar
 
     from aivc.store import soma_io
     from aivc.store.catalog import Catalog
+    from aivc.store.read import version_features
     from aivc.training.registry import load_model
 
     t0 = time.perf_counter()
@@ -140,7 +144,7 @@ def run_peer(lake: Any, model_ref: str, dataset_id: str) -> tuple[float, np.ndar
     cat = Catalog(lake)
     hw = cat.high_water(ORGANISM)
     uri = lake.soma_uri(ORGANISM)
-    genes = pd.read_parquet(cat.artifacts_path(cat.get(dataset_id)) / "genes.parquet", columns=["gene_id", "soma_joinid"]).set_index("gene_id")["soma_joinid"]
+    genes = version_features(lake, cat.get(dataset_id), ["gene_id", "soma_joinid"]).set_index("gene_id")["soma_joinid"]
     var_j = genes.loc[list(rec.gene_ids)].to_numpy(np.int64)
     cells = cells_of(lake, dataset_id)
     joins = cells["soma_joinid"].to_numpy(np.int64)
@@ -180,11 +184,12 @@ def warm(lake: Any, dataset_id: str) -> float:
     """Read every count once (untimed by the benchmark) to warm the page cache."""
     from aivc.store import soma_io
     from aivc.store.catalog import Catalog
+    from aivc.store.read import version_features
 
     t0 = time.perf_counter()
     cat = Catalog(lake)
     hw = cat.high_water(ORGANISM)
-    genes = pd.read_parquet(cat.artifacts_path(cat.get(dataset_id)) / "genes.parquet", columns=["soma_joinid"])["soma_joinid"].to_numpy(np.int64)
+    genes = version_features(lake, cat.get(dataset_id), ["soma_joinid"])["soma_joinid"].to_numpy(np.int64)
     joins = cells_of(lake, dataset_id)["soma_joinid"].to_numpy(np.int64)
     for lo in range(0, len(joins), 4 * CHUNK_ROWS):
         soma_io.read_rows(lake.soma_uri(ORGANISM), hw, joins[lo : lo + 4 * CHUNK_ROWS], genes)

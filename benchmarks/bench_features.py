@@ -111,34 +111,31 @@ def register_datasets(lake: Any, args: argparse.Namespace) -> None:
     import datetime as dt
 
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    from aivc.store.catalog import Catalog, DatasetVersion
+    from aivc.store.artifacts import VersionWriter
+    from aivc.store.catalog import DatasetVersion
 
-    catalog = Catalog(lake)
     now = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
     for d in range(args.datasets):
         rows = np.arange(d, args.rows, args.datasets)
         labels = np.concatenate([batch_vectors(s, min(args.rows, s + WRITE_BATCH), 1, args.seed)[1] for s in range(0, args.rows, WRITE_BATCH)])[rows]
         ds = f"bench-{d:02d}"
-        staged = lake.new_staging()
-        pq.write_table(
+        w = VersionWriter(lake, ds, 1)
+        w.write_cells(
             pa.table({
                 "obs_id": cell_ids(rows, args.datasets), "soma_joinid": rows, "dataset_id": [ds] * len(rows),
                 "dataset_version": pa.array(np.ones(len(rows), np.int32)), "cell_type": [f"type-{lab % 20:02d}" for lab in labels.tolist()],
-            }),
-            staged / "cells.parquet",
+            })
         )  # fmt: skip
-        pq.write_table(pa.table({"gene_id": ["ENSG00000141510"], "feature_name": ["TP53"], "soma_joinid": [0]}), staged / "genes.parquet")
+        w.write_features(pa.table({"gene_id": ["ENSG00000141510"], "feature_name": ["TP53"], "soma_joinid": [0]}))
         rec = DatasetVersion(
             dataset_id=ds, version=1, title=f"benchmark {ds}", description="fake", license="CC0-1.0", access="public",
             embargo_until=None, organism="NCBITaxon:9606", organism_name="homo_sapiens", n_cells=len(rows), n_genes=1, nnz=0,
             content_hash="", submission_id=f"bench-{d}", committed_at=now, soma_timestamp=0, soma_high_water=0,
-            obs_joinid_min=int(rows.min()), obs_joinid_max=int(rows.max()), artifacts=f"catalog/datasets/{ds}/v000001",
+            obs_joinid_min=int(rows.min()), obs_joinid_max=int(rows.max()), artifacts=w.artifacts,
         )  # fmt: skip
         with lake.write_lock():
-            catalog.commit(rec, staged)
-        staged.with_name(f"{staged.name}.owner").unlink(missing_ok=True)
+            w.commit(rec)
 
 
 def _vm(field: str) -> int:

@@ -143,10 +143,11 @@ def scenario_cells(lake: Any, sc: Scenario) -> tuple[pd.DataFrame, pd.DataFrame]
     """Cells (``obs_id, soma_joinid, dataset_id, barcode, label``) and common genes of a scenario."""
     from aivc.demo import pbmc_counts
     from aivc.store.catalog import Catalog
+    from aivc.store.read import version_cells, version_features
 
     cat = Catalog(lake)
     versions = [cat.get(d) for d in sc.datasets]
-    cells = pd.concat([pd.read_parquet(cat.artifacts_path(v) / "cells.parquet", columns=["obs_id", "soma_joinid", "dataset_id"]) for v in versions], ignore_index=True)
+    cells = pd.concat([version_cells(lake, v, ["obs_id", "soma_joinid", "dataset_id"]) for v in versions], ignore_index=True)
     cells = cells.sort_values("soma_joinid", kind="stable").reset_index(drop=True)
     cells["barcode"] = cells["obs_id"].str.split(":", n=1).str[1]
     truth = pbmc_counts().obs["bulk_labels"].astype(str)
@@ -155,7 +156,7 @@ def scenario_cells(lake: Any, sc: Scenario) -> tuple[pd.DataFrame, pd.DataFrame]
         raise RuntimeError(f"{int(cells['label'].isna().sum())} cells of {sc.key} have no ground-truth label")
     genes: pd.DataFrame | None = None
     for v in versions:
-        g = pd.read_parquet(cat.artifacts_path(v) / "genes.parquet", columns=["gene_id", "soma_joinid"])
+        g = version_features(lake, v, ["gene_id", "soma_joinid"])
         genes = g if genes is None else genes.merge(g[["gene_id"]], on="gene_id")
     assert genes is not None
     return cells, genes.sort_values("soma_joinid").reset_index(drop=True)
@@ -226,13 +227,14 @@ def _embed_direct(lake: Any, model_ref: str, cells: pd.DataFrame) -> np.ndarray:
 
     from aivc.store import soma_io
     from aivc.store.catalog import Catalog
+    from aivc.store.read import version_features
     from aivc.training.registry import load_model
 
     module, rec = load_model(lake, model_ref)
     cat = Catalog(lake)
     joinid_of: dict[str, int] = {}
     for ds in sorted(set(cells["dataset_id"])):
-        g = pd.read_parquet(cat.artifacts_path(cat.get(ds)) / "genes.parquet", columns=["gene_id", "soma_joinid"])
+        g = version_features(lake, cat.get(ds), ["gene_id", "soma_joinid"])
         joinid_of.update(zip(g["gene_id"].astype(str), g["soma_joinid"].astype(np.int64), strict=True))
     var_j = np.array([joinid_of[g] for g in rec.gene_ids], dtype=np.int64)
     X = soma_io.read_rows(lake.soma_uri("homo_sapiens"), cat.high_water("homo_sapiens"), cells["soma_joinid"].to_numpy(np.int64), var_j).toarray().astype(np.float32)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ from aivc.ingest.matrix import MatrixChecker
 from aivc.ingest.readers import SubmittedData, UnreadableDataError, open_anndata
 from aivc.progress import NullProgress, Progress
 from aivc.store import soma_io
+from aivc.store.artifacts import VersionWriter, submission_dir
 from aivc.store.catalog import Catalog, DatasetVersion
 from aivc.store.lake import Lake, utcnow
 from aivc.store.recovery import recover
@@ -316,45 +316,38 @@ def _lake_var(prepared: Prepared) -> pd.DataFrame:
     return var
 
 
-def _write_artifacts(staging: Path, prepared: Prepared, obs: pd.DataFrame, obs_joinids: np.ndarray, var: pd.DataFrame, var_joinids: np.ndarray) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
+def _write_artifacts(w: VersionWriter, prepared: Prepared, obs: pd.DataFrame, obs_joinids: np.ndarray, var: pd.DataFrame, var_joinids: np.ndarray) -> None:
     assert prepared.data is not None and prepared.genes is not None and prepared.manifest is not None
     cells = obs.reset_index()
     cells.insert(1, "soma_joinid", obs_joinids)
     from aivc.ingest.perturbation_fields import PERTURBATION_COLUMNS
 
-    for c in PERTURBATION_COLUMNS:  # optional fields live in cells.parquet (the `cells` view), not in SOMA obs
+    for c in PERTURBATION_COLUMNS:  # optional fields live in the version's cells table (the `cells` view), not in SOMA obs
         if prepared.obs is not None and c in prepared.obs.columns:
             cells[c] = prepared.obs[c].to_numpy(dtype=object)
-    pq.write_table(pa.Table.from_pandas(cells, preserve_index=False), staging / "cells.parquet")
+    w.write_cells(cells)
     submitted_ids = prepared.data.var.index.astype(str)[prepared.genes.keep_cols]
-    genes = pd.DataFrame(
-        {
-            "gene_id": var.index.to_numpy(dtype=object),
-            "soma_joinid": var_joinids,
-            "feature_name": var["feature_name"].to_numpy(),
-            "submitted_id": np.asarray(submitted_ids, dtype=object),
-            "submitted_position": prepared.genes.keep_cols,
-        }
+    w.write_features(
+        pd.DataFrame(
+            {
+                "gene_id": var.index.to_numpy(dtype=object),
+                "soma_joinid": var_joinids,
+                "feature_name": var["feature_name"].to_numpy(),
+                "submitted_id": np.asarray(submitted_ids, dtype=object),
+                "submitted_position": prepared.genes.keep_cols,
+            }
+        )
     )
-    pq.write_table(pa.Table.from_pandas(genes, preserve_index=False), staging / "genes.parquet")
     extra = prepared.data.obs.copy()
     extra.index = extra.index.astype(str)
     extra.index.name = "barcode"
     for c in extra.columns:
         if isinstance(extra[c].dtype, pd.CategoricalDtype) or extra[c].dtype == object:
             extra[c] = extra[c].astype(str).where(extra[c].notna(), None)
-    pq.write_table(pa.Table.from_pandas(extra.reset_index(), preserve_index=False), staging / "obs_submitted.parquet")
-    if prepared.data.obsm_keys:
-        (staging / "obsm").mkdir()
-        for key in prepared.data.obsm_keys:
-            arr = prepared.data.read_obsm(key).astype(np.float32)
-            flat = pa.array(arr.reshape(-1))
-            vec = pa.FixedSizeListArray.from_arrays(flat, arr.shape[1])
-            pq.write_table(pa.table({"obs_id": obs.index.to_numpy(dtype=object), "vector": vec}), staging / "obsm" / f"{key}.parquet")
-    shutil.copyfile(prepared.report.manifest_path, staging / "manifest.yaml")
+    w.write_submitted_obs(extra.reset_index())
+    for key in prepared.data.obsm_keys:
+        w.write_obsm(key, obs.index.to_numpy(dtype=object), prepared.data.read_obsm(key))
+    w.copy_manifest(prepared.report.manifest_path)
 
 
 def submit(
@@ -392,11 +385,11 @@ def submit(
             versions = catalog.versions(manifest.dataset_id)
             if versions and versions[-1].content_hash == prepared.content_hash:
                 last = versions[-1]
-                rep = lake.root / "submissions" / last.submission_id / "report.json"
+                rep = submission_dir(lake, last.submission_id) / "report.json"
                 return SubmitResult("unchanged", last.dataset_id, last.version, last.n_cells, last.n_genes, str(rep), [], report.warnings, last.submission_id)
             version = catalog.next_version(manifest.dataset_id)
             record = _commit(lake, catalog, prepared, version, progress)
-        rep = lake.root / "submissions" / record.submission_id / "report.json"
+        rep = submission_dir(lake, record.submission_id) / "report.json"
         return SubmitResult("committed", record.dataset_id, record.version, record.n_cells, record.n_genes, str(rep), [], report.warnings, record.submission_id)
     finally:
         prepared.close()
@@ -412,10 +405,8 @@ def _commit(lake: Lake, catalog: Catalog, prepared: Prepared, version: int, prog
     uri = lake.soma_uri(manifest.organism_name)
     hw = catalog.high_water(manifest.organism_name)
     ts = soma_io.write_timestamp(hw)
-    staging = lake.new_staging()
-    artifacts = staging / "artifacts"
-    artifacts.mkdir()
-    report_dir = staging / "report"
+    w = VersionWriter(lake, manifest.dataset_id, version)
+    report_dir = w.scratch("report")
     report.summary["version"] = version
     write_report(report, report_dir)
     keep = genes.keep_cols
@@ -427,11 +418,9 @@ def _commit(lake: Lake, catalog: Catalog, prepared: Prepared, version: int, prog
     progress.phase("writing to the lake", total=data.n_obs)
     result = soma_io.append_dataset(uri, obs, var, chunks(), timestamp=ts, progress=progress.advance)
     _fault("after_soma_write")
-    _write_artifacts(artifacts, prepared, obs, result.obs_joinids, var, result.var_joinids)
+    _write_artifacts(w, prepared, obs, result.obs_joinids, var, result.var_joinids)
     _fault("after_artifacts")
-    sub_dir = lake.root / "submissions" / report.submission_id
-    sub_dir.parent.mkdir(parents=True, exist_ok=True)
-    os.rename(report_dir, sub_dir)
+    w.publish_report(report_dir, report.submission_id)
     high_water = max(soma_io.now_ms(), ts)
     record = DatasetVersion(
         dataset_id=manifest.dataset_id,
@@ -453,12 +442,10 @@ def _commit(lake: Lake, catalog: Catalog, prepared: Prepared, version: int, prog
         soma_high_water=high_water,
         obs_joinid_min=int(result.obs_joinids.min()),
         obs_joinid_max=int(result.obs_joinids.max()),
-        artifacts=f"catalog/datasets/{manifest.dataset_id}/v{version:06d}",
+        artifacts=w.artifacts,
         obsm_keys=tuple(data.obsm_keys),
         extra={"contact": manifest.contact, "citation": manifest.citation, "n_genes_submitted": data.n_vars},
     )
     _fault("before_record")
-    catalog.commit(record, artifacts)
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.with_name(f"{staging.name}.owner").unlink(missing_ok=True)
+    w.commit(record)
     return record

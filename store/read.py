@@ -35,7 +35,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from aivc.errors import LakeError, UsageError
-from aivc.store import soma_io
+from aivc.store import artifacts, soma_io
 from aivc.store.catalog import Catalog, DatasetVersion
 from aivc.store.lake import Lake
 from aivc.store.measurements import RNA, MeasurementSpec
@@ -78,28 +78,31 @@ def _artifact(lake: Lake, v: DatasetVersion, name: str) -> str:
 
 def version_cells(lake: Lake, v: DatasetVersion, columns: Sequence[str] | None = None) -> pd.DataFrame:
     """The harmonized cells of one committed version (one row per cell, storage order)."""
-    return pd.read_parquet(_artifact(lake, v, "cells.parquet"), columns=list(columns) if columns else None)
+    return pd.read_parquet(_artifact(lake, v, artifacts.CELLS), columns=list(columns) if columns else None)
 
 
 def version_features(lake: Lake, v: DatasetVersion, columns: Sequence[str] | None = None, measurement: MeasurementSpec = RNA) -> pd.DataFrame:
     """The features one committed version measured (RNA: ``gene_id``, ``soma_joinid``, …)."""
-    if measurement.name != RNA.name:
+    path = _artifact(lake, v, artifacts.features_file(measurement))
+    import os
+
+    if not os.path.exists(path):
         raise LakeError(f"dataset version {v.ref} holds no {measurement.name} features", where=v.ref)
-    return pd.read_parquet(_artifact(lake, v, "genes.parquet"), columns=list(columns) if columns else None)
+    return pd.read_parquet(path, columns=list(columns) if columns else None)
 
 
 def submitted_obs(lake: Lake, v: DatasetVersion) -> pd.DataFrame:
     """Every obs column exactly as submitted (with ``barcode``)."""
-    return pd.read_parquet(_artifact(lake, v, "obs_submitted.parquet"))
+    return pd.read_parquet(_artifact(lake, v, artifacts.SUBMITTED_OBS))
 
 
 def submitted_obsm(lake: Lake, v: DatasetVersion, key: str):  # noqa: ANN201 - pyarrow.Table
-    """One submitter embedding (``obsm[key]``) as an Arrow table."""
+    """One submitter embedding (``obsm[key]``) as an Arrow table (``obs_id``, ``vector``)."""
     import pyarrow.parquet as pq
 
     if key not in v.obsm_keys:
         raise LakeError(f"dataset version {v.ref} has no obsm {key!r} (has: {', '.join(v.obsm_keys) or 'none'})", where=v.ref)
-    return pq.read_table(_artifact(lake, v, f"obsm/{key}.parquet"))
+    return pq.read_table(_artifact(lake, v, f"{artifacts.OBSM}/{key}.parquet"))
 
 
 # -- version selection -------------------------------------------------------------------

@@ -157,3 +157,58 @@ def test_shared_modules_import_no_layer():
         found += [(name, n) for n in sorted(names) if any(_within(n, p) for p in layers) or _is_top(n)]
     assert not found, found
     assert sorted(p.stem for p in (ROOT / "aivc").glob("*.py") if not _is_top(f"aivc.{p.stem}") and p.stem != "__init__") == sorted(SHARED)
+
+
+# -- the store's doors: nothing outside store/ locates a dataset version's files ------------------
+#: what finds a committed version's tables on disk: the catalog's path method and the layout's names
+_ARTIFACT_DOORS = ("artifacts_path",)
+_ARTIFACT_NAMES = ("obs_submitted.parquet", "catalog/datasets", "cells.parquet", "genes.parquet")
+
+
+def artifact_access(source: str) -> list[str]:
+    """Where ``source`` reaches dataset-version files itself: ``artifacts_path`` (attribute or
+    name), or a path built with ``/`` from a layout name, or ``.artifacts`` joined to a path."""
+    found: list[str] = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Attribute) and node.attr in _ARTIFACT_DOORS:
+            found.append(f"line {node.lineno}: .{node.attr}")
+        elif isinstance(node, ast.Name) and node.id in _ARTIFACT_DOORS:
+            found.append(f"line {node.lineno}: {node.id}")
+        elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div):
+            for side in (node.left, node.right):
+                if isinstance(side, ast.Constant) and isinstance(side.value, str) and any(n in side.value for n in _ARTIFACT_NAMES[:2]):
+                    found.append(f"line {node.lineno}: / {side.value!r}")
+                if isinstance(side, ast.Attribute) and side.attr == "artifacts":
+                    found.append(f"line {node.lineno}: / .artifacts")
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) in ("read_parquet", "read_table", "ParquetFile"):
+            for arg in node.args[:1]:
+                if isinstance(arg, ast.BinOp) and isinstance(arg.right, ast.Constant) and arg.right.value in _ARTIFACT_NAMES[2:]:
+                    if not (isinstance(arg.left, ast.Name) and arg.left.id == "folder"):  # a training run's own plan files
+                        found.append(f"line {node.lineno}: reads {arg.right.value!r}")
+    return found
+
+
+def test_only_the_store_opens_dataset_files():
+    """Training, embeddings, instruments, ingest, the CLI and benchmarks read committed versions
+    through aivc.store.read and write them through aivc.store.artifacts (DESIGN.md: the read API
+    and the versioned collection are the only doors)."""
+    folders = [d for d in PACKAGES.values() if d != "store"] + ["aivc", "benchmarks"]
+    found = []
+    for folder in folders:
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            found += [f"{path.relative_to(ROOT)} {w}" for w in artifact_access(path.read_text(encoding="utf-8"))]
+    assert not found, "dataset-version files opened outside store/:\n" + "\n".join(f"  {f}" for f in found)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "cat.artifacts_path(v) / 'genes.parquet'\n",
+        "pd.read_parquet(folder2 / 'cells.parquet')\n",
+        "p = lake.root / v.artifacts\n",
+        "p = lake.root / 'catalog/datasets' / d\n",
+        "x = art / 'obs_submitted.parquet'\n",
+    ],
+)
+def test_artifact_access_is_found(source: str):
+    assert artifact_access(source), source

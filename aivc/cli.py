@@ -12,17 +12,35 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from aivc.cli_common import DebugOpt, JsonOpt, LakeOpt, print_table, run_command
+from aivc.cli_common import DebugOpt, JsonOpt, LakeOpt, print_table, run_command, styled, typer_app
 from aivc.cli_common import console as _console
 from aivc.cli_common import print_json as _print_json
 
-app = typer.Typer(
+app = typer_app(
     name="aivc",
     help="AI Virtual Cells: validated single-cell lake, versioned Universal Representations, virtual instruments.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
 )
+
+
+def _print_version(value: bool) -> None:
+    if not value:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        v = version("aivc")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        v = "unknown (not installed: pip install -e .)"
+    _console().print(f"aivc {v}")
+    raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the aivc version and exit.")] = False,
+) -> None:
+    """AI Virtual Cells: validated single-cell lake, versioned Universal Representations, virtual instruments."""
+
 
 @app.command()
 def init(lake: LakeOpt = None, json_: JsonOpt = False, debug: DebugOpt = False) -> None:
@@ -45,9 +63,21 @@ def init(lake: LakeOpt = None, json_: JsonOpt = False, debug: DebugOpt = False) 
 def _print_findings(result: dict[str, Any]) -> None:
     con = _console()
     for e in result.get("errors", []):
-        con.print(f"[red]error[/]   [{e['code']}] {e['where']}: {e['message']}", highlight=False, soft_wrap=True)
+        con.print(styled(("error", "red"), f"   [{e['code']}] {e['where']}: {e['message']}"))
     for w in result.get("warnings", [])[:20]:
-        con.print(f"[yellow]warning[/] [{w['code']}] {w['where']}: {w['message']}", highlight=False, soft_wrap=True)
+        con.print(styled(("warning", "yellow"), f" [{w['code']}] {w['where']}: {w['message']}"))
+
+
+def _errors(n: int) -> str:
+    return f"{n} error" if n == 1 else f"{n} errors"
+
+
+def _reports(json_path: str | Path | None) -> str:
+    """``report: <report.html>, <report.json>`` (the HTML is written beside the JSON)."""
+    if not json_path:
+        return "no report"
+    j = Path(json_path)
+    return f"report: {j.with_name('report.html')}, {j}"
 
 
 @app.command()
@@ -84,15 +114,17 @@ def validate(
                 rep.errors,
                 rep.warnings,
                 rep.submission_id,
-            ).to_dict()
+            ).to_dict() | {"report_html": str(html_path)}
         finally:
             prepared.close()
         if json_:
             _print_json(res)
         else:
             _print_findings(res)
-            verdict = "[green]valid[/]" if rep.valid else f"[red]invalid[/] ({len(rep.errors)} errors)"
-            _console().print(f"{res['dataset_id']}: {verdict}; {res['n_cells']} cells, {res['n_genes']} genes mapped; report: {html_path}", highlight=False)
+            who = res["dataset_id"] or f"submission {res['submission_id']}"
+            verdict = ("valid", "green") if rep.valid else ("invalid", "red")
+            errors = "" if rep.valid else f" ({_errors(len(rep.errors))})"
+            _console().print(styled(f"{who}: ", verdict, f"{errors}; {res['n_cells']} cells, {res['n_genes']} genes mapped; {_reports(json_path)}"))
         return 0 if rep.valid else 1
 
     run_command(json_, debug, body)
@@ -123,14 +155,17 @@ def submit(
         finally:
             progress.close()
         res = result.to_dict()
+        if result.report:
+            res["report_html"] = str(Path(result.report).with_name("report.html"))
         if json_:
             _print_json(res)
         else:
             _print_findings(res)
             if result.status == "rejected":
-                _console().print(f"[red]rejected[/]: {len(result.errors)} errors; nothing was written to the lake; report: {result.report}", highlight=False)
+                who = result.dataset_id or f"submission {result.submission_id}"
+                _console().print(styled(("rejected", "red"), f" {who}: {_errors(len(result.errors))}; nothing was written to the lake; {_reports(result.report)}"))
             else:
-                _console().print(f"[green]{result.status}[/] {result.dataset_id}@{result.version}: {result.n_cells} cells x {result.n_genes} genes; report: {result.report}", highlight=False)
+                _console().print(styled((result.status, "green"), f" {result.dataset_id}@{result.version}: {result.n_cells} cells x {result.n_genes} genes; {_reports(result.report)}"))
         return 1 if result.status == "rejected" else 0
 
     run_command(json_, debug, body)

@@ -10,15 +10,9 @@ from typing import Annotated, Any
 
 import typer
 
-from aivc.cli_common import DebugOpt, JsonOpt, LakeOpt, console, print_json, print_table, run_command
+from aivc.cli_common import DebugOpt, JsonOpt, LakeOpt, console, print_json, print_table, run_command, typer_app
 
-access_app = typer.Typer(
-    name="access",
-    help="Who may see which dataset: users, groups and grants (public | consortium | embargoed).",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
+access_app = typer_app(name="access", help="Who may see which dataset: users, groups and grants (public | consortium | embargoed).")
 
 
 _run = run_command
@@ -28,7 +22,7 @@ def _emit(json_mode: bool, obj: dict[str, Any], line: str) -> None:
     if json_mode:
         print_json(obj)
     else:
-        console().print(line, highlight=False, soft_wrap=True)
+        console().print(line)
 
 
 def _split_groups(groups: str) -> list[str]:
@@ -164,7 +158,7 @@ def list_(lake: LakeOpt = None, json_: JsonOpt = False, debug: DebugOpt = False)
             _emit(True, res, "")
             return 0
         con = console()
-        con.print(f"owner: {res['owner']} (sees everything); built in: public (public datasets only)", highlight=False)
+        con.print(f"owner: {res['owner']} (sees everything); built in: public (public datasets only)")
         print_table(("name", "groups"), [(u["name"], ", ".join(u["groups"])) for u in res["users"]], title="users", out=con)
         rows = []
         for d in res["datasets"]:

@@ -8,16 +8,18 @@ the same as ``aivc embed model MODEL@VERSION``).
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any, Optional
 
 import typer
-from typer.core import TyperGroup
 
-features_app = typer.Typer(help="Versioned Universal Representations (embeddings) in the feature store.", no_args_is_help=True)
+from aivc.cli_common import DebugOpt, HelpGroup, JsonOpt, LakeOpt, print_record, print_table, run_command, typer_app
+from aivc.cli_common import console as _console
+from aivc.cli_common import print_json as _print_json
+
+features_app = typer_app(help="Versioned Universal Representations (embeddings) in the feature store.")
 
 
-class _EmbedGroup(TyperGroup):
+class _EmbedGroup(HelpGroup):
     """``aivc embed NAME@VERSION`` runs ``aivc embed model NAME@VERSION``."""
 
     def resolve_command(self, ctx: Any, args: list[str]) -> Any:
@@ -26,15 +28,10 @@ class _EmbedGroup(TyperGroup):
         return super().resolve_command(ctx, args)
 
 
-embed_app = typer.Typer(
+embed_app = typer_app(
     cls=_EmbedGroup,
     help="Compute URs over the lake and publish them as embedding versions: `aivc embed pca`, `aivc embed coexpr`, `aivc embed MODEL@VERSION`.",
-    no_args_is_help=True,
 )
-
-from aivc.cli_common import DebugOpt, JsonOpt, LakeOpt, print_table, run_command
-from aivc.cli_common import console as _console
-from aivc.cli_common import print_json as _print_json
 
 
 def _summary(v: Any) -> dict[str, Any]:
@@ -81,7 +78,7 @@ def show(
     json_: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Show one embedding version's record: source, lineage, metrics."""
+    """Show one embedding version: source, lineage, metrics (--json: the full record)."""
 
     def body() -> int:
         from aivc.embeddings.store import get_version
@@ -91,8 +88,18 @@ def show(
         rec = v.to_record() | {"ref": v.ref, "sql_view": v.view_name, "sql_alias": v.alias_name}
         if json_:
             _print_json(rec)
-        else:
-            _console().print_json(json.dumps(rec, default=str))
+            return 0
+        fields = {
+            "dtype": v.dtype,
+            "normalization": v.normalization,
+            "created": v.created_at,
+            "source": v.source,
+            "lineage": v.lineage,
+            "partitions": list(v.partitions),
+            "SQL view": f"{v.view_name} (alias {v.alias_name}, the latest version)",
+        }
+        heading = f"{v.ref}: {v.entity} embedding, {v.n_rows} rows x {v.dim} dims"
+        print_record(heading, fields, metrics=v.metrics, full=f"aivc features show {v.ref} --json")
         return 0
 
     run_command(json_, debug, body)
@@ -122,7 +129,7 @@ def import_(
         if json_:
             _print_json({"status": "published", **_summary(v)})
         else:
-            _console().print(f"published {v.ref}: {v.n_rows} x {v.dim} (SQL view {v.view_name})", highlight=False)
+            _console().print(f"published {v.ref}: {v.n_rows} x {v.dim} (SQL view {v.view_name})")
         return 0
 
     run_command(json_, debug, body)
@@ -162,10 +169,7 @@ def pca(
         if json_:
             _print_json({"status": "published", **_summary(v), "metrics": v.metrics})
         else:
-            _console().print(
-                f"published {v.ref}: {v.n_rows} cells x {v.dim} dims, explained variance {v.metrics['explained_variance_total']:.1%} (SQL view {v.view_name})",
-                highlight=False,
-            )
+            _console().print(f"published {v.ref}: {v.n_rows} cells x {v.dim} dims, explained variance {v.metrics['explained_variance_total']:.1%} (SQL view {v.view_name})")
         return 0
 
     run_command(json_, debug, body)
@@ -197,7 +201,7 @@ def coexpr(
         if json_:
             _print_json({"status": "published", **_summary(v), "metrics": v.metrics})
         else:
-            _console().print(f"published {v.ref}: {v.n_rows} genes x {v.dim} dims (SQL view {v.view_name})", highlight=False)
+            _console().print(f"published {v.ref}: {v.n_rows} genes x {v.dim} dims (SQL view {v.view_name})")
         return 0
 
     run_command(json_, debug, body)
@@ -237,7 +241,7 @@ def model(
             _print_json({"status": "published", **_summary(v), "lineage": v.lineage, "metrics": v.metrics})
         else:
             note = "; masked unmeasured genes: " + ", ".join(f"{d} {n}" for d, n in masked.items()) if masked else ""
-            _console().print(f"published {v.ref} from {v.lineage['model']}: {v.n_rows} cells x {v.dim} dims (SQL view {v.view_name}){note}", highlight=False)
+            _console().print(f"published {v.ref} from {v.lineage['model']}: {v.n_rows} cells x {v.dim} dims (SQL view {v.view_name}){note}")
         return 0
 
     run_command(json_, debug, body)

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Annotated, Any, Optional
 
 import typer
 
-instruments_app = typer.Typer(help="Virtual Instruments (decoders, manipulators): NAME@VERSION under <lake>/instruments/.", no_args_is_help=True)
-train_app = typer.Typer(help="Train an instrument over a cell embedding version and register it.", no_args_is_help=True)
-instruments_app.add_typer(train_app, name="train")
-
-from aivc.cli_common import DebugOpt, JsonOpt, LakeOpt, print_table, run_command
+from aivc.cli_common import DebugOpt, JsonOpt, LakeOpt, print_record, print_table, run_command, typer_app
 from aivc.cli_common import console as _console
 from aivc.cli_common import print_json as _print_json
+
+instruments_app = typer_app(help="Virtual Instruments (decoders, manipulators): NAME@VERSION under <lake>/instruments/.")
+train_app = typer_app(help="Train an instrument over a cell embedding version and register it.")
+instruments_app.add_typer(train_app, name="train")
 
 
 def _csv(value: str | None) -> list[str] | None:
@@ -112,7 +111,7 @@ def show(
     json_: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Show one instrument version's record: reads, outputs, metrics, lineage, config."""
+    """Show one instrument version: reads, outputs, metrics, lineage, config (--json: the full record)."""
 
     def body() -> int:
         from aivc.instruments.registry import get_instrument
@@ -122,8 +121,21 @@ def show(
         out = rec.to_record() | {"ref": rec.ref}
         if json_:
             _print_json(out)
-        else:
-            _console().print_json(json.dumps(out, default=str))
+            return 0
+        outputs = dict(rec.outputs)
+        if isinstance(outputs.get("columns"), dict):
+            outputs["columns"] = list(outputs["columns"])
+        fields = {
+            "description": rec.description,
+            "created": rec.created_at,
+            "outputs": outputs,
+            "lineage": rec.lineage,
+            "config": rec.config,
+            "weights": f"{rec.weights} (sha256 {rec.weights_sha256})",
+            **({"extra": rec.extra} if rec.extra else {}),
+        }
+        heading = f"{rec.ref}: {rec.kind} ({rec.type}) reading {rec.reads}"
+        print_record(heading, fields, metrics=rec.metrics, full=f"aivc instruments show {rec.ref} --json")
         return 0
 
     run_command(json_, debug, body)
@@ -162,7 +174,7 @@ def report(
     json_: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Recompute the reannotation report of a prediction version (e.g. with another roll-up)."""
+    """Recompute the reannotation report of a prediction version, for instance with another roll-up."""
 
     def body() -> int:
         from aivc.instruments.report import write_report
@@ -172,7 +184,7 @@ def report(
         if json_:
             _print_json({"status": "ok", "json": str(j), "html": str(h)})
         else:
-            _console().print(f"report: {h} ({j})", highlight=False)
+            _console().print(f"report: {h}, {j}")
         return 0
 
     run_command(json_, debug, body)

@@ -13,8 +13,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from aivc.cli_common import DebugOpt, JsonOpt, LakeOpt, run_command
-from aivc.cli_common import console as _console
+from aivc.cli_common import DebugOpt, JsonOpt, LakeOpt, print_table, run_command
 from aivc.cli_common import err_console as _err_console
 from aivc.cli_common import print_json as _print_json
 
@@ -113,22 +112,16 @@ def find(
 
 
 def _print_table(out: dict[str, Any]) -> None:
-    from rich.table import Table
-
-
     how = "exact"
     if out["index"] is not None:
         idx = out["index"]
         how = f"approximate: HNSW efSearch={idx['ef_search']}, recall@10 {idx['recall_at_10']:.3f} on {idx['recall_queries']} queries"
         if out["method"] == "exact":
             how += "; answered exactly, the filter kept few rows"
-    t = Table(title=f"{len(out['neighbors'])} nearest neighbours of {out['query_id']} in {out['ref']} (cosine, {how})")
+    title = f"{len(out['neighbors'])} nearest neighbours of {out['query_id']} in {out['ref']} (cosine, {how})"
     cols = list(out["neighbors"][0]) if out["neighbors"] else ["rank", "id", "similarity"]
-    for c in cols:
-        t.add_column(c, justify="right" if c in ("rank", "similarity") else "left")
-    for r in out["neighbors"]:
-        t.add_row(*(f"{r[c]:.4f}" if c == "similarity" else ("" if r[c] is None else str(r[c])) for c in cols))
-    _console().print(t)
+    rows = [[f"{r[c]:.4f}" if c == "similarity" else r[c] for c in cols] for r in out["neighbors"]]
+    print_table(cols, rows, title=title, right=("rank", "similarity"))
 
 
 def register(app: typer.Typer) -> None:
@@ -154,7 +147,7 @@ def register(app: typer.Typer) -> None:
 
             def on_build(v: Any, n: int) -> None:
                 if not json_:
-                    _err_console().print(f"building the approximate (HNSW) index of {v.ref}: {n:,} vectors, once per version…", highlight=False)
+                    _err_console().print(f"building the approximate (HNSW) index of {v.ref}: {n:,} vectors, once per version…")
 
             progress = make_progress(json_)
             try:

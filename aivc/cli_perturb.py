@@ -15,11 +15,11 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from aivc.cli_common import DebugOpt, JsonOpt, LakeOpt, print_table, run_command
+from aivc.cli_common import DebugOpt, JsonOpt, LakeOpt, print_table, run_command, typer_app
 from aivc.cli_common import console as _console
 from aivc.cli_common import print_json as _print_json
 
-manipulator_app = typer.Typer(help="Perturbation manipulators: train on a screen and register as an instrument.", no_args_is_help=True)
+manipulator_app = typer_app(help="Perturbation manipulators: train on a screen and register as an instrument.")
 
 
 def _fmt(x: Any) -> str:
@@ -74,7 +74,6 @@ def train(
         _console().print(
             f"registered {rec.ref} (manipulator) reading {rec.reads}; trained on {rec.metrics['n_train_conditions']} conditions of "
             f"{rec.lineage['dataset']}",
-            highlight=False,
         )
         return 0
 
@@ -110,7 +109,7 @@ def perturb(
         )
         rows = [[r["symbol"], r["gene_id"], _fmt(r["control"]), _fmt(r["perturbed"]), f"{r['delta']:+.3f} ± {r['std']:.3f}"] for r in out["top"]]
         print_table(("gene", "gene_id", "control", "perturbed", "change ± std"), rows, title=title)
-        _console().print(f"UR shift norm {out['ur_shift_norm']:.3f} (ensemble std {out['ur_shift_std_mean']:.3f} per dimension)", highlight=False)
+        _console().print(f"UR shift norm {out['ur_shift_norm']:.3f} (ensemble std {out['ur_shift_std_mean']:.3f} per dimension)")
         return 0
 
     run_command(json_, debug, body)

@@ -3,18 +3,17 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Annotated, Any, Optional
 
 import typer
 
-train_app = typer.Typer(help="Train scale models on the lake with Ray Train and register them.", no_args_is_help=True)
-models_app = typer.Typer(help="Registered models: NAME@VERSION under <lake>/models/.", no_args_is_help=True)
-
-from aivc.cli_common import DebugOpt, JsonOpt, LakeOpt, print_table, run_command
+from aivc.cli_common import DebugOpt, JsonOpt, LakeOpt, brief, print_record, print_table, run_command, typer_app
 from aivc.cli_common import console as _console
 from aivc.cli_common import print_json as _print_json
+
+train_app = typer_app(help="Train scale models on the lake with Ray Train and register them.")
+models_app = typer_app(help="Registered models: NAME@VERSION under <lake>/models/.")
 
 
 def _fmt(v: Any) -> str:
@@ -74,7 +73,7 @@ def _train(model_type: str, config: str | None, set_: list[str] | None, workers:
         else:
             val = res.metrics.get("validation_loss")
             extra = f", validation_loss {_fmt(val)}" if val is not None else ""
-            _console().print(f"registered {res.model_ref} (run {res.run_id}, {res.epochs} epochs, train_loss {_fmt(res.metrics['train_loss'])}{extra})", highlight=False)
+            _console().print(f"registered {res.model_ref} (run {res.run_id}, {res.epochs} epochs, train_loss {_fmt(res.metrics['train_loss'])}{extra})")
         return 0
 
     run_command(json_, debug, body)
@@ -151,7 +150,7 @@ def show(
     json_: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Show one model version's record: config, genes, encodings, metrics, lineage."""
+    """Show one model version: config, genes, encodings, metrics, lineage (--json: the full record)."""
 
     def body() -> int:
         from aivc.store.lake import Lake
@@ -161,12 +160,19 @@ def show(
         rec = m.to_record() | {"ref": m.ref}
         if json_:
             _print_json(rec)
-        else:
-            short = dict(rec)
-            genes = short.pop("gene_ids")
-            short["gene_ids"] = genes[:10] + ([f"... {len(genes)} genes in all"] if len(genes) > 10 else [])
-            short["history"] = f"{len(rec['history'])} epochs (--json shows them)"
-            _console().print_json(json.dumps(short, default=str))
+            return 0
+        fields = {
+            "created": m.created_at,
+            "init": m.init,
+            "genes": brief(list(m.gene_ids)),
+            "encodings": m.encodings,
+            "config": m.config,
+            "training": m.training,
+            "history": f"{len(m.history)} epochs",
+            "lineage": m.lineage,
+            "weights": f"{m.weights} (sha256 {m.weights_sha256})",
+        }
+        print_record(f"{m.ref}: {m.model_type}, {len(m.gene_ids)} genes", fields, metrics=m.metrics, full=f"aivc models show {m.ref} --json")
         return 0
 
     run_command(json_, debug, body)

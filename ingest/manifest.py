@@ -46,38 +46,21 @@ from pydantic import (
 )
 
 from aivc.errors import Finding, ManifestError, and_more
+from aivc.schemas.contract import contract
 
-ORGANISMS: dict[str, str] = {"NCBITaxon:9606": "homo_sapiens", "NCBITaxon:10090": "mus_musculus"}
-
+_CONTRACT = contract()  # schemas/cell_fields.yaml: the one source of the fields and organisms below
+ORGANISMS: dict[str, str] = {o: _CONTRACT.organism_name(o) for o in _CONTRACT.organism_ids}
 #: Standard cell fields (CELLxGENE schema 7.x obs contract), in output order.
-STANDARD_FIELDS: tuple[str, ...] = (
-    "assay",
-    "cell_type",
-    "development_stage",
-    "disease",
-    "self_reported_ethnicity",
-    "sex",
-    "tissue",
-    "tissue_type",
-    "suspension_type",
-    "donor_id",
-    "is_primary_data",
-)
+STANDARD_FIELDS: tuple[str, ...] = _CONTRACT.standard_fields
 #: Fields whose values are ontology terms (stored as ``<field>_ontology_term_id``).
-ONTOLOGY_FIELDS: tuple[str, ...] = (
-    "assay",
-    "cell_type",
-    "development_stage",
-    "disease",
-    "self_reported_ethnicity",
-    "sex",
-    "tissue",
-)
-DEFAULTS: dict[str, Any] = {"tissue_type": "tissue", "is_primary_data": True}
+ONTOLOGY_FIELDS: tuple[str, ...] = _CONTRACT.ontology_fields
+#: Constants used when a manifest omits a field (of any organism; see :meth:`Contract.defaults_for`).
+DEFAULTS: dict[str, Any] = _CONTRACT.defaults_for(None)
 #: Optional cell fields, declared only by datasets that have them (always from an obs column):
 #: ``perturbation_targets`` makes the dataset a perturbation screen (see
 #: :mod:`aivc.ingest.perturbation_fields`).
-OPTIONAL_FIELDS: tuple[str, ...] = ("perturbation_targets",)
+OPTIONAL_FIELDS: tuple[str, ...] = _CONTRACT.optional_fields
+Organism = Literal[_CONTRACT.organism_ids]  # type: ignore[valid-type]
 
 
 #: What a dataset id looks like (as in the JSON Schema).
@@ -143,7 +126,7 @@ class Manifest(BaseModel):
     license: StrictStr = Field(min_length=1)
     access: Literal["public", "consortium", "embargoed"]
     embargo_until: dt.date | None = None
-    organism: Literal["NCBITaxon:9606", "NCBITaxon:10090"]
+    organism: Organism
     counts: StrictStr = Field(default="X", pattern=r"^(X|raw|layer:.+)$")
     genes: GeneSpec
     obs: dict[str, FieldSpec]
@@ -173,10 +156,9 @@ class Manifest(BaseModel):
             if name in obs and obs[name].column is None:
                 problems.append((f"{name}/column", f"{name} must name an obs column ('column'), not a constant 'value'"))
         filled = dict(obs)
-        for name, default in DEFAULTS.items():
+        organism = info.data.get("organism")
+        for name, default in _CONTRACT.defaults_for(organism).items():
             filled.setdefault(name, FieldSpec(value=default))
-        if info.data.get("organism") != "NCBITaxon:9606":  # mouse (or an organism refused already)
-            filled.setdefault("self_reported_ethnicity", FieldSpec(value="na"))
         for name in STANDARD_FIELDS:
             if name not in filled:
                 message = f"the standard cell field {name!r} is missing; give its obs 'column' or a constant 'value'"

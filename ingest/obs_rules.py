@@ -18,16 +18,18 @@ from typing import Literal
 
 from aivc.ingest.manifest import ONTOLOGY_FIELDS
 from aivc.ontology import Ontologies
+from aivc.schemas.contract import contract
 
 HUMAN = "NCBITaxon:9606"
 MOUSE = "NCBITaxon:10090"
 #: Delimiter of multi-term values (disease, self_reported_ethnicity) since schema 5.0.
 MULTI_DELIMITER = " || "
-TissueType = Literal["tissue", "organoid", "primary cell culture"]
-TISSUE_TYPES: tuple[TissueType, ...] = ("tissue", "organoid", "primary cell culture")
+#: The enumerations of the contract (schemas/cell_fields.yaml).
+TISSUE_TYPES: tuple[str, ...] = contract().field("tissue_type").values
+TissueType = Literal[TISSUE_TYPES]  # type: ignore[valid-type]
 #: Accepted older spellings of tissue types (schema 7.1 renamed "cell culture").
 TISSUE_TYPE_ALIASES: dict[str, TissueType] = {"cell culture": "primary cell culture"}
-SUSPENSION_TYPES: tuple[str, ...] = ("cell", "nucleus", "na")
+SUSPENSION_TYPES: tuple[str, ...] = contract().field("suspension_type").values
 TERM_COLUMNS: dict[str, str] = {f: f"{f}_ontology_term_id" for f in ONTOLOGY_FIELDS}
 #: Columns of :attr:`ObsResult.frame`, in order.
 OUTPUT_COLUMNS: tuple[str, ...] = (

@@ -25,33 +25,14 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from aivc.schemas.contract import contract
 from aivc.store.measurements import RNA, MeasurementSpec
 
 _FRAGMENT_NAME = re.compile(r"^__(\d+)_(\d+)_[0-9a-f]{32}")
 
-#: obs columns of every lake experiment, in order (the obs index is ``obs_id``).
-OBS_STRING_COLUMNS: tuple[str, ...] = (
-    "dataset_id",
-    "barcode",
-    "organism_ontology_term_id",
-    "assay_ontology_term_id",
-    "cell_type_ontology_term_id",
-    "development_stage_ontology_term_id",
-    "disease_ontology_term_id",
-    "self_reported_ethnicity_ontology_term_id",
-    "sex_ontology_term_id",
-    "tissue_ontology_term_id",
-    "tissue_type",
-    "suspension_type",
-    "donor_id",
-    "assay",
-    "cell_type",
-    "development_stage",
-    "disease",
-    "self_reported_ethnicity",
-    "sex",
-    "tissue",
-)
+#: obs columns of every lake experiment, in order (the obs index is ``obs_id``), from the
+#: cell-field contract (schemas/cell_fields.yaml).
+OBS_STRING_COLUMNS: tuple[str, ...] = contract().obs_columns
 
 
 def now_ms() -> int:

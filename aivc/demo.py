@@ -129,15 +129,16 @@ def prepare_inputs(lake_path: str | None, workdir: str | None = None) -> tuple[A
 def run_demo(lake_path: str | None, *, workdir: str | None = None, json_mode: bool = False) -> dict[str, Any]:
     """Run the demo; print a human summary unless ``json_mode``; return a summary dict."""
     from rich.console import Console
-    from aivc.cli_common import print_table
+
+    from aivc.cli_common import print_table, styled
 
     from aivc.ingest.submission import submit
     from aivc.progress import make_progress
     from aivc.store.catalog import Catalog
     from aivc.store.sql import query
 
-    con = Console(quiet=json_mode)
-    con.rule("[bold]aivc demo[/]: consortium submission of real PBMC data")
+    con = Console(quiet=json_mode, markup=False, highlight=False, soft_wrap=True)  # nothing user-supplied is read as markup
+    con.rule(styled(("aivc demo", "bold"), ": consortium submission of real PBMC data"))
     lake, work, files = prepare_inputs(lake_path, workdir)
     con.print(f"lake: {lake.root}\ninputs: {work}", highlight=False)
     summary: dict[str, Any] = {"lake": str(lake.root), "inputs": str(work), "submissions": []}
@@ -148,9 +149,12 @@ def run_demo(lake_path: str | None, *, workdir: str | None = None, json_mode: bo
         finally:
             progress.close()
         summary["submissions"].append(res.to_dict())
-        con.print(f"submit {h5.name}: [bold]{res.status}[/] {res.dataset_id}@{res.version} ({res.n_cells} cells x {res.n_genes} genes, {len(res.warnings)} warnings) report: {res.report}", highlight=False)
+        html = Path(res.report).with_name("report.html") if res.report else None
+        con.print(
+            styled(f"submit {h5.name}: ", (res.status, "bold"), f" {res.dataset_id}@{res.version} ({res.n_cells} cells x {res.n_genes} genes, {len(res.warnings)} warnings); report: {html}, {res.report}")
+        )
         for w in res.warnings[:3]:
-            con.print(f"  [yellow]warning[/] [{w.code}] {w.message}", highlight=False)
+            con.print(styled("  ", ("warning", "yellow"), f" [{w.code}] {w.message}"))
     cat = Catalog(lake)
     print_table(
         ("dataset", "version", "title", "n_cells", "n_genes", "access", "committed_at"),
@@ -163,7 +167,7 @@ def run_demo(lake_path: str | None, *, workdir: str | None = None, json_mode: bo
         "FROM cells WHERE dataset_id = 'pbmc68k-part1' GROUP BY ALL ORDER BY n_cells DESC"
     )
     res = query(lake, sql)
-    con.print(f"[bold]aivc sql[/] \"{sql}\"", highlight=False)
+    con.print(styled(("aivc sql", "bold"), f' "{sql}"'))
     print_table(res.columns, res.rows, out=con)
     summary["sql"] = {"query": sql, "rows": res.to_dicts()}
     summary["datasets"] = [v.to_record() for v in cat.current()]
@@ -179,18 +183,18 @@ def _demo_reannotation(lake: Any, con: Any, embedding: str, json_mode: bool) -> 
     summary with each fraction's denominator named."""
     import json as _json
 
-    from aivc.cli_common import print_table
+    from aivc.cli_common import print_table, styled
     from aivc.instruments.annotate import annotate
     from aivc.instruments.celltype import train_celltype
     from aivc.instruments.predictions import version_dir
     from aivc.instruments.sql import query as iquery
     from aivc.progress import make_progress
 
-    con.rule(f"[bold]virtual instrument[/]: cell-type decoder on {embedding}, reannotation of the demo atlas")
+    con.rule(styled(("virtual instrument", "bold"), f": cell-type decoder on {embedding}, reannotation of the demo atlas"))
     rec = train_celltype(lake, embedding, datasets=["pbmc68k-part1"], name="celltype")
     m = rec.metrics
     con.print(
-        f"registered decoder [bold]{rec.ref}[/] reading {embedding}: {m['n_classes']} cell types, cross-validated (out-of-fold) macro-F1 "
+        f"registered decoder {rec.ref} reading {embedding}: {m['n_classes']} cell types, cross-validated (out-of-fold) macro-F1 "
         f"{m['calibration']['macro_f1']:.3f}, temperature {m['temperature']:.2f} (NLL {m['nll_before']:.3f} -> {m['nll_after']:.3f}, ECE {m['ece_before']:.3f} -> {m['ece_after']:.3f}), "
         f"conformal sets at alpha 0.1 cover {m['calibration_coverage']:.1%} of the labelled cells out of fold",
         highlight=False,
@@ -209,7 +213,7 @@ def _demo_reannotation(lake: Any, con: Any, embedding: str, json_mode: bool) -> 
         f"FROM {pv.view_name} p JOIN cells c USING (obs_id) WHERE c.dataset_id = 'pbmc68k-part2' GROUP BY ALL ORDER BY n_cells DESC"
     )
     res = iquery(lake, sql)
-    con.print(f"[bold]aivc sql[/] \"{sql}\"", highlight=False)
+    con.print(styled(("aivc sql", "bold"), f' "{sql}"'))
     print_table(res.columns, res.rows, out=con)
     return {"instrument": rec.ref, "decoder_metrics": m, "predictions": pv.ref, "summary": pv.summary, "agreement": agreement["counts"], "report": str(report), "part2_query": sql, "part2": res.to_dicts()}
 
@@ -234,7 +238,7 @@ def _demo_models(lake: Any, con: Any, json_mode: bool) -> dict[str, Any]:
     and ask SQL for the nearest neighbours of a B cell in the learned UR."""
     import ray
 
-    from aivc.cli_common import print_table
+    from aivc.cli_common import print_table, styled
     from aivc.embeddings.sql import query as equery
     from aivc.progress import make_progress
     from aivc.training.config import apply_overrides, load_config
@@ -242,7 +246,7 @@ def _demo_models(lake: Any, con: Any, json_mode: bool) -> dict[str, Any]:
     from aivc.ray_local import start_ray
     from aivc.training.trainer import train
 
-    con.rule("[bold]scale models[/]: cell-vae trained with Ray Train, applied with Ray Data")
+    con.rule(styled(("scale models", "bold"), ": cell-vae trained with Ray Train, applied with Ray Data"))
     cfg = apply_overrides(load_config(None), list(DEMO_VAE_OVERRIDES))
     started = start_ray()
     try:
@@ -251,7 +255,7 @@ def _demo_models(lake: Any, con: Any, json_mode: bool) -> dict[str, Any]:
                 con.print(f"  epoch {m['epoch']}/{cfg.optim.epochs}: train loss {m['train_loss']:.1f}, validation loss {m['validation_loss']:.1f}", highlight=False)
 
         res = train(lake, cfg, workers=1, on_epoch=epoch)
-        con.print(f"registered model [bold]{res.model_ref}[/] (run {res.run_id}, {res.epochs} epochs, validation loss {res.metrics['validation_loss']:.1f})", highlight=False)
+        con.print(f"registered model {res.model_ref} (run {res.run_id}, {res.epochs} epochs, validation loss {res.metrics['validation_loss']:.1f})", highlight=False)
         progress = make_progress(json_mode)
         try:
             v = embed_model(lake, res.model_ref, progress=progress)
@@ -267,7 +271,7 @@ def _demo_models(lake: Any, con: Any, json_mode: bool) -> dict[str, Any]:
         f"FROM {v.alias_name}_neighbors('{first_b}', 10) n JOIN cells c USING (obs_id) ORDER BY n.similarity DESC"
     )
     rows = equery(lake, sql)
-    con.print(f"[bold]aivc sql[/] \"{sql}\"", highlight=False)
+    con.print(styled(("aivc sql", "bold"), f' "{sql}"'))
     print_table(rows.columns, rows.rows, out=con)
     same = sum(1 for r in rows.rows if r[1] == "B cell")
     con.print(f"{same} of the 10 nearest neighbours of B cell {first_b} in {v.ref} are labelled B cell.", highlight=False)
@@ -276,13 +280,13 @@ def _demo_models(lake: Any, con: Any, json_mode: bool) -> dict[str, Any]:
 
 def _demo_embeddings(lake: Any, con: Any, json_mode: bool) -> dict[str, Any]:
     """Publish a PCA cell UR over the lake and query its nearest neighbours in SQL."""
-    from aivc.cli_common import print_table
+    from aivc.cli_common import print_table, styled
 
     from aivc.embeddings.pca import PcaParams, embed_pca
     from aivc.embeddings.sql import query as equery
     from aivc.progress import make_progress
 
-    con.rule("[bold]feature store[/]: PCA baseline cell UR, nearest neighbours in SQL")
+    con.rule(styled(("feature store", "bold"), ": PCA baseline cell UR, nearest neighbours in SQL"))
     progress = make_progress(json_mode)
     try:
         v = embed_pca(lake, params=PcaParams(n_components=32, n_top_genes=2000), progress=progress)
@@ -296,7 +300,7 @@ def _demo_embeddings(lake: Any, con: Any, json_mode: bool) -> dict[str, Any]:
         f"WHERE a.obs_id = '{first_b}' ORDER BY similarity DESC LIMIT 10"
     )
     res = equery(lake, sql)
-    con.print(f"[bold]aivc sql[/] \"{sql}\"", highlight=False)
+    con.print(styled(("aivc sql", "bold"), f' "{sql}"'))
     print_table(res.columns, res.rows, out=con)
     same = sum(1 for r in res.rows if r[1] == "B cell")
     con.print(f"{same} of the 10 nearest neighbours of B cell {first_b} are labelled B cell (labelled cells are in part 1 only).", highlight=False)

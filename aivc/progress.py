@@ -31,14 +31,15 @@ class NullProgress:
 
 
 class RichProgress:
-    """One rich progress bar per phase, on stderr."""
+    """One rich progress bar per phase, on stderr (or ``console``); descriptions and notes
+    are plain text, never read as Rich markup (they carry dataset ids and file names)."""
 
-    def __init__(self) -> None:
+    def __init__(self, console: Any = None) -> None:
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress as _P, TextColumn, TimeElapsedColumn
 
-        self._console = Console(stderr=True)
-        self._p = _P(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=self._console, transient=False)
+        self._console = console or Console(stderr=True, markup=False, highlight=False)
+        self._p = _P(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=self._console, transient=False)
         self._p.start()
         self._task: Any = None
 
@@ -54,7 +55,7 @@ class RichProgress:
             self._p.advance(self._task, n)
 
     def note(self, text: str) -> None:
-        self._console.print(text)
+        self._console.print(text, markup=False, highlight=False)
 
     def close(self) -> None:
         self._p.stop()

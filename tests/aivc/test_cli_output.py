@@ -306,3 +306,22 @@ def test_invalid_manifest_without_dataset_id_names_the_submission(tmp_path, writ
     assert p.returncode == 1
     assert re.search(rf"^submission {sid}: invalid \(1 error\);", p.stdout, re.M), p.stdout
     assert "None:" not in p.stdout
+
+
+def test_progress_bars_print_brackets_as_text():
+    """Phase names and notes carry file names and ids: they are never read as Rich markup."""
+    import io
+
+    from rich.console import Console
+
+    from aivc.progress import RichProgress
+
+    buf = io.StringIO()
+    p = RichProgress(console=Console(file=buf, force_terminal=True, width=120, markup=False))
+    p.phase("reading X[cell 'AAAC-1' (row 0)] of data[1].h5ad", total=2)
+    p.advance(2)
+    p.note("waiting for [bold]lake[/bold]")
+    p.close()
+    out = buf.getvalue()
+    assert "X[cell 'AAAC-1' (row 0)] of data[1].h5ad" in out
+    assert "waiting for [bold]lake[/bold]" in out

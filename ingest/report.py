@@ -1,7 +1,7 @@
 """Write a validation report as JSON and as one self-contained HTML page.
 
-The HTML page loads nothing from anywhere: styles are inline and the QC plots are PNGs
-embedded as ``data:`` URIs, so a report can be mailed, archived or opened offline. Every
+The HTML page loads nothing from anywhere: styles are inline and the QC plots are inline
+SVG (:mod:`aivc.ingest.qc_plots`), so a report can be mailed, archived or opened offline. Every
 piece of submitted text is HTML-escaped. Both files are written atomically (a temporary
 file in the same folder, then :func:`os.replace`).
 
@@ -14,10 +14,8 @@ Example
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import html
-import io
 import json
 import math
 import os
@@ -34,15 +32,11 @@ from aivc.ingest.findings import Decision, ValidationReport
 
 if TYPE_CHECKING:
     import pandas as pd
-    from matplotlib.axes import Axes
-    from matplotlib.figure import Figure
 
 __all__ = ["write_report", "render_html", "MAX_ROWS"]
 
 #: Tables longer than this are cut, with a note saying how many rows were left out.
 MAX_ROWS = 500
-#: The QC scatter plot draws at most this many cells (a fixed random sample).
-MAX_SCATTER_POINTS = 50_000
 
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;
@@ -243,8 +237,8 @@ def _qc_section(qc: pd.DataFrame | None, summary: Mapping[str, Mapping[str, floa
     plots = _qc_plots(qc)
     if plots:
         figures = "".join(
-            f'<figure><img alt="{_e(caption)}" src="{uri}"><figcaption>{_e(caption)}</figcaption></figure>'
-            for caption, uri in plots
+            f'<figure data-plot="{_e(key)}">{svg}<figcaption>{_e(caption)}</figcaption></figure>'
+            for key, caption, svg in plots
         )
         parts.append(f'<div class="plots">{figures}</div>')
     else:
@@ -270,84 +264,42 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], numeric: Iterab
 # ----------------------------------------------------------------------------- plots
 
 
-def _qc_plots(qc: pd.DataFrame) -> list[tuple[str, str]]:
-    """Render the QC plots as ``(caption, data URI)`` pairs; skip those lacking columns."""
+def _qc_plots(qc: pd.DataFrame) -> list[tuple[str, str, str]]:
+    """The QC plots as ``(key, caption, inline SVG)``; those lacking their columns are skipped.
+
+    Drawn by :mod:`aivc.ingest.qc_plots` from numpy histograms (no plotting library).
+    """
+    from aivc.ingest import qc_plots
+
     cols = {c: _finite_values(qc, c) for c in ("n_counts", "n_genes", "pct_mito")}
-    out: list[tuple[str, str]] = []
+    out: list[tuple[str, str, str]] = []
     if cols["n_counts"] is not None:
-        n_counts = cols["n_counts"]
-        out.append(_plot("n_counts per cell (log scale)", lambda ax: _hist(ax, n_counts, "n_counts", log=True)))
+        out.append(("n_counts", "n_counts per cell (log scale)", qc_plots.histogram(cols["n_counts"], "n_counts", log=True)))
     if cols["n_genes"] is not None:
-        out.append(_plot("genes detected per cell", lambda ax: _hist(ax, cols["n_genes"], "n_genes")))
+        out.append(("n_genes", "genes detected per cell", qc_plots.histogram(cols["n_genes"], "n_genes")))
     if cols["pct_mito"] is not None:
-        out.append(_plot("mitochondrial counts (%) per cell", lambda ax: _hist(ax, cols["pct_mito"], "pct_mito")))
+        out.append(("pct_mito", "mitochondrial counts (%) per cell", qc_plots.histogram(cols["pct_mito"], "pct_mito")))
     if {"n_counts", "n_genes"} <= set(map(str, qc.columns)):
-        out.append(_plot("n_counts vs n_genes, coloured by pct_mito", lambda ax: _scatter(ax, qc)))
+        x, y = _float_column(qc, "n_counts"), _float_column(qc, "n_genes")
+        if x is not None and y is not None:
+            c = _float_column(qc, "pct_mito")
+            svg = qc_plots.scatter(x, y, c, xlabel="n_counts", ylabel="n_genes", clabel="pct_mito")
+            out.append(("scatter", "n_counts vs n_genes, coloured by pct_mito", svg))
     return out
 
 
-def _plot(caption: str, draw: Any) -> tuple[str, str]:
-    from matplotlib.figure import Figure
-
-    fig: Figure = Figure(figsize=(5.2, 3.6), dpi=100, layout="constrained")
-    draw(fig.add_subplot())
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return caption, "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def _hist(ax: Axes, values: np.ndarray, name: str, *, log: bool = False) -> None:
-    skipped = 0
-    if log:
-        positive = values[values > 0]
-        skipped, values = len(values) - len(positive), positive
-    if len(values) == 0:
-        ax.text(0.5, 0.5, f"no {'positive ' if log else ''}values", ha="center", va="center", transform=ax.transAxes)
-        return
-    lo, hi = float(values.min()), float(values.max())
-    if log and hi > lo:
-        bins: Any = np.logspace(math.log10(lo), math.log10(hi), 60)
-        ax.set_xscale("log")
-    else:
-        bins = 60 if hi > lo else 1
-    ax.hist(values, bins=bins, color="#0969da", alpha=0.85)
-    median = float(np.median(values))
-    ax.axvline(median, color="#cf222e", linestyle="--", linewidth=1, label=f"median {_num(median)}")
-    ax.legend(loc="upper right", fontsize=8)
-    ax.set_xlabel(name + (f" ({skipped} cells with 0 not shown)" if skipped else ""))
-    ax.set_ylabel("cells")
-
-
-def _scatter(ax: Axes, qc: pd.DataFrame) -> None:
-    x = np.asarray(qc["n_counts"], dtype=float)
-    y = np.asarray(qc["n_genes"], dtype=float)
-    c = np.asarray(qc["pct_mito"], dtype=float) if "pct_mito" in qc.columns else None
-    keep = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
-    idx = np.flatnonzero(keep)
-    if len(idx) > MAX_SCATTER_POINTS:
-        idx = np.sort(np.random.default_rng(0).choice(idx, MAX_SCATTER_POINTS, replace=False))
-        ax.set_title(f"random sample of {MAX_SCATTER_POINTS} of {int(keep.sum())} cells", fontsize=8)
-    if len(idx) == 0:
-        ax.text(0.5, 0.5, "no cells with counts", ha="center", va="center", transform=ax.transAxes)
-        return
-    colour = c[idx] if c is not None else None
-    points = ax.scatter(x[idx], y[idx], c=colour, s=3, cmap="viridis", alpha=0.7, linewidths=0, rasterized=True)
-    if colour is not None:
-        ax.figure.colorbar(points, ax=ax, label="pct_mito")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("n_counts")
-    ax.set_ylabel("n_genes")
-
-
-def _finite_values(qc: pd.DataFrame, col: str) -> np.ndarray | None:
+def _float_column(qc: pd.DataFrame, col: str) -> np.ndarray | None:
     if col not in qc.columns:
         return None
     try:
-        values = np.asarray(qc[col], dtype=float)
+        return np.asarray(qc[col], dtype=float)
     except (TypeError, ValueError):
         return None
-    return values[np.isfinite(values)]
+
+
+def _finite_values(qc: pd.DataFrame, col: str) -> np.ndarray | None:
+    values = _float_column(qc, col)
+    return None if values is None else values[np.isfinite(values)]
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from aivc.errors import Finding
 from aivc.ingest.findings import Decision, ValidationReport
@@ -66,8 +66,13 @@ def qc_frame(n: int = 300) -> pd.DataFrame:
     )
 
 
-def png_uris(text: str) -> list[bytes]:
-    return [base64.b64decode(m) for m in re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)]
+def svg_plots(text: str) -> dict[str, str]:
+    """The report's QC plots: ``data-plot`` key -> its inline ``<svg>`` element."""
+    return dict(re.findall(r'<figure data-plot="([^"]+)">(<svg .*?</svg>)', text, re.DOTALL))
+
+
+def bar_counts(svg: str) -> list[int]:
+    return [int(n) for n in re.findall(r'<rect [^>]*data-n="(\d+)"', svg)]
 
 
 def test_writes_json_that_round_trips(tmp_path: Path) -> None:
@@ -92,7 +97,10 @@ def test_json_is_strict_even_with_nan_qc(tmp_path: Path) -> None:
     text = json_path.read_text(encoding="utf-8")
     assert "NaN" not in text
     assert json.loads(text)["qc"]["pct_mito"]["max"] is None
-    assert len(png_uris(html_path.read_text(encoding="utf-8"))) == 4
+    plots = svg_plots(html_path.read_text(encoding="utf-8"))
+    assert set(plots) == {"n_counts", "n_genes", "pct_mito", "scatter"}
+    assert sum(bar_counts(plots["pct_mito"])) == 9  # the NaN is left out, the other 9 cells drawn
+    assert sum(bar_counts(plots["n_genes"])) == 10
 
 
 def test_html_is_self_contained_escaped_and_complete(tmp_path: Path) -> None:
@@ -116,10 +124,16 @@ def test_html_is_self_contained_escaped_and_complete(tmp_path: Path) -> None:
     # summary and GX results
     assert "n_cells" in text and "[&quot;X&quot;, &quot;raw&quot;]" in text
     assert '<span class="badge pass">PASS</span>' in text and '<span class="badge fail">FAIL</span>' in text
-    # four PNG plots embedded as data URIs
-    pngs = png_uris(text)
-    assert len(pngs) == 4
-    assert all(p.startswith(b"\x89PNG\r\n\x1a\n") and len(p) > 1000 for p in pngs)
+    # four inline SVG plots drawn from the QC table's real values
+    qc = qc_frame()
+    plots = svg_plots(text)
+    assert list(plots) == ["n_counts", "n_genes", "pct_mito", "scatter"]
+    for key in ("n_counts", "n_genes", "pct_mito"):
+        assert sum(bar_counts(plots[key])) == len(qc)
+        median = re.search(r'data-median="([^"]+)"', plots[key]).group(1)
+        assert float(median) == pytest.approx(float(qc[key].median()), rel=1e-5)
+    assert sum(int(n) for n in re.findall(r'<path d="M[^"]*" [^>]*data-n="(\d+)"', plots["scatter"])) == len(qc)
+    assert all(p.startswith('<svg xmlns="http://www.w3.org/2000/svg"') for p in plots.values())
 
 
 def test_valid_report_without_qc(tmp_path: Path) -> None:
@@ -128,7 +142,7 @@ def test_valid_report_without_qc(tmp_path: Path) -> None:
     text = html_path.read_text(encoding="utf-8")
     assert "VALID" in text and "REJECTED" not in text
     assert "No errors." in text and "No per-cell QC metrics available." in text
-    assert "data:image/png" not in text
+    assert "<svg" not in text and "data:image/png" not in text
     assert json.loads(json_path.read_text(encoding="utf-8"))["valid"] is True
 
     report.qc = pd.DataFrame({"n_counts": [], "n_genes": [], "pct_mito": []})

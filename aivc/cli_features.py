@@ -54,7 +54,7 @@ def list_(lake: LakeOpt = None, json_: JsonOpt = False, debug: DebugOpt = False)
     """List embedding versions."""
 
     def body() -> int:
-        from aivc.embeddings.store import list_versions
+        from aivc.store.features import list_versions
         from aivc.store.lake import Lake
 
         rows = [_summary(v) for v in list_versions(Lake.open(lake))]
@@ -81,7 +81,7 @@ def show(
     """Show one embedding version: source, lineage, metrics (--json: the full record)."""
 
     def body() -> int:
-        from aivc.embeddings.store import get_version
+        from aivc.store.features import get_version
         from aivc.store.lake import Lake
 
         v = get_version(Lake.open(lake), ref)

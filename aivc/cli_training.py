@@ -42,7 +42,6 @@ def _train(model_type: str, config: str | None, set_: list[str] | None, workers:
     """What every ``aivc train <model type>`` command does: config, Ray Train run, registration."""
 
     def body() -> int:
-        from aivc.embeddings.gene_tables import gene_table
         from aivc.store.lake import Lake
         from aivc.training.config import load_config
         from aivc.training.trainer import train
@@ -66,7 +65,6 @@ def _train(model_type: str, config: str | None, set_: list[str] | None, workers:
             run_id=run_id,
             on_epoch=None if json_ else _epoch_printer(cfg.optim.epochs, cfg.model_type),
             on_start=None if json_ else started,
-            gene_tables=gene_table,
         )
         if json_:
             _print_json({"status": "registered", "model": res.model_ref, "run_id": res.run_id, "epochs": res.epochs, "resumed_from_epoch": res.resumed_from_epoch, "metrics": res.metrics})

@@ -149,7 +149,7 @@ def _direction(work: Path, train_ds: str, truth_all: np.ndarray, expr: np.ndarra
     from sklearn.linear_model import LogisticRegression
     from sklearn.neighbors import KNeighborsClassifier
 
-    from aivc.embeddings.store import read_vectors
+    from aivc.store.features import read_vectors
     from aivc.instruments.annotate import annotate
     from aivc.instruments.celltype import CellTypeConfig, fit_decoder, train_celltype
     from aivc.instruments.predictions import read_predictions
@@ -279,7 +279,7 @@ def _mixture(n: int, rng: np.random.Generator, centres: np.ndarray) -> tuple[np.
 def throughput(work: Path, n_cells: int, actors: int, quiet: bool) -> dict[str, Any]:
     import ray
 
-    from aivc.embeddings.store import EmbeddingWriter
+    from aivc.store.features import EmbeddingWriter
     from aivc.instruments.annotate import annotate
     from aivc.instruments.celltype import CellTypeConfig, fit_decoder, register_decoder
     from aivc.instruments.predictions import read_predictions
@@ -311,7 +311,7 @@ def throughput(work: Path, n_cells: int, actors: int, quiet: bool) -> dict[str, 
     ray_start = time.perf_counter() - t
 
     # the order of ids in storage, for the direct call on the same vectors
-    from aivc.embeddings.store import read_vectors
+    from aivc.store.features import read_vectors
 
     tab, vec = read_vectors(lake, emb, columns=("id",))
     ids = tab.column("id").to_pylist()

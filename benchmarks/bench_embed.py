@@ -169,7 +169,7 @@ def run_aivc(lake: Any, model_ref: str, actors: int | None) -> tuple[float, Any]
 
 
 def compare(lake: Any, version: Any, peer_vec: np.ndarray, cells: pd.DataFrame) -> dict[str, Any]:
-    from aivc.embeddings.store import read_vectors
+    from aivc.store.features import read_vectors
 
     table, vec = read_vectors(lake, version, columns=("id",))
     pos = pd.Index(table.column("id").to_pylist()).get_indexer(cells["obs_id"])

@@ -10,7 +10,7 @@ What it does
 1. **Write** (in a fresh subprocess): generates ``--rows`` x ``--dim`` float32 cell URs,
    deterministic and clustered (1,000 Gaussian clusters in a 16-dimensional latent space,
    projected to ``--dim`` with a little isotropic noise, like learned embeddings), and
-   streams them through :class:`aivc.embeddings.store.EmbeddingWriter` in batches of 50,000
+   streams them through :class:`aivc.store.features.EmbeddingWriter` in batches of 50,000
    rows spread over ``--datasets`` fake datasets (one partition each) into a temporary
    lake. Peak memory of that child: ``ru_maxrss`` from ``os.wait4`` and its own ``VmHWM``
    (the larger is used), compared with the version's size (rows x dim x 4 bytes).
@@ -151,7 +151,7 @@ def write_child(lake_dir: str, rows: int, dim: int, seed: int, n_datasets: int) 
     import duckdb  # noqa: F401 - the writer's duplicate check uses it: count it in the baseline
     import pyarrow.parquet  # noqa: F401
 
-    from aivc.embeddings.store import EmbeddingWriter
+    from aivc.store.features import EmbeddingWriter
     from aivc.store.lake import Lake
 
     lake = Lake.init(lake_dir)
@@ -210,7 +210,7 @@ def load_peer_matrix(lake: Any) -> tuple[np.ndarray, np.ndarray]:
     """Ids and L2-normalized vectors with plain pyarrow + NumPy (the peer's own copy)."""
     import pyarrow.parquet as pq
 
-    from aivc.embeddings.store import get_version, parquet_files
+    from aivc.store.features import get_version, parquet_files
 
     v = get_version(lake, REF)
     ids, mats = [], []
@@ -357,7 +357,7 @@ def bench_fetch(lake: Any, ids: np.ndarray, n: int, seed: int) -> dict[str, Any]
     import pyarrow.compute as pc
     import pyarrow.dataset as pds
 
-    from aivc.embeddings.store import get_version, parquet_files, read_vectors
+    from aivc.store.features import get_version, parquet_files, read_vectors
 
     rng = np.random.default_rng(seed + 7)
     wanted = ids[rng.choice(len(ids), size=min(n, len(ids)), replace=False)].tolist()

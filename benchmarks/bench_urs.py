@@ -177,7 +177,7 @@ def lognorm_counts(lake: Any, cells: pd.DataFrame, genes: pd.DataFrame) -> np.nd
 
 def vectors_for(lake: Any, version: Any, cells: pd.DataFrame) -> np.ndarray:
     """The version's vectors in the order of ``cells`` (every cell must have one)."""
-    from aivc.embeddings.store import read_vectors
+    from aivc.store.features import read_vectors
 
     table, vec = read_vectors(lake, version, columns=("id",))
     pos = pd.Index(table.column("id").to_pylist()).get_indexer(cells["obs_id"])
@@ -289,14 +289,13 @@ def run_transformer(lake: Any, sc: Scenario, cells: pd.DataFrame, a: argparse.Na
     if isinstance(api, str):
         return MethodResult("cell-transformer", ok=False, note=f"not run: {api}")
     _, embed_gene_coexpression = api
-    from aivc.embeddings.gene_tables import gene_table
     from aivc.training.trainer import train
 
     t0 = time.perf_counter()
     gv = embed_gene_coexpression(lake, name=f"coexpr_{sc.key}", dim=32, **_if_accepted(embed_gene_coexpression, datasets=sc.datasets))
     cfg = transformer_config(sc, gv.ref, a)
     t1 = time.perf_counter()
-    res = train(lake, cfg, workers=1, gene_tables=gene_table)
+    res = train(lake, cfg, workers=1)
     t2 = time.perf_counter()
     ref, vec, how = _embed(lake, res.model_ref, sc, f"tf_{sc.key}", cells)
     m = res.metrics

@@ -52,7 +52,7 @@ from aivc.embeddings.neighbors import (
     search_matrix,
     to_results,
 )
-from aivc.embeddings.store import EmbeddingVersion, version_dir
+from aivc.store.features import EmbeddingVersion, version_dir
 from aivc.errors import AivcError, NotFoundError, UsageError
 from aivc.progress import NullProgress, Progress
 from aivc.store.lake import Lake, utcnow, write_json_atomic

@@ -35,7 +35,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from aivc.embeddings.pca import select_query
-from aivc.embeddings.store import EmbeddingVersion, EmbeddingWriter
+from aivc.store.features import EmbeddingVersion, EmbeddingWriter
 from aivc.errors import UsageError
 from aivc.progress import NullProgress, Progress
 from aivc.store.lake import Lake

@@ -26,7 +26,7 @@ from aivc.progress import NullProgress, Progress
 from aivc.store.catalog import Catalog
 from aivc.store.lake import Lake
 
-from aivc.embeddings.store import EmbeddingVersion, EmbeddingWriter
+from aivc.store.features import EmbeddingVersion, EmbeddingWriter
 
 ID_COLUMNS = ("id", "obs_id", "gene_id", "cell_id")
 

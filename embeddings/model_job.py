@@ -24,7 +24,7 @@
    the model once, opens the SOMA experiment once (:class:`_ChunkReader`) and, per chunk,
    reads the counts straight into a dense matrix, builds the masked inputs and calls
    ``module.embed``. The driver streams the results (``preserve_order``) into the
-   feature store's :class:`~aivc.embeddings.store.EmbeddingWriter`, so memory is bounded by
+   feature store's :class:`~aivc.store.features.EmbeddingWriter`, so memory is bounded by
    the chunks in flight, and publishes ``cell:<name>@N`` with lineage to the model.
 
 The vectors equal ``load_model(...)[0].embed(batch)`` applied directly to the same cells
@@ -114,7 +114,7 @@ def build_apply_plan(
     overlap: dict[str, Any] = {}
     table: np.ndarray | None = None
     if gene_tokens:
-        from aivc.embeddings.gene_tables import gene_table
+        from aivc.store.features import gene_table
 
         gene_ur = rec.lineage.get("gene_ur")
         if not gene_ur:
@@ -258,7 +258,7 @@ def embed_model(
 
     ``name`` defaults to the model's name with ``-`` as ``_`` (``cell-vae`` ->
     ``cell:cell_vae``). ``actors`` defaults to the CPUs Ray offers (at most the number of
-    chunks). Returns the published :class:`~aivc.embeddings.store.EmbeddingVersion`.
+    chunks). Returns the published :class:`~aivc.store.features.EmbeddingVersion`.
 
     Example
     -------
@@ -266,7 +266,7 @@ def embed_model(
     >>> v.ref, v.lineage["model"]  # doctest: +SKIP
     ('cell:cell_vae@1', 'cell-vae@1')
     """
-    from aivc.embeddings.store import EmbeddingWriter
+    from aivc.store.features import EmbeddingWriter
     from aivc.training.models import model_class
     from aivc.training.registry import get_model
 

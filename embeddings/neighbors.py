@@ -18,7 +18,7 @@ Example
 -------
 >>> import numpy as np, tempfile
 >>> from aivc.store.lake import Lake
->>> from aivc.embeddings.store import EmbeddingWriter
+>>> from aivc.store.features import EmbeddingWriter
 >>> lake = Lake.init(tempfile.mkdtemp() + "/lake")
 >>> vecs = np.array([[1, 0], [0.9, 0.1], [0, 1]], dtype=np.float32)
 >>> with EmbeddingWriter(lake, "gene", "demo", dim=2, source={"kind": "import"}) as w:
@@ -39,7 +39,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from aivc.embeddings.store import RECORD_NAME, EmbeddingVersion, get_version, parquet_files, parse_ref, version_dir
+from aivc.store.features import RECORD_NAME, EmbeddingVersion, get_version, parquet_files, parse_ref, version_dir
 from aivc.errors import NotFoundError, UsageError
 from aivc.store.lake import Lake
 
@@ -78,7 +78,7 @@ class NeighborResult:
 class LoadedVersion:
     """One version's ids (storage order), partition bounds and, on demand, its matrix.
 
-    Rows are numbered in the order of :func:`~aivc.embeddings.store.parquet_files`; each
+    Rows are numbered in the order of :func:`~aivc.store.features.parquet_files`; each
     file is one contiguous range of rows, so a dataset's rows are a few ranges.
     """
 

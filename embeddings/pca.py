@@ -19,7 +19,7 @@ from aivc.progress import NullProgress, Progress
 from aivc.store.lake import Lake
 from aivc.store.read import LakeQuery, Options, top_variable
 
-from aivc.embeddings.store import EmbeddingVersion, EmbeddingWriter
+from aivc.store.features import EmbeddingVersion, EmbeddingWriter
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ Example
 -------
 >>> import numpy as np, tempfile
 >>> from aivc.store.lake import Lake
->>> from aivc.embeddings.store import EmbeddingWriter
+>>> from aivc.store.features import EmbeddingWriter
 >>> lake = Lake.init(tempfile.mkdtemp() + "/lake")
 >>> with EmbeddingWriter(lake, "gene", "demo", dim=2, source={"kind": "import"}) as w:
 ...     w.write(["G1", "G2", "G3"], np.array([[1, 0], [1, 0.1], [0, 1]], dtype=np.float32))
@@ -49,7 +49,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from aivc.embeddings.store import EmbeddingVersion, latest_versions, list_versions, parquet_files
+from aivc.store.features import EmbeddingVersion, latest_versions, list_versions, parquet_files
 from aivc.store.access import Principal
 from aivc.store.lake import Lake
 from aivc.store.sql import Extend, QueryResult, create_udf, register_arrow, sql_list, sql_str

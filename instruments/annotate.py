@@ -97,7 +97,7 @@ def predict_batch(decoder: Any, batch: Any, dim: int) -> Any:
 
 # -- checks ----------------------------------------------------------------------------
 def _resolve(lake: Lake, instrument: str, embedding: str | None, datasets: list[str] | None, all_datasets: bool) -> tuple[InstrumentRecord, Any, list[str]]:
-    from aivc.embeddings.store import get_version
+    from aivc.store.features import get_version
 
     rec = get_instrument(lake, instrument)
     if rec.kind != "decoder":
@@ -276,7 +276,7 @@ def ray_failure(exc: BaseException) -> str:
 def _run_local(lake: Lake, decoder: Any, emb: Any, datasets: list[str], staging: Path, schema: Any, *, batch_size: int, progress: Progress) -> list[tuple[str, str, int]]:
     import pyarrow.dataset as pds
 
-    from aivc.embeddings.store import parquet_files
+    from aivc.store.features import parquet_files
 
     written: list[tuple[str, str, int]] = []
     for d in datasets:
@@ -359,7 +359,7 @@ def annotate(
     InstrumentError
         Wrong embedding version, datasets without vectors in it, or a failed job.
     """
-    from aivc.embeddings.store import parquet_files
+    from aivc.store.features import parquet_files
 
     if engine not in ENGINES:
         raise UsageError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}", where="--engine")

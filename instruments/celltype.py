@@ -468,7 +468,7 @@ def labelled_cells(lake: Lake, embedding: Any, datasets: list[str] | None = None
     """
     import pandas as pd
 
-    from aivc.embeddings.store import read_vectors
+    from aivc.store.features import read_vectors
     from aivc.store.catalog import Catalog
     from aivc.store.read import version_cells
 
@@ -521,7 +521,7 @@ def train_celltype(
     """
     import pandas as pd
 
-    from aivc.embeddings.store import get_version
+    from aivc.store.features import get_version
     from aivc.instruments.registry import check_name
 
     check_name(name)

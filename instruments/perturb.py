@@ -106,7 +106,7 @@ def load_screen(
 
 def _cell_urs(lake: Lake, ref: str, obs_ids: np.ndarray, what: str) -> tuple[np.ndarray, str]:
     """URs of ``obs_ids`` (in that order) from a cell embedding version; every cell must have one."""
-    from aivc.embeddings.store import get_version, read_vectors
+    from aivc.store.features import get_version, read_vectors
 
     ev = get_version(lake, ref)
     if ev.entity != "cell":
@@ -158,7 +158,7 @@ def train_manipulator(
     holdout_fraction
         Fraction of single-gene conditions (and of combinations) held out for the evaluation.
     """
-    from aivc.embeddings.store import get_version
+    from aivc.store.features import get_version
     from aivc.instruments.registry import check_name
 
     check_name(name)

@@ -67,7 +67,7 @@ class GeneURs:
     @classmethod
     def from_store(cls, lake: Any, ref: str) -> GeneURs:
         """Read a gene embedding version (``gene:NAME[@VERSION]``; latest when no version)."""
-        from aivc.embeddings.store import get_version, read_vectors
+        from aivc.store.features import get_version, read_vectors
 
         v = get_version(lake, ref)
         if v.entity != "gene":

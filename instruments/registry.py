@@ -245,7 +245,7 @@ def register_instrument(
     weights
         Named NumPy arrays (stored in ``weights.npz`` without pickle).
     """
-    from aivc.embeddings.store import parse_ref
+    from aivc.store.features import parse_ref
 
     check_name(name)
     if kind not in KINDS:

@@ -260,7 +260,7 @@ def _plot(draw: Any, size: tuple[float, float] = (6.5, 5.0)) -> str:
 
 def _map(lake: Lake, rec: InstrumentRecord, df: pd.DataFrame, images: dict[str, str]) -> dict[str, Any]:
     """PCA of (a fixed sample of) the URs, coloured by predicted type."""
-    from aivc.embeddings.store import read_vectors
+    from aivc.store.features import read_vectors
 
     if df.empty:
         return {"method": "pca", "n_points": 0}

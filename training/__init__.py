@@ -3,23 +3,19 @@
 Modules: ``config`` (validated training configs, one class per model type), ``data``
 (training plans and the streaming :class:`~aivc.training.data.CellDataset`), ``models``
 (pure torch modules: ``cell-vae``, ``cell-transformer``), ``trainer`` (Ray Train jobs with
-checkpoints and resume), ``registry`` (``NAME@VERSION`` models under ``<lake>/models/``),
-``gene_tokens`` (the gene table a gene-token model gets from its caller: training never
-reads the feature store, which sits above it).
+checkpoints and resume), ``registry`` (``NAME@VERSION`` models under ``<lake>/models/``). A gene-token model reads
+its gene URs from the feature store (:mod:`aivc.store.features`) itself.
 Importing this package stays light: torch and Ray are imported by the modules that need them.
 """
 
 from __future__ import annotations
 
 from aivc.training.config import CellTransformerConfig, CellVaeConfig, TrainingConfig, apply_overrides, load_config
-from aivc.training.gene_tokens import GeneTable, GeneTableReader
 from aivc.training.registry import ModelRecord, get_model, list_models, load_model
 
 __all__ = [
     "CellTransformerConfig",
     "CellVaeConfig",
-    "GeneTable",
-    "GeneTableReader",
     "ModelRecord",
     "TrainingConfig",
     "apply_overrides",

@@ -35,7 +35,6 @@ from aivc.store.collection import Collection, check_name, parse_ref
 from aivc.store.lake import Lake, utcnow
 from aivc.store.records import dump_record, load_record
 from aivc.training.errors import ModelError
-from aivc.training.gene_tokens import GeneTableReader, require_reader
 
 MODEL_SCHEMA = "aivc.model"
 RECORD_NAME = "model.json"
@@ -154,12 +153,11 @@ def register_model(
             lake.discard_staging(staging)
 
 
-def load_model(lake: Lake, ref: str, *, gene_tables: GeneTableReader | None = None, gene_vectors: Any = None) -> tuple[Any, ModelRecord]:
+def load_model(lake: Lake, ref: str, *, gene_vectors: Any = None) -> tuple[Any, ModelRecord]:
     """The module of ``NAME[@VERSION]`` with its weights, in eval mode, and its record.
 
     A gene-token model (``cell-transformer``) gets the gene table it was trained with (its
-    ``lineage["gene_ur"]``), read with ``gene_tables``
-    (:func:`aivc.embeddings.gene_tables.gene_table`), which it then needs; or, given
+    ``lineage["gene_ur"]``, read from the feature store); or, given
     ``gene_vectors`` (float32 ``[genes, gene_dim]``, already read by the caller for the genes
     it will feed), that table instead, and nothing is read. Other models ignore both.
     """
@@ -175,7 +173,6 @@ def load_model(lake: Lake, ref: str, *, gene_tables: GeneTableReader | None = No
     except KeyError:
         raise ModelError(f"model {rec.ref} has type {rec.model_type!r}, which this aivc cannot load; upgrade aivc", where=rec.ref) from None
     tokens = getattr(cls, "gene_tokens", False)
-    read = require_reader(gene_tables, rec.model_type) if tokens and gene_vectors is None else None
     module = cls(**rec.init)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -184,13 +181,13 @@ def load_model(lake: Lake, ref: str, *, gene_tables: GeneTableReader | None = No
         raise ModelError(f"weights of {rec.ref} are unreadable or do not fit the model ({str(exc).splitlines()[0]})", where=str(path)) from None
     if tokens and gene_vectors is not None:  # a copy: what Ray hands over may be read-only
         module.set_gene_table(torch.from_numpy(np.array(gene_vectors, dtype=np.float32)))
-    elif read is not None:
-        _set_training_gene_table(lake, module, rec, read)
+    elif tokens:
+        _set_training_gene_table(lake, module, rec)
     module.eval()
     return module, rec
 
 
-def _set_training_gene_table(lake: Lake, module: Any, rec: ModelRecord, gene_tables: GeneTableReader) -> None:
+def _set_training_gene_table(lake: Lake, module: Any, rec: ModelRecord) -> None:
     """Give a gene-token model the molecular URs of the genes it was trained on."""
     import numpy as np
     import torch
@@ -198,7 +195,9 @@ def _set_training_gene_table(lake: Lake, module: Any, rec: ModelRecord, gene_tab
     ref = rec.lineage.get("gene_ur")
     if not ref:
         raise ModelError(f"model {rec.ref} records no gene UR version (lineage.gene_ur)", where=rec.ref)
-    t = gene_tables(lake, ref, list(rec.gene_ids), dim=rec.init.get("gene_dim"))
+    from aivc.store.features import gene_table
+
+    t = gene_table(lake, ref, list(rec.gene_ids), dim=rec.init.get("gene_dim"))
     if len(t.gene_ids) != len(rec.gene_ids):
         missing = [g for g in rec.gene_ids if g not in set(t.gene_ids)]
         raise ModelError(f"gene UR version {ref} of model {rec.ref} lacks {len(missing)} of its genes (e.g. {missing[0]})", where=ref)

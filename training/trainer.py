@@ -2,9 +2,8 @@
 
 One loop serves every model type (``cfg.model_type``, built with
 :func:`aivc.training.models.model_class`). A model with ``gene_tokens`` (``cell-transformer``)
-reads genes through gene URs, which live in the feature store above training: the caller
-passes a :class:`~aivc.training.gene_tokens.GeneTableReader` (``gene_tables=``, normally
-:func:`aivc.embeddings.gene_tables.gene_table`). The driver resolves ``cfg.gene_ur`` to one
+reads genes through gene URs, which live in the feature store (:mod:`aivc.store.features`,
+read with :func:`~aivc.store.features.gene_table`). The driver resolves ``cfg.gene_ur`` to one
 exact version, keeps only the genes that have a vector in it, records the version in the
 run and in the registered model's ``lineage["gene_ur"]``, reads the vectors in plan gene
 order and hands them to every worker, which sets them as the model's (non-persistent)
@@ -50,7 +49,7 @@ from aivc.errors import LakeBusyError, UsageError
 from aivc.store.lake import Lake, utcnow, write_json_atomic
 from aivc.training.config import RESUMABLE_CHANGES, TrainingConfig, config_changes, parse_config
 from aivc.training.errors import TrainingError
-from aivc.training.gene_tokens import GeneTable, GeneTableReader, require_reader
+from aivc.store.features import GeneTable, gene_table
 
 RUN_SCHEMA = "aivc.training_run"
 RAY_NAME = "ray"
@@ -284,11 +283,11 @@ class _Tail(threading.Thread):
             self.poll()
 
 
-def _build_plan(lake: Lake, cfg: TrainingConfig, gene_tables: GeneTableReader | None = None) -> tuple[Any, str | None]:
+def _build_plan(lake: Lake, cfg: TrainingConfig) -> tuple[Any, str | None]:
     """The run's training plan and, for a ``gene_tokens`` model, the exact gene UR ref.
 
-    A gene-token model trains only on genes with a UR in ``cfg.gene_ur`` (read with
-    ``gene_tables``); the most variable genes (``data.n_top_genes``) are chosen among those.
+    A gene-token model trains only on genes with a UR in ``cfg.gene_ur`` (read from the
+    feature store); the most variable genes (``data.n_top_genes``) are chosen among those.
     """
     from dataclasses import replace
 
@@ -301,9 +300,8 @@ def _build_plan(lake: Lake, cfg: TrainingConfig, gene_tables: GeneTableReader | 
     if not getattr(model_class(cfg.model_type), "gene_tokens", False):
         return build_plan(lake, cfg.data, cfg.seed), None
     assert cfg.gene_ur is not None  # the config requires it
-    read = require_reader(gene_tables, cfg.model_type)
     plan = build_plan(lake, cfg.data.model_copy(update={"n_top_genes": None}), cfg.seed)
-    table = read(lake, cfg.gene_ur, plan.gene_ids)
+    table = gene_table(lake, cfg.gene_ur, plan.gene_ids)
     keep = np.isin(np.asarray(plan.gene_ids, dtype=object), np.asarray(table.gene_ids, dtype=object))
     if int(keep.sum()) < MIN_GENE_TOKENS:
         raise UsageError(
@@ -327,20 +325,19 @@ def _model_init(cfg: TrainingConfig, plan: Any, table: GeneTable | None) -> dict
     return {"gene_dim": table.dim, **cfg.model.model_dump()}
 
 
-def _run_gene_table(lake: Lake, cfg: TrainingConfig, plan: Any, gene_ur: str | None, gene_tables: GeneTableReader | None, rdir: Path) -> GeneTable | None:
+def _run_gene_table(lake: Lake, plan: Any, gene_ur: str | None, rdir: Path) -> GeneTable | None:
     """The gene table of a gene-token run (the URs of ``gene_ur`` in plan gene order), else None."""
     if gene_ur is None:
         return None
-    table = require_reader(gene_tables, cfg.model_type)(lake, gene_ur, plan.gene_ids)
+    table = gene_table(lake, gene_ur, plan.gene_ids)
     if table.gene_ids != plan.gene_ids:
         raise TrainingError(f"{table.ref} has no vector for some genes of the run's plan", where=str(rdir))
     return table
 
 
-def _prepare_run(lake: Lake, cfg: TrainingConfig, run_id: str, gene_tables: GeneTableReader | None = None) -> tuple[Path, bool, str | None]:
+def _prepare_run(lake: Lake, cfg: TrainingConfig, run_id: str) -> tuple[Path, bool, str | None]:
     """Create the run folder and plan, or check a resumed run's config; returns
-    (dir, resumed, the exact gene UR ref of a gene-token model, recorded in ``run.json``).
-    ``gene_tables`` reads the gene URs of a new gene-token run."""
+    (dir, resumed, the exact gene UR ref of a gene-token model, recorded in ``run.json``)."""
     rdir = run_dir(lake, run_id)
     record_path = rdir / "run.json"
     if record_path.is_file():
@@ -358,7 +355,7 @@ def _prepare_run(lake: Lake, cfg: TrainingConfig, run_id: str, gene_tables: Gene
                 where="--run-id",
             )
         return rdir, True, rec.get("gene_ur")
-    plan, gene_ur = _build_plan(lake, cfg, gene_tables)
+    plan, gene_ur = _build_plan(lake, cfg)
     plan.save(rdir / "plan")
     record = {"schema_name": RUN_SCHEMA, "schema_version": 1, "run_id": run_id, "created_at": utcnow(), "status": "running", "config": cfg.model_dump(mode="json")}
     if gene_ur is not None:
@@ -383,22 +380,17 @@ def train(
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     on_start: Callable[[dict[str, Any]], None] | None = None,
     object_store_memory: int | None = None,
-    gene_tables: GeneTableReader | None = None,
 ) -> TrainResult:
     """Train ``cfg`` with Ray Train on ``workers`` CPU workers and register the model.
 
     Resumes the run ``run_id`` from its latest checkpoint when it exists. ``on_start``
     gets a summary of the run (cells, genes, batches, resumed epoch) before Ray starts;
     ``on_epoch`` gets each finished epoch's metrics while it runs. A gene-token model
-    (``cell-transformer``) needs ``gene_tables``, the reader of its gene URs
-    (:func:`aivc.embeddings.gene_tables.gene_table`); other models ignore it.
+    (``cell-transformer``) reads its gene URs (``gene_ur``) from the feature store.
     """
-    from aivc.training.models import model_class
 
     if workers < 1:
         raise UsageError(f"--workers must be >= 1, got {workers}", where="--workers")
-    if getattr(model_class(cfg.model_type), "gene_tokens", False):
-        require_reader(gene_tables, cfg.model_type)
     run_id = run_id or new_run_id(cfg)
     if not _RUN_ID.match(run_id):
         raise UsageError(f"run id {run_id!r} must be letters, digits, '.', '_' or '-'", where="--run-id")
@@ -406,7 +398,7 @@ def train(
     with _run_lock(rdir):
         try:
             return _train_locked(
-                lake, cfg, run_id, workers=workers, ray_address=ray_address, on_epoch=on_epoch, on_start=on_start, object_store_memory=object_store_memory, gene_tables=gene_tables
+                lake, cfg, run_id, workers=workers, ray_address=ray_address, on_epoch=on_epoch, on_start=on_start, object_store_memory=object_store_memory
             )
         finally:
             if not (rdir / "run.json").exists():  # failed before the run was recorded: leave no trace
@@ -442,13 +434,12 @@ def _train_locked(
     on_epoch: Callable[[dict[str, Any]], None] | None,
     on_start: Callable[[dict[str, Any]], None] | None,
     object_store_memory: int | None,
-    gene_tables: GeneTableReader | None,
 ) -> TrainResult:
     from aivc.training.data import TrainingPlan
 
-    rdir, resumed, gene_ur = _prepare_run(lake, cfg, run_id, gene_tables)
+    rdir, resumed, gene_ur = _prepare_run(lake, cfg, run_id)
     plan = TrainingPlan.load(rdir / "plan", lake)
-    table = _run_gene_table(lake, cfg, plan, gene_ur, gene_tables, rdir)
+    table = _run_gene_table(lake, plan, gene_ur, rdir)
     init = _model_init(cfg, plan, table)
     if on_start is not None:
         counts = plan.cells["split"].value_counts()

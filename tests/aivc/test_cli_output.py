@@ -210,7 +210,7 @@ def test_table_cells_are_not_markup():
 
 # -- show commands --------------------------------------------------------------------------
 def test_features_show_is_a_summary_and_json_the_full_record(long_lake):
-    from aivc.embeddings.store import get_version
+    from aivc.store.features import get_version
 
     ref = f"cell:{EMBEDDING}@1"
     v = get_version(long_lake, ref)

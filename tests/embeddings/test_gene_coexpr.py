@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from aivc.embeddings.gene_coexpr import embed_gene_coexpression, gene_correlation
-from aivc.embeddings.store import get_version, list_versions, read_vectors
+from aivc.store.features import get_version, list_versions, read_vectors
 from aivc.errors import UsageError
 from aivc.store.catalog import Catalog
 

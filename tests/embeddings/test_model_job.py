@@ -12,7 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 from aivc.errors import UsageError
-from aivc.embeddings.store import list_versions, read_vectors
+from aivc.store.features import list_versions, read_vectors
 from aivc.store import soma_io
 from aivc.store.catalog import Catalog
 from aivc.training.models.cell_vae import CellVAE
@@ -171,8 +171,7 @@ def test_where_selects_cells_by_metadata(train_lake, ray_session):  # noqa: ANN0
 def test_gene_token_model_embeds_genes_it_never_saw(lake, write_submission, human_genes, ray_session):  # noqa: ANN001
     """A cell-transformer trained on 100 genes embeds a dataset with 20 more: they have gene
     URs, so they become tokens; the result equals the model applied directly."""
-    from aivc.embeddings.gene_tables import gene_table
-    from aivc.embeddings.store import EmbeddingWriter
+    from aivc.store.features import EmbeddingWriter
     from aivc.ingest.submission import submit
     from aivc.embeddings.model_job import embed_model
     from aivc.training.models.cell_transformer import CellTransformer
@@ -191,7 +190,7 @@ def test_gene_token_model_embeds_genes_it_never_saw(lake, write_submission, huma
         lake, "tiny-tf", model_type="cell-transformer", state_dict=m.state_dict(), init=init, config={}, gene_ids=trained,
         encodings={"batch": ["train-a"]}, metrics={}, lineage={"organism": "homo_sapiens", "gene_ur": "gene:rand@1"},
     )
-    module, _ = load_model(lake, rec.ref, gene_tables=gene_table)  # the training gene table comes from lineage.gene_ur
+    module, _ = load_model(lake, rec.ref)  # the training gene table comes from lineage.gene_ur
     assert module.gene_table.shape == (100, 8)
 
     v = embed_model(lake, rec.ref, datasets=["new-b"])

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from aivc.embeddings import ann
 from aivc.embeddings.neighbors import clear_cache, exact_neighbors, load_version, neighbors_for_vectors, search_matrix
-from aivc.embeddings.store import EmbeddingWriter
+from aivc.store.features import EmbeddingWriter
 from aivc.errors import NotFoundError, UsageError
 from aivc.store.lake import Lake
 

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from aivc.embeddings.sql import query
-from aivc.embeddings.store import EmbeddingWriter, version_dir
+from aivc.store.features import EmbeddingWriter, version_dir
 from aivc.errors import NotFoundError, SqlError, UsageError
 from aivc.store.lake import Lake
 from tests.store.test_access import EXPECTED, N_CELLS, build_access_lake

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from aivc.embeddings.store import EmbeddingError, EmbeddingWriter, get_version, list_versions, read_vectors, version_dir
+from aivc.store.features import EmbeddingError, EmbeddingWriter, get_version, list_versions, read_vectors, version_dir
 from aivc.ingest.submission import submit
 from aivc.store.sql import query
 from tests.conftest import lake_snapshot
@@ -111,7 +111,7 @@ def test_killed_publish_leaves_nothing_and_retry_works(lake2, tmp_path):
     script.write_text(
         "import sys, numpy as np\n"
         "from aivc.store.lake import Lake\n"
-        "from aivc.embeddings.store import EmbeddingWriter\n"
+        "from aivc.store.features import EmbeddingWriter\n"
         "lake = Lake.open(sys.argv[1])\n"
         "w = EmbeddingWriter(lake, 'gene', 'k', 4, source={'kind': 'test'})\n"
         "w.write(['g%d' % i for i in range(1000)], np.ones((1000, 4)))\n"

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from aivc.embeddings.store import EmbeddingWriter, read_vectors
+from aivc.store.features import EmbeddingWriter, read_vectors
 from aivc.errors import UsageError
 from aivc.instruments.annotate import AUTO_LOCAL_MAX_CELLS, annotate, choose_engine
 from aivc.instruments.celltype import train_celltype
@@ -182,7 +182,7 @@ def test_crash_before_publish_leaves_no_version(plake, tmp_path):
 
 
 def test_a_failed_ray_job_publishes_nothing(plake, ray_session):
-    from aivc.embeddings.store import get_version, parquet_files
+    from aivc.store.features import get_version, parquet_files
 
     part = parquet_files(plake, get_version(plake, "cell:pca@1"), {"pbmc68k-part2"})[0]
     data = bytearray(part.read_bytes())
@@ -202,7 +202,7 @@ def test_task_cache_loads_each_decoder_once_and_never_serves_stale_weights(plake
     """The Ray task function keeps one decoder per (lake, ref, weights digest) in its worker."""
     import pyarrow.parquet as pq
 
-    from aivc.embeddings.store import get_version, parquet_files
+    from aivc.store.features import get_version, parquet_files
     from aivc.instruments import annotate as ann
     from aivc.instruments.registry import get_instrument
 

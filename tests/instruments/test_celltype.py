@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from aivc.embeddings.store import get_version, read_vectors
+from aivc.store.features import get_version, read_vectors
 from aivc.errors import UsageError
 from aivc.instruments.celltype import CellTypeConfig, labelled_cells, train_celltype
 from aivc.instruments.registry import get_instrument, load_instrument

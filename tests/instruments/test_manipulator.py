@@ -156,7 +156,7 @@ def screen_lake(tmp_path_factory: pytest.TempPathFactory) -> ScreenLake:
     """A lake with one simulated screen over real human genes and co-expression gene URs."""
     import yaml
 
-    from aivc.embeddings.store import EmbeddingWriter
+    from aivc.store.features import EmbeddingWriter
     from aivc.ingest.submission import submit
     from aivc.store.lake import Lake
     from aivc.store.reference import gene_reference

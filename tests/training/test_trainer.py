@@ -15,8 +15,7 @@ import torch
 from typer.testing import CliRunner
 
 from aivc.embeddings.gene_coexpr import embed_gene_coexpression
-from aivc.embeddings.gene_tables import gene_table
-from aivc.embeddings.store import EmbeddingWriter, read_vectors
+from aivc.store.features import EmbeddingWriter, gene_table, read_vectors
 from aivc.errors import NotFoundError, UsageError
 from aivc.store.catalog import Catalog
 from aivc.training.config import CellVaeConfig, apply_overrides, load_config
@@ -151,7 +150,7 @@ def test_cell_transformer_trains_on_gene_urs_and_registers(train_lake, ray_sessi
         assert 0.0 <= h["data_wait_fraction"] <= 1.0 and h["train_kl"] == 0.0 and h["train_loss"] > 0
     assert rec.metrics["data_wait_fraction"] == rec.history[-1]["data_wait_fraction"]
     # the weights do not hold the gene table: load_model sets it from the recorded version, then embed the lake
-    module, _ = load_model(train_lake, rec.ref, gene_tables=gene_table)
+    module, _ = load_model(train_lake, rec.ref)
     assert not any("gene_table" in k for k in torch.load(version_dir(train_lake, rec.name, rec.version) / "model.pt", weights_only=True))
     table = gene_table(train_lake, rec.lineage["gene_ur"], rec.gene_ids, dim=rec.init["gene_dim"])
     assert table.gene_ids == rec.gene_ids
@@ -168,7 +167,7 @@ def test_cell_transformer_run_keeps_its_gene_ur_version_on_resume(train_lake, co
     with EmbeddingWriter(train_lake, "gene", "resume_tf", 16, source={"kind": "test"}) as w:
         w.write(table.column("id"), vectors)
     cfg = load_config(model_type="cell-transformer", overrides=["gene_ur=gene:resume_tf", "data.n_top_genes=60", *TINY_TRANSFORMER])
-    rdir, resumed, ref = _prepare_run(train_lake, cfg, "tf-resume", gene_table)
+    rdir, resumed, ref = _prepare_run(train_lake, cfg, "tf-resume")
     assert (resumed, ref) == (False, "gene:resume_tf@1")
     plan = TrainingPlan.load(rdir / "plan", train_lake)
     with_ur = set(table.column("id").to_pylist())
@@ -177,11 +176,11 @@ def test_cell_transformer_run_keeps_its_gene_ur_version_on_resume(train_lake, co
     with EmbeddingWriter(train_lake, "gene", "resume_tf", 16, source={"kind": "test"}) as w:
         w.write(list(plan.gene_ids[:50]), np.ones((50, 16), np.float32))
     cfg40 = apply_overrides(cfg, ["optim.epochs=40"])
-    _, resumed, ref = _prepare_run(train_lake, cfg40, "tf-resume", gene_table)
+    _, resumed, ref = _prepare_run(train_lake, cfg40, "tf-resume")
     assert (resumed, ref) == (True, "gene:resume_tf@1")
     assert TrainingPlan.load(rdir / "plan", train_lake).gene_ids == plan.gene_ids
     # the workers get the recorded version's vectors, in plan gene order
-    t = _run_gene_table(train_lake, cfg40, plan, ref, gene_table, rdir)
+    t = _run_gene_table(train_lake, plan, ref, rdir)
     assert t is not None and (t.ref, t.gene_ids, t.dim) == ("gene:resume_tf@1", plan.gene_ids, 16)
     ids, want = read_vectors(train_lake, "gene:resume_tf@1", ids=list(plan.gene_ids))
     row = {g: i for i, g in enumerate(ids.column("id").to_pylist())}
@@ -197,10 +196,10 @@ def test_cell_transformer_gene_ur_problems_are_usage_errors(train_lake):
         w.write(genes[:20], np.random.default_rng(0).normal(size=(20, 8)).astype(np.float32))
     cfg = load_config(model_type="cell-transformer", overrides=["gene_ur=gene:few_tf@1", *TINY_TRANSFORMER])
     with pytest.raises(UsageError, match=r"only 20 of the 120 genes of the training data have a vector in gene:few_tf@1; cell-transformer needs at least 50"):
-        train(train_lake, cfg, run_id="tf-few", gene_tables=gene_table)
+        train(train_lake, cfg, run_id="tf-few")
     assert not run_dir_of(train_lake, "tf-few").exists()
     with pytest.raises(NotFoundError, match="no embedding gene:missing_tf"):
-        train(train_lake, apply_overrides(cfg, ["gene_ur=gene:missing_tf@1"]), run_id="tf-missing", gene_tables=gene_table)
+        train(train_lake, apply_overrides(cfg, ["gene_ur=gene:missing_tf@1"]), run_id="tf-missing")
     with pytest.raises(UsageError, match="has 8-dimensional vectors but the model takes 16"):
         gene_table(train_lake, "gene:few_tf@1", genes, dim=16)
     with pytest.raises(UsageError, match="is a cell embedding; gene tokens need a gene embedding"):
@@ -211,26 +210,25 @@ def test_cell_transformer_gene_ur_problems_are_usage_errors(train_lake):
     np.testing.assert_array_equal(t.vectors[t.gene_ids.index(genes[3])], vecs[0])
 
 
-def test_gene_token_model_without_gene_table_reader_is_one_line_usage_error(train_lake, coexpr_tf):
-    """Training never reads the feature store: a gene-token model needs the caller's reader."""
-    cfg = load_config(model_type="cell-transformer", overrides=[f"gene_ur={coexpr_tf.ref}", *TINY_TRANSFORMER])
-    want = r"^gene_tables: cell-transformer reads its genes as gene URs: pass gene_tables=aivc.embeddings.gene_tables.gene_table"
-    for call in (lambda: train(train_lake, cfg, run_id="tf-no-reader"), lambda: _prepare_run(train_lake, cfg, "tf-no-reader")):
-        with pytest.raises(UsageError, match=want) as info:
-            call()
-        assert "\n" not in info.value.message and info.value.where == "gene_tables"
-    assert not run_dir_of(train_lake, "tf-no-reader").exists()
-    # loading one: the training gene table is read from lineage.gene_ur with the caller's reader
+def test_gene_token_model_reads_its_gene_table_from_the_feature_store(train_lake, coexpr_tf):
+    """Training and loading read a gene-token model's gene URs themselves (store.features)."""
     init = {"gene_dim": 16, "d_model": 16, "n_heads": 2, "n_layers": 1, "max_tokens": 32, "latent_dim": 4}
     genes = read_vectors(train_lake, coexpr_tf)[0].column("id").to_pylist()[:10]
     rec = register_model(
-        train_lake, "tf-no-reader", model_type="cell-transformer", state_dict=CellTransformer(**init).state_dict(), init=init, config={},
+        train_lake, "tf-store-read", model_type="cell-transformer", state_dict=CellTransformer(**init).state_dict(), init=init, config={},
         gene_ids=genes, encodings={"batch": ["synth-a"]}, metrics={}, lineage={"gene_ur": coexpr_tf.ref},
     )
-    with pytest.raises(UsageError, match=want):
-        load_model(train_lake, rec.ref)
-    module, _ = load_model(train_lake, rec.ref, gene_tables=gene_table)
+    module, _ = load_model(train_lake, rec.ref)
+    want = gene_table(train_lake, coexpr_tf.ref, genes, dim=16)
     assert tuple(module.gene_table.shape) == (10, 16)
+    torch.testing.assert_close(module.gene_table, torch.from_numpy(want.vectors), rtol=0, atol=0)
+    gone = register_model(
+        train_lake, "tf-store-gone", model_type="cell-transformer", state_dict=CellTransformer(**init).state_dict(), init=init, config={},
+        gene_ids=genes, encodings={"batch": ["synth-a"]}, metrics={}, lineage={"gene_ur": "gene:no_such_ur@1"},
+    )
+    with pytest.raises(NotFoundError, match="no embedding gene:no_such_ur in this lake") as info:
+        load_model(train_lake, gone.ref)
+    assert "\n" not in info.value.message
 
 
 def test_cli_cell_transformer_without_gene_ur_is_one_line(train_lake, cli_app):

@@ -27,6 +27,7 @@ Example
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -327,3 +328,40 @@ def read_vectors(
     vec = table.column("vector").combine_chunks()
     mat = vec.values.to_numpy(zero_copy_only=False).reshape(-1, v.dim) if len(vec) else np.zeros((0, v.dim), np.float32)
     return table.drop_columns(["vector"]), mat
+
+
+# -- gene URs as tokens ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GeneTable:
+    """Gene URs of some genes from one gene embedding version (the tokens of a
+    ``gene_tokens`` model such as ``cell-transformer``): ``vectors[i]`` is the UR of
+    ``gene_ids[i]``; ``ref`` is the exact version read."""
+
+    ref: str
+    gene_ids: tuple[str, ...]
+    vectors: Any  # numpy float32 [len(gene_ids), dim]
+    dim: int
+
+
+def gene_table(lake: Lake, ref: str, gene_ids: Sequence[str], *, dim: int | None = None) -> GeneTable:
+    """The URs in ``ref`` of those ``gene_ids`` that have one, in the order given.
+
+    ``ref`` must name a gene embedding (``gene:NAME[@VERSION]``; no version: the latest,
+    returned exactly in ``GeneTable.ref``); ``dim``, when given, must be its width.
+
+    Examples
+    --------
+    >>> t = gene_table(lake, "gene:coexpr@1", plan.gene_ids, dim=32)  # doctest: +SKIP
+    >>> model.set_gene_table(torch.from_numpy(t.vectors))  # doctest: +SKIP
+    """
+    entity = parse_ref(ref)[0]
+    if entity != "gene":
+        raise UsageError(f"gene_ur {ref!r} is a {entity} embedding; gene tokens need a gene embedding, e.g. gene:coexpr@1", where="gene_ur")
+    version = get_version(lake, ref)
+    if dim is not None and version.dim != dim:
+        raise UsageError(f"gene_ur {version.ref} has {version.dim}-dimensional vectors but the model takes {dim}; use the gene embedding it was trained with", where="gene_ur")
+    table, vectors = read_vectors(lake, version, ids=list(gene_ids))
+    pos = {g: i for i, g in enumerate(table.column("id").to_pylist())}
+    keep = tuple(g for g in gene_ids if g in pos)
+    return GeneTable(ref=version.ref, gene_ids=keep, vectors=vectors[[pos[g] for g in keep]].reshape(len(keep), version.dim), dim=version.dim)
+

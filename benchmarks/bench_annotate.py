@@ -138,10 +138,10 @@ def _truth_terms() -> np.ndarray:
 def _expression() -> np.ndarray:
     """log1p(CP10k) of every cell (both datasets measured the same genes), in barcode order."""
     from aivc.demo import pbmc_counts
+    from aivc.store.read import lognormalize
 
     adata = pbmc_counts()
-    X = np.asarray(adata.X.toarray(), dtype=np.float64)
-    return np.log1p(X / X.sum(axis=1, keepdims=True) * 1e4)
+    return lognormalize(np.asarray(adata.X.toarray(), dtype=np.float64))
 
 
 def _direction(work: Path, train_ds: str, truth_all: np.ndarray, expr: np.ndarray, seeds: int, quiet: bool) -> dict[str, Any]:

@@ -166,13 +166,12 @@ def lognorm_counts(lake: Any, cells: pd.DataFrame, genes: pd.DataFrame) -> np.nd
     """log1p(counts / total * 1e4) of the scenario's cells, read back from the lake."""
     from aivc.store import soma_io
     from aivc.store.catalog import Catalog
+    from aivc.store.read import lognormalize
 
     org = "homo_sapiens"
     hw = Catalog(lake).high_water(org)
     X = soma_io.read_rows(lake.soma_uri(org), hw, cells["soma_joinid"].to_numpy(np.int64), genes["soma_joinid"].to_numpy(np.int64)).toarray().astype(np.float64)
-    tot = X.sum(axis=1, keepdims=True)
-    tot[tot == 0] = 1.0
-    return np.log1p(X / tot * 1e4).astype(np.float32)
+    return lognormalize(X).astype(np.float32)
 
 
 def vectors_for(lake: Any, version: Any, cells: pd.DataFrame) -> np.ndarray:

@@ -3,7 +3,7 @@
 Cells of the current dataset versions of one organism are streamed from SOMA one dataset
 at a time, in row chunks (two passes, memory bounded by the chunk and the gene-by-gene
 matrix). Each dataset measured only some genes, so the vocabulary is the *union* of the
-datasets' genes (their ``genes.parquet`` artifacts) and a gene a dataset did not measure
+datasets' genes (the features each version measured) and a gene a dataset did not measure
 is missing there, not zero:
 
 1. per-gene variance of log-normalized counts (``log1p(count / total * 1e4)``) over the
@@ -39,9 +39,10 @@ from aivc.store.features import EmbeddingVersion, EmbeddingWriter
 from aivc.errors import UsageError
 from aivc.progress import NullProgress, Progress
 from aivc.store.lake import Lake
-from aivc.store.read import LakeQuery, lognormalize, version_cells
+from aivc.store.measurements import RNA
+from aivc.store.read import LakeQuery, lognormalize, top_variable, version_cells
 
-TARGET_SUM = 1e4
+TARGET_SUM = float(RNA.target_sum)  # the measurement's one log-normalization
 #: fewest cells a pair of genes needs in common for a correlation (else 0)
 MIN_PAIR_CELLS = 3
 MIN_CELLS = 3
@@ -175,7 +176,7 @@ def gene_correlation(
     variable = int((var > 0).sum())
     if variable < max(min_genes, 2):
         raise UsageError(f"only {variable} genes vary across the cells, fewer than the {min_genes} needed; lower --dim or add data", where="--dim")
-    top = np.sort(np.argsort(-var, kind="stable")[: min(n_top_genes, variable)])
+    top = top_variable(var, n_top_genes)
     if top.size < min_genes:
         raise UsageError(f"--n-top-genes {n_top_genes} keeps fewer than the {min_genes} genes needed; raise it or lower --dim", where="--n-top-genes")
 

@@ -65,7 +65,8 @@ class ApplyPlan:
 
 
 def _select(lake: Lake, organism: str | None, datasets: list[str] | None) -> list[DatasetVersion]:
-    return select_versions(lake, datasets=datasets, organism=organism, options=Options(purpose="embed"))
+    options = Options(organism="--datasets", organism_fix="embed one organism at a time (--datasets)", datasets="--datasets", purpose="embed")
+    return select_versions(lake, datasets=datasets, organism=organism, options=options)
 
 
 def _overlap_error(v: DatasetVersion, have: int, of: int, missing: list[str], what: str, min_overlap: float) -> UsageError:

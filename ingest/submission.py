@@ -396,16 +396,31 @@ def submit(
 
 
 def _commit(lake: Lake, catalog: Catalog, prepared: Prepared, version: int, progress: Progress) -> DatasetVersion:
-    from aivc.ingest.report import write_report
-
-    assert prepared.manifest is not None and prepared.data is not None and prepared.genes is not None
-    manifest, data, genes, report = prepared.manifest, prepared.data, prepared.genes, prepared.report
+    """Write the version (SOMA, its tables, its report) and commit its record; on an error
+    nothing is visible and the staged files are removed."""
+    assert prepared.manifest is not None
+    manifest = prepared.manifest
     obs = _lake_obs(prepared, version)
     var = _lake_var(prepared)
     uri = lake.soma_uri(manifest.organism_name)
     hw = catalog.high_water(manifest.organism_name)
     ts = soma_io.write_timestamp(hw)
     w = VersionWriter(lake, manifest.dataset_id, version)
+    try:
+        return _write_version(lake, catalog, prepared, w, ts, uri, obs, var, progress)
+    except BaseException:
+        w.discard()  # SOMA fragments above the high-water mark go at the next recovery
+        raise
+
+
+def _write_version(
+    lake: Lake, catalog: Catalog, prepared: Prepared, w: VersionWriter, ts: int, uri: str, obs: pd.DataFrame, var: pd.DataFrame, progress: Progress
+) -> DatasetVersion:
+    from aivc.ingest.report import write_report
+
+    assert prepared.manifest is not None and prepared.data is not None and prepared.genes is not None
+    manifest, data, genes, report = prepared.manifest, prepared.data, prepared.genes, prepared.report
+    version = w.version
     report_dir = w.scratch("report")
     report.summary["version"] = version
     write_report(report, report_dir)

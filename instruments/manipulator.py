@@ -56,6 +56,8 @@ reads screens from the lake and registers manipulators.
 Example
 -------
 >>> from grn_sim import GrnParams, simulate_screen  # benchmarks/grn_sim.py
+>>> from aivc.instruments.perturbation_fit import fit_manipulator
+>>> from aivc.instruments.perturbation_screen import PerturbationScreen, coexpression_gene_urs, split_conditions
 >>> sim = simulate_screen(GrnParams(n_genes=40, n_regulators=8, seed=3), n_control=150, n_doubles=3)
 >>> screen = PerturbationScreen.from_counts(sim.counts, sim.gene_names, sim.obs["perturbation_targets"])
 >>> urs = coexpression_gene_urs(screen, dim=8)

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from aivc.instruments.registry import InstrumentError
-from aivc.store.collection import Collection, Ref, parse_ref, sql_name
+from aivc.store.collection import Collection, sql_name
 from aivc.store.lake import Lake
 from aivc.store.records import dump_record, load_record
 
@@ -97,26 +97,8 @@ def predictions(lake: Lake) -> Collection[PredictionVersion]:
     )  # fmt: skip
 
 
-def predictions_root(lake: Lake) -> Path:
-    return predictions(lake).root
-
-
 def version_dir(lake: Lake, instrument: str, version: int) -> Path:
     return predictions(lake).version_dir("predictions", instrument, version)
-
-
-def parse_prediction_ref(ref: str) -> tuple[str, int | None]:
-    """``"predictions:celltype@2"`` or ``"celltype@2"`` -> ("celltype", 2).
-
-    >>> parse_prediction_ref("predictions:celltype@2"), parse_prediction_ref("celltype")
-    (('celltype', 2), ('celltype', None))
-    """
-    r = predictions_parse(ref)
-    return r.name, r.version
-
-
-def predictions_parse(ref: str) -> Ref:
-    return parse_ref(ref, kinds=("predictions",), what="prediction reference", form="[predictions:]INSTRUMENT[@VERSION]", example="predictions:celltype@1")
 
 
 def list_prediction_versions(lake: Lake, instrument: str | None = None) -> list[PredictionVersion]:

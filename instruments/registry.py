@@ -161,10 +161,6 @@ def instruments(lake: Lake) -> Collection[InstrumentRecord]:
     )  # fmt: skip
 
 
-def instruments_root(lake: Lake) -> Path:
-    return instruments(lake).root
-
-
 def version_dir(lake: Lake, name: str, version: int) -> Path:
     return instruments(lake).version_dir("instrument", name, version)
 

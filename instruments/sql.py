@@ -31,7 +31,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from aivc.instruments.predictions import PredictionVersion, list_prediction_versions, parquet_files
+from aivc.instruments.predictions import PredictionVersion, list_prediction_versions, parquet_files, predictions
 from aivc.store.access import Principal
 from aivc.store.lake import Lake
 from aivc.store.sql import Extend, QueryResult, register_arrow, sql_list, sql_str
@@ -86,10 +86,7 @@ def prediction_views(lake: Lake) -> Extend:
         import pyarrow.parquet as pq
 
         versions = [v for v in list_prediction_versions(lake) if _IDENT.match(v.view_name)]
-        latest: dict[str, PredictionVersion] = {}
-        for v in versions:
-            if v.instrument not in latest or v.version > latest[v.instrument].version:
-                latest[v.instrument] = v
+        latest = {v.instrument: v for v in predictions(lake).latest() if _IDENT.match(v.view_name)}
         allowed: list[str] = []
         rows: list[dict[str, Any]] = []
         names: set[str] = set()

@@ -44,9 +44,6 @@ class CellField:
         """The stored term-id column of an ontology field (``cell_type_ontology_term_id``)."""
         return f"{self.name}_ontology_term_id" if self.kind == "ontology" else None
 
-    def is_required(self, organism: str) -> bool:
-        return self.required or organism in self.required_for
-
 
 @dataclass(frozen=True)
 class Contract:

@@ -143,6 +143,8 @@ class Catalog:
         """
         d = self._dir(record.dataset_id)
         d.mkdir(parents=True, exist_ok=True)
+        if (d / f"v{record.version:06d}.json").exists():
+            raise LakeError(f"dataset version {record.ref} is already committed; versions are immutable", where=str(d))
         final = self.lake.root / record.artifacts
         if final.exists():  # leftover of an interrupted commit of this version number
             import shutil

@@ -23,9 +23,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from aivc.store import soma_io
+from aivc.store import artifacts, soma_io
 from aivc.store.catalog import Catalog
 from aivc.store.lake import Lake
+from aivc.store.read import submitted_obsm
 
 TERM_COLUMNS = (
     "assay_ontology_term_id",
@@ -74,8 +75,8 @@ def load_version_anndata(lake: Lake, ref: str, *, for_analysis: bool = False):  
     catalog = Catalog(lake)
     v = catalog.get(ref)
     art = catalog.artifacts_path(v)
-    cells = pq.read_table(art / "cells.parquet").to_pandas()
-    genes = pq.read_table(art / "genes.parquet").to_pandas()
+    cells = pq.read_table(art / artifacts.CELLS).to_pandas()
+    genes = pq.read_table(art / artifacts.features_file()).to_pandas()
     X = soma_io.read_rows(
         lake.soma_uri(v.organism_name),
         v.soma_high_water,
@@ -86,7 +87,7 @@ def load_version_anndata(lake: Lake, ref: str, *, for_analysis: bool = False):  
     for c in CATEGORICAL_COLUMNS:
         obs[c] = pd.Categorical(cells[c].astype(str).to_numpy())
     obs["is_primary_data"] = cells["is_primary_data"].astype(bool).to_numpy()
-    submitted = pq.read_table(art / "obs_submitted.parquet").to_pandas().set_index("barcode")
+    submitted = pq.read_table(art / artifacts.SUBMITTED_OBS).to_pandas().set_index("barcode")
     submitted.index = submitted.index.astype(str)
     for c in submitted.columns:
         name = f"author_{c}" if c in RESERVED_OBS or c in obs.columns else c
@@ -100,7 +101,7 @@ def load_version_anndata(lake: Lake, ref: str, *, for_analysis: bool = False):  
     )
     adata = ad.AnnData(X=X, obs=obs, var=var)
     for key in v.obsm_keys:
-        tbl = pq.read_table(art / "obsm" / f"{key}.parquet")
+        tbl = submitted_obsm(lake, v, key)
         vec = tbl.column("vector").combine_chunks()
         dim = vec.type.list_size
         arr = vec.values.to_numpy(zero_copy_only=False).reshape(-1, dim)

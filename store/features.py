@@ -9,7 +9,7 @@ Layout::
 
 Rows: ``id`` (cell: the lake's ``obs_id``; gene: reference gene id), for cells also
 ``soma_joinid`` and ``dataset_id``, and ``vector`` as a fixed-size float32 list, readable
-by plain pyarrow and DuckDB. A version is written under ``features/.staging/`` by
+by plain pyarrow and DuckDB. A version is written under the lake's staging folder (``catalog/.staging/``) by
 :class:`EmbeddingWriter` and published by one folder rename (its record inside): a crash
 at any point leaves nothing visible and the same job can simply run again.
 
@@ -101,10 +101,6 @@ def parse_ref(ref: str) -> tuple[str, str, int | None]:
     """``"cell:pca@2"`` -> ("cell", "pca", 2); ``"cell:pca"`` / ``"cell:pca@latest"`` -> version None."""
     r = parse_collection_ref(ref, kinds=ENTITIES, what="embedding reference", form="ENTITY:NAME[@VERSION]", example="cell:pca@1")
     return r.kind, r.name, r.version
-
-
-def features_root(lake: Lake) -> Path:
-    return features(lake).root
 
 
 def version_dir(lake: Lake, entity: str, name: str, version: int) -> Path:
@@ -296,10 +292,14 @@ class EmbeddingWriter:
         return self
 
     def __exit__(self, exc_type: object, *rest: object) -> None:
-        if exc_type is None:
-            self.commit()
-        else:
+        if exc_type is not None:
             self.abort()
+            return
+        try:
+            self.commit()
+        except BaseException:
+            self.abort()
+            raise
 
 
 def read_vectors(

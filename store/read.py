@@ -63,7 +63,7 @@ class Options:
     """How the caller's user names the selection options (for error messages)."""
 
     organism: str = "--organism"
-    organism_fix: str = "--organism"  # how to choose one, e.g. "--set data.organism=NAME"
+    organism_fix: str = "choose one with --organism"  # what to do about several organisms
     datasets: str = "--datasets"
     where: str = "--where"
     features: str = "--datasets"
@@ -119,7 +119,7 @@ def select_versions(lake: Lake, *, datasets: Sequence[str] | None = None, organi
     organisms = sorted({v.organism_name for v in chosen})
     if organism is None:
         if len(organisms) > 1:
-            raise UsageError(f"datasets of several organisms ({', '.join(organisms)}); choose one with {options.organism_fix}", where=options.organism)
+            raise UsageError(f"datasets of several organisms ({', '.join(organisms)}); {options.organism_fix}", where=options.organism)
         organism = organisms[0]
     chosen = [v for v in chosen if v.organism_name == organism]
     if not chosen:

@@ -50,6 +50,7 @@ from typing import Any
 import pandas as pd
 
 from aivc.errors import AivcError, SqlError
+from aivc.store import artifacts
 from aivc.store.access import AccessConfig, Principal, resolve_principal, visible_datasets
 from aivc.store.catalog import Catalog, DatasetVersion
 from aivc.store.lake import Lake
@@ -135,14 +136,14 @@ def _define_views(con: Any, catalog: Catalog, versions: list[DatasetVersion], cu
     def path(v: DatasetVersion, name: str) -> str:
         return str(catalog.artifacts_path(v) / name)
 
-    cell_files = [path(v, "cells.parquet") for v in versions]
-    current_cells = [path(v, "cells.parquet") for v in current]
-    gene_files = [path(v, "genes.parquet") for v in versions]
+    cell_files = [path(v, artifacts.CELLS) for v in versions]
+    current_cells = [path(v, artifacts.CELLS) for v in current]
+    gene_files = [path(v, artifacts.features_file()) for v in versions]
     if not versions:
         # Nothing visible: empty views with the real columns (schema only, read before locking).
         any_version = catalog.all_versions()[:1]
         if any_version:
-            con.execute(f"CREATE TABLE _cells_empty AS SELECT * FROM read_parquet({sql_str(path(any_version[0], 'cells.parquet'))}) LIMIT 0")
+            con.execute(f"CREATE TABLE _cells_empty AS SELECT * FROM read_parquet({sql_str(path(any_version[0], artifacts.CELLS))}) LIMIT 0")
         else:
             con.execute(f"CREATE TABLE _cells_empty AS {_CELLS_STUB}")
     cells_src = f"read_parquet({sql_list(current_cells)}, union_by_name=true)" if current_cells else "_cells_empty"

@@ -32,7 +32,7 @@ FORBIDDEN: dict[str, frozenset[str]] = {
     "aivc.schemas": frozenset({"aivc.store", "aivc.ingest", "aivc.training", "aivc.embeddings", "aivc.instruments"}),
     "aivc.store": frozenset({"aivc.ingest", "aivc.training", "aivc.embeddings", "aivc.instruments"}),
     "aivc.ingest": frozenset({"aivc.training", "aivc.embeddings", "aivc.instruments"}),
-    "aivc.training": frozenset({"aivc.embeddings", "aivc.instruments"}),
+    "aivc.training": frozenset({"aivc.ingest", "aivc.embeddings", "aivc.instruments"}),  # a sibling of ingest
     "aivc.embeddings": frozenset({"aivc.instruments"}),
     "aivc.instruments": frozenset(),
 }

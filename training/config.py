@@ -29,10 +29,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from aivc.errors import UsageError
+from aivc.store.collection import NAME_RULE
 
 CONFIG_SCHEMA = "aivc.training_config"
 CONFIG_SCHEMA_VERSION = 1
-_GENE_REF = re.compile(r"^gene:[a-z][a-z0-9_]*(@(\d+|latest))?$")
+_NAME = NAME_RULE.pattern.strip("^$")  # the versioned collection's one name rule
+_GENE_REF = re.compile(rf"^gene:{_NAME}(@(\d+|latest))?$")
 #: config keys that may differ when a run is resumed (extending training is allowed)
 RESUMABLE_CHANGES: frozenset[str] = frozenset({"optim.epochs"})
 
@@ -144,7 +146,7 @@ class CellVaeConfig(_RunConfig):
     """Everything that defines a ``cell-vae`` training run."""
 
     model_type: Literal["cell-vae"] = "cell-vae"
-    name: str = Field("cell-vae", pattern=r"^[a-z][a-z0-9-]{0,40}$")
+    name: str = Field("cell-vae", pattern=NAME_RULE.pattern)
     model: CellVaeArchitecture = CellVaeArchitecture()
     optim: VaeOptimConfig = VaeOptimConfig()
 
@@ -158,7 +160,7 @@ class CellTransformerConfig(_RunConfig):
     """
 
     model_type: Literal["cell-transformer"] = "cell-transformer"
-    name: str = Field("cell-transformer", pattern=r"^[a-z][a-z0-9-]{0,40}$")
+    name: str = Field("cell-transformer", pattern=NAME_RULE.pattern)
     data: DataConfig = DataConfig(genes="union")  # unmeasured genes are simply not tokens
     gene_ur: str | None = None
     model: CellTransformerArchitecture = CellTransformerArchitecture()

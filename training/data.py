@@ -31,7 +31,7 @@ import torch
 
 from aivc.errors import LakeError, UsageError
 from aivc.store import read, soma_io
-from aivc.store.catalog import Catalog, DatasetVersion
+from aivc.store.catalog import Catalog
 from aivc.store.read import Options
 from aivc.store.lake import Lake, write_json_atomic
 from aivc.training.config import DataConfig
@@ -140,18 +140,13 @@ class TrainingPlan:
 # -- plan building -------------------------------------------------------------------------
 OPTIONS = Options(
     organism="data.organism",
-    organism_fix="--set data.organism=NAME",
+    organism_fix="choose one with --set data.organism=NAME",
     datasets="data.datasets",
     where="data.where",
     features="data.genes",
     features_fix="use --set data.genes=union or fewer datasets",
     purpose="train on",
 )
-
-
-def select_versions(lake: Lake, organism: str | None, datasets: tuple[str, ...] | list[str] | None) -> list[DatasetVersion]:
-    """Current versions of one organism's datasets (or the ``DATASET[@VERSION]`` named)."""
-    return read.select_versions(lake, datasets=datasets, organism=organism, options=OPTIONS)
 
 
 def _draw(units: list[str], fraction: float, rng: np.random.Generator, what: str) -> set[str]:
@@ -205,6 +200,8 @@ def build_plan(lake: Lake, cfg: DataConfig, seed: int = 0) -> TrainingPlan:
     feats = q.features(cfg.genes)
     if cfg.n_top_genes is not None and cfg.n_top_genes < len(feats):
         feats = feats.take(q.variable_features(cells, feats, cfg.n_top_genes, chunk_rows=cfg.chunk_rows))
+        if not len(feats):
+            raise UsageError("no gene varies across the chosen cells, so data.n_top_genes keeps none; choose other cells or drop data.n_top_genes", where="data.n_top_genes")
     genes, masks = feats.frame, feats.present
     val, info = _split(cells, cfg, seed)
     cells["split"] = np.where(val, "validation", "train")

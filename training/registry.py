@@ -80,10 +80,6 @@ def models(lake: Lake) -> Collection[ModelRecord]:
     )  # fmt: skip
 
 
-def models_root(lake: Lake) -> Path:
-    return models(lake).root
-
-
 def version_dir(lake: Lake, name: str, version: int) -> Path:
     return models(lake).version_dir("model", name, version)
 

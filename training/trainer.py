@@ -314,6 +314,8 @@ def _build_plan(lake: Lake, cfg: TrainingConfig) -> tuple[Any, str | None]:
     if n_top is not None and n_top < plan.n_genes:
         genes = pd.DataFrame({"gene_id": list(plan.gene_ids), "soma_joinid": plan.gene_joinids})
         top = top_genes(lake, plan.datasets, plan.high_water, plan.cells, genes, plan.masks, n_top, cfg.data.chunk_rows)
+        if top.size < MIN_GENE_TOKENS:  # only genes that vary are kept
+            raise UsageError(f"only {top.size} of the genes with a vector in {table.ref} vary across the cells; {cfg.model_type} needs at least {MIN_GENE_TOKENS}", where="data.n_top_genes")
         plan = replace(plan, gene_ids=tuple(plan.gene_ids[i] for i in top), gene_joinids=plan.gene_joinids[top], masks=plan.masks[:, top])
     return plan, table.ref
 

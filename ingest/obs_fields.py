@@ -7,7 +7,7 @@ ids against the ontology releases pinned by the schema; what each field accepts 
 :mod:`aivc.ingest.obs_rules`. Work is done once per distinct submitted value, so a million cells
 cost about as much as their few hundred distinct labels.
 
-Every problem becomes a :class:`~aivc.errors.Finding` with a stable code (see ``OBS_CODES``) that
+Every problem becomes a :class:`~aivc.errors.Finding` with a stable code (see :data:`aivc.ingest.obs_terms.OBS_CODES`) that
 names the field, the obs column, the first offending row and how many rows share the problem;
 every accepted distinct value becomes a :class:`~aivc.ingest.findings.Decision`.
 
@@ -30,8 +30,6 @@ Example
 from __future__ import annotations
 
 import difflib
-import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -39,55 +37,27 @@ import pandas as pd
 
 from aivc.errors import Finding
 from aivc.ingest.findings import Decision, How
-from aivc.ingest.manifest import ONTOLOGY_FIELDS, ORGANISMS, STANDARD_FIELDS, FieldSpec, Manifest
+from aivc.ingest.manifest import ONTOLOGY_FIELDS, STANDARD_FIELDS, FieldSpec, Manifest
 from aivc.ingest.obs_rules import (
-    HUMAN,
-    MULTI_DELIMITER,
     OUTPUT_COLUMNS,
-    RULE_PREFIXES,
     SUSPENSION_TYPES,
     TERM_COLUMNS,
     TISSUE_TYPE_ALIASES,
     TISSUE_TYPES,
-    TermRule,
-    term_rule,
 )
-from aivc.ontology import NON_ONTOLOGY_VALUES, Ontologies, TermInfo, get_ontologies, with_article
-
-# -- finding codes ----------------------------------------------------------------------------
-OBS_COLUMN_MISSING = "OBS_COLUMN_MISSING"
-OBS_NULL_VALUE = "OBS_NULL_VALUE"
-OBS_UNKNOWN_TERM = "OBS_UNKNOWN_TERM"
-OBS_WRONG_ONTOLOGY = "OBS_WRONG_ONTOLOGY"
-OBS_FORBIDDEN_TERM = "OBS_FORBIDDEN_TERM"
-OBS_DEPRECATED_TERM = "OBS_DEPRECATED_TERM"
-OBS_UNMATCHED_LABEL = "OBS_UNMATCHED_LABEL"
-OBS_AMBIGUOUS_LABEL = "OBS_AMBIGUOUS_LABEL"
-OBS_LABEL_MAP_UNUSED = "OBS_LABEL_MAP_UNUSED"
-OBS_LITERAL_NOT_ALLOWED = "OBS_LITERAL_NOT_ALLOWED"
-OBS_BAD_MULTI_TERM = "OBS_BAD_MULTI_TERM"
-OBS_ETHNICITY_NOT_NA = "OBS_ETHNICITY_NOT_NA"
-OBS_BAD_ENUM = "OBS_BAD_ENUM"
-OBS_BAD_BOOL = "OBS_BAD_BOOL"
-OBS_BAD_DONOR_ID = "OBS_BAD_DONOR_ID"
-#: Every code :func:`harmonize_obs` can report (all errors except ``OBS_LABEL_MAP_UNUSED``).
-OBS_CODES: tuple[str, ...] = (
-    OBS_COLUMN_MISSING,
-    OBS_NULL_VALUE,
-    OBS_UNKNOWN_TERM,
-    OBS_WRONG_ONTOLOGY,
-    OBS_FORBIDDEN_TERM,
-    OBS_DEPRECATED_TERM,
-    OBS_UNMATCHED_LABEL,
-    OBS_AMBIGUOUS_LABEL,
-    OBS_LABEL_MAP_UNUSED,
-    OBS_LITERAL_NOT_ALLOWED,
-    OBS_BAD_MULTI_TERM,
-    OBS_ETHNICITY_NOT_NA,
-    OBS_BAD_ENUM,
+from aivc.ingest.obs_terms import (
     OBS_BAD_BOOL,
     OBS_BAD_DONOR_ID,
+    OBS_BAD_ENUM,
+    OBS_COLUMN_MISSING,
+    OBS_LABEL_MAP_UNUSED,
+    OBS_NULL_VALUE,
+    Outcome,
+    Resolver,
+    TermResolver,
 )
+from aivc.ontology import Ontologies, get_ontologies
+
 
 # -- results ----------------------------------------------------------------------------------
 @dataclass
@@ -130,252 +100,46 @@ class ObsResult:
         return not self.errors
 
 
-@dataclass(frozen=True)
-class _Problem:
-    code: str
-    message: str
 
-
-@dataclass(frozen=True)
-class _Outcome:
-    """What one distinct submitted value became: a value (and label), or problems."""
-
-    value: str | bool | None
-    label: str = ""
-    how: How | None = None
-    problems: tuple[_Problem, ...] = ()
-
-    @staticmethod
-    def fail(code: str, message: str) -> _Outcome:
-        return _Outcome(None, problems=(_Problem(code, message),))
-
-
-Resolver = Callable[[object, int], _Outcome]
-
-_TERM_ID = re.compile(r"^([A-Za-z][A-Za-z0-9]*):(\d+)$")
-_OBO_ID = re.compile(r"^([A-Za-z][A-Za-z0-9]*)_(\d+)$")
-# Which way of resolving a value is least direct, for a multi-term value's Decision.how.
-_HOW_RANK: dict[str, int] = {"constant": 0, "term_id": 1, "label": 2, "synonym": 3, "label_map": 4}
-
-
-# -- ontology fields --------------------------------------------------------------------------
-class _TermResolver:
-    """Resolves the distinct submitted values of one ontology field to term ids."""
-
-    def __init__(
-        self,
-        field_name: str,
-        organism: str,
-        ontologies: Ontologies,
-        *,
-        label_map: dict[str, str],
-        constant: bool,
-    ) -> None:
-        self.field = field_name
-        self.organism = organism
-        self.onto = ontologies
-        self.label_map = label_map
-        self.constant = constant
-
-    def __call__(self, raw: object, ctx: int) -> _Outcome:
-        rule = term_rule(self.field, self.organism, TISSUE_TYPES[ctx])
-        submitted = str(raw)
-        text = submitted.strip()
-        mapped = self.label_map.get(submitted, self.label_map.get(text))
-        shown = repr(submitted)
-        if mapped is not None:
-            text = mapped.strip()
-            shown = f"{submitted!r} (label_map -> {mapped!r})"
-        if self.field == "self_reported_ethnicity" and self.organism != HUMAN:
-            if text.casefold() == "na":
-                return _Outcome("na", "na", self._how("term_id", mapped))
-            name = ORGANISMS.get(self.organism, self.organism)
-            return _Outcome.fail(
-                OBS_ETHNICITY_NOT_NA,
-                f"{shown} given, but self_reported_ethnicity must be 'na' for {name} ({self.organism})",
-            )
-        parts = self._split(text, rule)
-        if len(parts) > 1:
-            literal = next((p for p in parts if p.casefold() in NON_ONTOLOGY_VALUES), None)
-            if literal is not None:
-                return _Outcome.fail(
-                    OBS_BAD_MULTI_TERM, f"{shown} combines {literal!r} with other values; {literal!r} must stand alone"
-                )
-        outcomes = [self._one(p, rule, shown if len(parts) == 1 else f"{p!r} in {shown}") for p in parts]
-        problems = tuple(p for o in outcomes for p in o.problems)
-        if problems:
-            return _Outcome(None, problems=problems)
-        pairs = sorted({(str(o.value), o.label) for o in outcomes})
-        if len(pairs) > 1:
-            bad = [t for t, _ in pairs if t.split(":", 1)[0] not in rule.multi_prefixes]
-            if bad:
-                only = " or ".join(rule.multi_prefixes) or "no"
-                return _Outcome.fail(
-                    OBS_BAD_MULTI_TERM,
-                    f"{shown} lists several terms, but {self.field} accepts several {only} terms only "
-                    f"({', '.join(bad)} cannot be combined); {self.field} must be {rule.valid}",
-                )
-        how = max((o.how for o in outcomes if o.how), key=lambda h: _HOW_RANK[h])
-        return _Outcome(
-            MULTI_DELIMITER.join(t for t, _ in pairs),
-            MULTI_DELIMITER.join(label for _, label in pairs),
-            self._how(how, mapped),
-        )
-
-    def _how(self, how: How, mapped: str | None) -> How:
-        if mapped is not None:
-            return "label_map"
-        if self.constant and how == "term_id":
-            return "constant"
-        return how
-
-    def _split(self, text: str, rule: TermRule) -> list[str]:
-        if not rule.multi_prefixes:
-            return [text]
-        if "||" in text:
-            parts = [p.strip() for p in text.split("||")]
-        elif rule.split_commas and "," in text and self.onto.resolve_label(text, rule.prefixes, n_closest=0).term_id is None:
-            parts = [p.strip() for p in text.split(",")]
-        else:
-            return [text]
-        return [p for p in parts if p] or [text]
-
-    def _one(self, text: str, rule: TermRule, shown: str) -> _Outcome:
-        lowered = text.casefold()
-        if lowered in NON_ONTOLOGY_VALUES:
-            if lowered in rule.literals:
-                return _Outcome(lowered, lowered, "term_id")
-            return _Outcome.fail(OBS_LITERAL_NOT_ALLOWED, f"{shown} is not allowed; {self.field} must be {rule.valid}")
-        if not text:
-            return _Outcome.fail(OBS_NULL_VALUE, f"{shown} is empty; {self.field} must be {rule.valid}")
-        m = _TERM_ID.match(text) or _OBO_ID.match(text)
-        if m is not None and (m.re is _TERM_ID or self.onto.supports(m.group(1))):
-            return self._check(f"{m.group(1)}:{m.group(2)}", rule, shown, "term_id")
-        match = self.onto.resolve_label(text, rule.prefixes)
-        if match.term_id is not None and match.how is not None:
-            return self._check(match.term_id, rule, shown, match.how)
-        where = "/".join(rule.prefixes)
-        if match.candidates:
-            listed = ", ".join(self._describe(t) for t in match.candidates)
-            return _Outcome.fail(
-                OBS_AMBIGUOUS_LABEL,
-                f"{shown} is the label or synonym of {len(match.candidates)} {where} terms: {listed}; "
-                "give the term id, or map the value in label_map",
-            )
-        closest = ", ".join(f"{t} ({label})" for t, label in match.closest) or "none similar"
-        return _Outcome.fail(
-            OBS_UNMATCHED_LABEL,
-            f"{shown} is not the label or synonym of any current {where} term (closest: {closest}); "
-            f"give a term id or map the value in label_map; {self.field} must be {rule.valid}",
-        )
-
-    def _check(self, term_id: str, rule: TermRule, shown: str, how: How) -> _Outcome:
-        prefix = term_id.split(":", 1)[0]
-        what = shown if how == "term_id" else f"{shown} ({how} of {term_id})"
-        if prefix not in rule.prefixes and prefix not in RULE_PREFIXES:
-            if self.onto.supports(prefix):
-                return _Outcome.fail(
-                    OBS_WRONG_ONTOLOGY, f"{what} is {with_article(prefix)} term; {self.field} must be {rule.valid}"
-                )
-            return _Outcome.fail(
-                OBS_UNKNOWN_TERM,
-                f"{what} looks like a term id, but {prefix!r} is not a known ontology; {self.field} must be {rule.valid}",
-            )
-        info = self.onto.lookup(term_id)
-        if info is None:
-            version = self.onto.ontology_version(prefix) if self.onto.supports(prefix) else ""
-            return _Outcome.fail(
-                OBS_UNKNOWN_TERM,
-                f"{what} is not a term of {prefix} {version}".rstrip() + f"; {self.field} must be {rule.valid}",
-            )
-        described = f"{what} ({info.label})" if how == "term_id" and info.label else what
-        if prefix not in rule.prefixes:
-            return _Outcome.fail(
-                OBS_WRONG_ONTOLOGY, f"{described} is {with_article(prefix)} term; {self.field} must be {rule.valid}"
-            )
-        if term_id in rule.forbidden:
-            return _Outcome.fail(
-                OBS_FORBIDDEN_TERM, f"{described} is not allowed as {self.field}; {self.field} must be {rule.valid}"
-            )
-        if info.deprecated:
-            return _Outcome.fail(
-                OBS_DEPRECATED_TERM,
-                f"{described} is obsolete in {prefix} {self.onto.ontology_version(prefix)}; {self._replacement(term_id)}",
-            )
-        if not rule.admits(term_id, self.onto):
-            return _Outcome.fail(
-                OBS_WRONG_ONTOLOGY, f"{described} is not a valid {self.field}; {self.field} must be {rule.valid}"
-            )
-        return _Outcome(term_id, info.label, how)
-
-    def _peek(self, term_id: str) -> TermInfo | None:
-        """Look up ids of the ontologies the rules use; others (maybe huge, maybe absent) are not loaded."""
-        return self.onto.lookup(term_id) if term_id.split(":", 1)[0] in RULE_PREFIXES else None
-
-    def _replacement(self, term_id: str) -> str:
-        seen = {term_id}
-        current = self._peek(term_id)
-        chain: list[str] = []
-        while current is not None and current.deprecated and current.replaced_by and current.replaced_by not in seen:
-            chain.append(current.replaced_by)
-            seen.add(current.replaced_by)
-            current = self._peek(current.replaced_by)
-        if chain:
-            final = chain[-1]
-            via = f" (via {', '.join(chain[:-1])})" if len(chain) > 1 else ""
-            if current is None:
-                return f"replaced by {final}{via}, which is outside the shipped ontologies: choose a current term"
-            if current.deprecated:
-                return f"replaced by {self._describe(final)}{via}, itself obsolete: choose a current term"
-            return f"replaced by {self._describe(final)}{via}: use that id"
-        info = self._peek(term_id)
-        consider = [c for c in (info.consider if info else ()) if self._peek(c) is not None]
-        if consider:
-            return "no replacement; consider " + ", ".join(self._describe(c) for c in consider)
-        return "no replacement: choose a current term"
-
-    def _describe(self, term_id: str) -> str:
-        info = self._peek(term_id)
-        return f"{term_id} ({info.label})" if info is not None and info.label else term_id
 
 
 # -- other fields -----------------------------------------------------------------------------
-def _resolve_tissue_type(raw: object, ctx: int) -> _Outcome:
+def _resolve_tissue_type(raw: object, ctx: int) -> Outcome:
     text = " ".join(str(raw).casefold().split())
     text = TISSUE_TYPE_ALIASES.get(text, text)
     if text in TISSUE_TYPES:
-        return _Outcome(text)
+        return Outcome(text)
     extra = "; 'cell line' (schema 7.1) is not supported yet" if text == "cell line" else ""
-    return _Outcome.fail(
+    return Outcome.fail(
         OBS_BAD_ENUM, f"{str(raw)!r} is not a tissue_type; use one of {', '.join(map(repr, TISSUE_TYPES))}{extra}"
     )
 
 
-def _resolve_suspension_type(raw: object, ctx: int) -> _Outcome:
+def _resolve_suspension_type(raw: object, ctx: int) -> Outcome:
     text = str(raw).strip().casefold()
     if text in SUSPENSION_TYPES:
-        return _Outcome(text)
-    return _Outcome.fail(
+        return Outcome(text)
+    return Outcome.fail(
         OBS_BAD_ENUM, f"{str(raw)!r} is not a suspension_type; use one of {', '.join(map(repr, SUSPENSION_TYPES))}"
     )
 
 
-def _resolve_donor_id(raw: object, ctx: int) -> _Outcome:
+def _resolve_donor_id(raw: object, ctx: int) -> Outcome:
     text = str(raw)
     if text.strip():
-        return _Outcome(text)
-    return _Outcome.fail(
+        return Outcome(text)
+    return Outcome.fail(
         OBS_BAD_DONOR_ID,
         f"{text!r} is an empty donor id; name the individual ('pooled' for unassigned pooled cells, 'unknown' if not known)",
     )
 
 
-def _resolve_bool(raw: object, ctx: int) -> _Outcome:
+def _resolve_bool(raw: object, ctx: int) -> Outcome:
     if isinstance(raw, bool | np.bool_):
-        return _Outcome(bool(raw))
+        return Outcome(bool(raw))
     if isinstance(raw, str) and raw.strip().casefold() in ("true", "false"):
-        return _Outcome(raw.strip().casefold() == "true")
-    return _Outcome.fail(OBS_BAD_BOOL, f"{raw!r} is not a boolean; is_primary_data must be True or False")
+        return Outcome(raw.strip().casefold() == "true")
+    return Outcome.fail(OBS_BAD_BOOL, f"{raw!r} is not a boolean; is_primary_data must be True or False")
 
 
 # -- the driver -------------------------------------------------------------------------------
@@ -417,7 +181,7 @@ def harmonize_obs(obs: pd.DataFrame, manifest: Manifest, *, ontologies: Ontologi
     for name in ("tissue_type", *[f for f in STANDARD_FIELDS if f != "tissue_type"]):
         spec = manifest.obs[name]
         if name in ONTOLOGY_FIELDS:
-            resolver: Resolver = _TermResolver(
+            resolver: Resolver = TermResolver(
                 name, manifest.organism, onto, label_map=dict(spec.label_map), constant=spec.column is None
             )
         else:

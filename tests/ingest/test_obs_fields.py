@@ -12,7 +12,9 @@ import pytest
 from aivc.errors import Finding
 from aivc.ingest.findings import Decision
 from aivc.ingest.manifest import Manifest
-from aivc.ingest.obs_fields import OBS_CODES, OUTPUT_COLUMNS, ObsResult, harmonize_obs, term_rule
+from aivc.ingest.obs_fields import OUTPUT_COLUMNS, ObsResult, harmonize_obs
+from aivc.ingest.obs_rules import term_rule
+from aivc.ingest.obs_terms import OBS_CODES
 from aivc.ontology import Ontologies, get_ontologies
 
 HUMAN = "NCBITaxon:9606"

@@ -350,8 +350,8 @@ def throughput(work: Path, n_cells: int, actors: int, quiet: bool) -> dict[str, 
     _say(f"{'path':66s} {'seconds':>8s} {'cells/s':>12s} {'ratio to direct':>16s} {'target':>7s}", quiet)
     rows = [
         ("direct: decoder.predict on in-memory vectors", "direct"),
-        ("annotate, Ray Data tasks (default), first job after Ray start", "ray_cold"),
-        ("annotate, Ray Data tasks (default), running workers", "ray"),
+        ("annotate --engine ray (Ray Data tasks), first job after Ray start", "ray_cold"),
+        ("annotate --engine ray (Ray Data tasks), running workers", "ray"),
         (f"annotate, Ray Data actor pool ({actors} actor(s))", "ray_actors"),
         ("annotate, in-process engine", "local"),
     ]

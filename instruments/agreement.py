@@ -106,6 +106,9 @@ def agreement_counts(categories: Iterable[str]) -> dict[str, Any]:
     """Counts per category; fractions of the four agreement categories among *labelled*
     cells, and the unlabelled cells' fraction of *all* cells, each named by its denominator.
 
+    ``fractions`` (the key earlier versions wrote, kept for scripts that read it) holds the
+    same numbers in one mapping: the four categories of labelled cells, ``unlabelled`` of all.
+
     >>> c = agreement_counts(["exact", "conflict", "unlabelled", "exact"])
     >>> c["fractions_of_labelled"]["exact"], c["unlabelled_fraction_of_cells"]
     (0.666667, 0.25)
@@ -118,6 +121,7 @@ def agreement_counts(categories: Iterable[str]) -> dict[str, Any]:
     return {
         "n_cells": len(cats), "n_labelled": labelled, "n_unlabelled": counts["unlabelled"], "counts": counts,
         "fractions_of_labelled": fractions, "unlabelled_fraction_of_cells": _frac(counts["unlabelled"], len(cats)),
+        "fractions": {**fractions, "unlabelled": _frac(counts["unlabelled"], len(cats))},
         "agree": agree, "agree_fraction": _frac(agree, labelled),
     }  # fmt: skip
 
@@ -231,6 +235,7 @@ class RollUpGroup:
     n_agree: int
     n_other_group: int
     n_no_group: int
+    n_predicted: int = 0  # labelled cells (of any group or none) whose prediction rolls up into it
 
     @property
     def recall(self) -> float | None:
@@ -290,6 +295,12 @@ class RollUpAgreement:
                  "n_conflict_other_group": g.n_other_group, "n_conflict_no_group": g.n_no_group, "recall": g.recall}
                 for g in self.groups
             ],
+            # the keys reports before schema 2 wrote, kept with the corrected counts (extend, don't rename)
+            "n_compared": self.n_in_groups, "n_not_rolled": self.n_not_in_rollup,
+            "classes": [
+                {"term_id": g.term_id, "label": name(g.term_id), "n_submitted": g.n_submitted, "n_predicted": g.n_predicted, "n_agree": g.n_agree, "recall": g.recall}
+                for g in self.groups
+            ],
         }  # fmt: skip
 
 
@@ -310,7 +321,10 @@ def rollup_agreement(predicted: Sequence[str], submitted: Sequence[str | None], 
     groups = []
     for t in terms:
         mine = [o for g, o in zip(sub, outcomes, strict=True) if g == t and o is not RollUpOutcome.UNLABELLED]
-        groups.append(RollUpGroup(t, len(mine), mine.count(RollUpOutcome.AGREE), mine.count(RollUpOutcome.OTHER_GROUP), mine.count(RollUpOutcome.NO_GROUP)))
+        predicted_here = sum(1 for p, o in zip(pred, outcomes, strict=True) if p == t and o is not RollUpOutcome.UNLABELLED)
+        groups.append(
+            RollUpGroup(t, len(mine), mine.count(RollUpOutcome.AGREE), mine.count(RollUpOutcome.OTHER_GROUP), mine.count(RollUpOutcome.NO_GROUP), predicted_here)
+        )
     outside = [p for p, o in zip(pred, outcomes, strict=True) if o is RollUpOutcome.NOT_IN_ROLLUP]
     return RollUpAgreement(
         spec=spec.describe(), groups=tuple(groups), n_cells=len(outcomes), n_unlabelled=outcomes.count(RollUpOutcome.UNLABELLED),

@@ -40,7 +40,9 @@ def test_counts_and_fractions():
     assert (c["n_labelled"], c["n_unlabelled"], c["agree"], c["agree_fraction"]) == (4, 1, 3, 0.75)
     # each fraction names its denominator: the four categories of the 4 labelled cells, unlabelled of all 5
     assert c["fractions_of_labelled"] == {"exact": 0.25, "ancestor": 0.25, "descendant": 0.25, "conflict": 0.25}
-    assert c["unlabelled_fraction_of_cells"] == 0.2 and "fractions" not in c
+    assert c["unlabelled_fraction_of_cells"] == 0.2
+    # the key earlier report.json files had stays, with the same numbers (extend, don't rename)
+    assert c["fractions"] == {"exact": 0.25, "ancestor": 0.25, "descendant": 0.25, "conflict": 0.25, "unlabelled": 0.2}
 
 
 def test_agreement_rows_have_one_denominator_per_column():
@@ -65,6 +67,10 @@ def test_rollup_agreement_counts_a_prediction_outside_the_groups_as_a_conflict()
     d = r.to_dict()
     assert (d["n_in_groups"], d["agree"], d["conflict_no_group"], d["n_labelled"]) == (5, 2, 2, 7)
     assert d["n_in_groups"] == d["agree"] + d["conflict_other_group"] + d["conflict_no_group"] == sum(g["n_submitted"] for g in d["groups"])
+    # the schema-1 keys stay, with the corrected counts
+    assert (d["n_compared"], d["n_not_rolled"]) == (d["n_in_groups"], d["n_not_in_rollup"])
+    assert [(c["term_id"], c["n_submitted"], c["n_agree"]) for c in d["classes"]] == [(g["term_id"], g["n_submitted"], g["n_agree"]) for g in d["groups"]]
+    assert sum(c["n_predicted"] for c in d["classes"]) == d["agree"] + d["conflict_other_group"] + r.n_not_in_rollup_predicted_in_group
 
 
 def test_rollup_to_chosen_terms():

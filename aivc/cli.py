@@ -52,9 +52,9 @@ def init(lake: LakeOpt = None, json_: JsonOpt = False, debug: DebugOpt = False) 
         lk = Lake.init(lake)
         info = lk.info()
         if json_:
-            _print_json({"status": "ok", "lake": str(lk.root), **info})
+            _print_json({"status": "ok", "lake": lk.uri, **info})
         else:
-            _console().print(f"lake ready at {lk.root} (format {info['schema_version']})")
+            _console().print(f"lake ready at {lk.uri} (format {info['schema_version']})")
         return 0
 
     run_command(json_, debug, body)
@@ -76,8 +76,13 @@ def _reports(json_path: str | Path | None) -> str:
     """``report: <report.html>, <report.json>`` (the HTML is written beside the JSON)."""
     if not json_path:
         return "no report"
-    j = Path(json_path)
-    return f"report: {j.with_name('report.html')}, {j}"
+    return f"report: {_html_beside(json_path)}, {json_path}"
+
+
+def _html_beside(json_path: str | Path) -> str:
+    """``report.html`` beside a ``report.json`` given as a path or an ``s3://`` URI."""
+    j = str(json_path)
+    return j.rsplit("/", 1)[0] + "/report.html" if "/" in j else "report.html"
 
 
 @app.command()
@@ -156,7 +161,7 @@ def submit(
             progress.close()
         res = result.to_dict()
         if result.report:
-            res["report_html"] = str(Path(result.report).with_name("report.html"))
+            res["report_html"] = _html_beside(result.report)
         if json_:
             _print_json(res)
         else:

@@ -303,7 +303,7 @@ def embed_model(
             items = ray.data.from_items([{"lo": lo, "hi": hi} for lo, hi in chunks], override_num_blocks=max(1, len(chunks)))
             out = items.map_batches(
                 _Embedder,
-                fn_constructor_kwargs={"plan": plan, "lake_root": str(lake.root), "model_ref": rec.ref, "batch_size": batch_size, "threads": threads},
+                fn_constructor_kwargs={"plan": plan, "lake_root": lake.uri, "model_ref": rec.ref, "batch_size": batch_size, "threads": threads},
                 batch_size=1,
                 batch_format="numpy",
                 compute=ray.data.ActorPoolStrategy(size=n_actors),

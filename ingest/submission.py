@@ -36,7 +36,7 @@ from aivc.store.recovery import recover
 DEFAULT_CHUNK_ROWS = 4096
 #: Crash points for fault-injection tests (``AIVC_FAULT=<point>`` makes the process exit
 #: abruptly there, as a kill would).
-FAULT_POINTS = ("after_soma_write", "after_artifacts", "before_record")
+FAULT_POINTS = ("after_soma_write", "after_artifacts", "before_record", "after_tables_published")
 
 
 def _fault(point: str) -> None:
@@ -385,11 +385,11 @@ def submit(
             versions = catalog.versions(manifest.dataset_id)
             if versions and versions[-1].content_hash == prepared.content_hash:
                 last = versions[-1]
-                rep = submission_dir(lake, last.submission_id) / "report.json"
+                rep = f"{submission_dir(lake, last.submission_id)}/report.json"
                 return SubmitResult("unchanged", last.dataset_id, last.version, last.n_cells, last.n_genes, str(rep), [], report.warnings, last.submission_id)
             version = catalog.next_version(manifest.dataset_id)
             record = _commit(lake, catalog, prepared, version, progress)
-        rep = submission_dir(lake, record.submission_id) / "report.json"
+        rep = f"{submission_dir(lake, record.submission_id)}/report.json"
         return SubmitResult("committed", record.dataset_id, record.version, record.n_cells, record.n_genes, str(rep), [], report.warnings, record.submission_id)
     finally:
         prepared.close()
@@ -462,5 +462,5 @@ def _write_version(
         extra={"contact": manifest.contact, "citation": manifest.citation, "n_genes_submitted": data.n_vars},
     )
     _fault("before_record")
-    w.commit(record)
+    w.commit(record, fault="after_tables_published", fault_exit=97)
     return record

@@ -238,11 +238,11 @@ def _run_ray(lake: Lake, rec: InstrumentRecord, emb: Any, files: list[Path], sta
             common = {"batch_size": batch_size, "batch_format": "pyarrow", "zero_copy_batch": True}
             if actors:
                 preds = ds.map_batches(
-                    DecoderActor, fn_constructor_kwargs={"lake_root": str(lake.root), "instrument_ref": rec.ref, "dim": int(emb.dim)},
+                    DecoderActor, fn_constructor_kwargs={"lake_root": lake.uri, "instrument_ref": rec.ref, "dim": int(emb.dim)},
                     compute=ray.data.ActorPoolStrategy(size=actors), **common,
                 )  # fmt: skip
             else:
-                preds = ds.map_batches(predict_task, fn_kwargs={"lake_root": str(lake.root), "instrument_ref": rec.ref, "sha256": rec.weights_sha256, "dim": int(emb.dim)}, **common)
+                preds = ds.map_batches(predict_task, fn_kwargs={"lake_root": lake.uri, "instrument_ref": rec.ref, "sha256": rec.weights_sha256, "dim": int(emb.dim)}, **common)
             sink = make_sink(staging, schema)
             preds.write_datasink(sink)
         return list(sink.written)

@@ -42,14 +42,13 @@ import json
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from aivc.errors import AccessDeniedError, LakeError, NotFoundError, UsageError
 from aivc.store.catalog import Catalog, DatasetVersion, embargo_active
-from aivc.store.lake import Lake, write_json_atomic
+from aivc.store.lake import Lake
 
 ACCESS_FILE = "access.json"
 ACCESS_SCHEMA = "aivc.access"
@@ -106,17 +105,18 @@ class AccessConfig(BaseModel):
         return {ds: sorted({_check_group(g) for g in groups}) for ds, groups in v.items() if groups}
 
     @staticmethod
-    def path(lake: Lake) -> Path:
-        return lake.root / ACCESS_FILE
+    def path(lake: Lake) -> str:
+        """Where ``access.json`` lives (a local path or an ``s3://`` URI)."""
+        return lake.location(ACCESS_FILE)
 
     @classmethod
     def load(cls, lake: Lake) -> AccessConfig:
         """The lake's configuration; an empty one when ``access.json`` does not exist."""
         p = cls.path(lake)
-        if not p.is_file():
-            return cls()
         try:
-            raw = json.loads(p.read_text())
+            raw = json.loads(lake.storage.read_bytes(ACCESS_FILE))
+        except (FileNotFoundError, IsADirectoryError):
+            return cls()
         except (OSError, json.JSONDecodeError) as exc:
             raise LakeError(f"access.json is unreadable ({exc}); fix or remove it", where=str(p)) from None
         if isinstance(raw, dict) and raw.get("schema_name") == ACCESS_SCHEMA and int(raw.get("schema_version", 0)) > ACCESS_SCHEMA_VERSION:
@@ -130,7 +130,7 @@ class AccessConfig(BaseModel):
 
     def save(self, lake: Lake) -> None:
         """Write ``access.json`` atomically (call under ``lake.write_lock()``)."""
-        write_json_atomic(self.path(lake), self.model_dump(mode="json"))
+        lake.storage.write_json(ACCESS_FILE, self.model_dump(mode="json"))
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,6 @@ Example
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from aivc.store.catalog import Catalog, DatasetVersion
 from aivc.store.lake import Lake
 from aivc.store.measurements import RNA, MeasurementSpec
 
-__all__ = ["CELLS", "MANIFEST", "SUBMITTED_OBS", "VersionWriter", "features_file", "submission_dir"]
+__all__ = ["CELLS", "MANIFEST", "SUBMITTED_OBS", "VersionWriter", "artifact_key", "features_file", "submission_dir", "submission_key"]
 
 CELLS = "cells.parquet"
 SUBMITTED_OBS = "obs_submitted.parquet"
@@ -48,9 +47,19 @@ def artifacts_folder(dataset_id: str, version: int) -> str:
     return f"catalog/datasets/{dataset_id}/v{version:06d}"
 
 
-def submission_dir(lake: Lake, submission_id: str) -> Path:
-    """The folder of a submission's validation report."""
-    return lake.root / "submissions" / submission_id
+def artifact_key(v: DatasetVersion, name: str) -> str:
+    """The lake key of one table of a committed version (read it through the storage)."""
+    return f"{v.artifacts}/{name}"
+
+
+def submission_key(submission_id: str) -> str:
+    """The lake key of a submission's validation report folder."""
+    return f"submissions/{submission_id}"
+
+
+def submission_dir(lake: Lake, submission_id: str) -> str:
+    """Where a submission's validation report lives (a local path or an ``s3://`` URI)."""
+    return lake.location(submission_key(submission_id))
 
 
 def _table(data: Any):  # noqa: ANN202 - pyarrow.Table
@@ -110,18 +119,24 @@ class VersionWriter:
     def copy_manifest(self, path: str | Path) -> None:
         shutil.copyfile(path, self.folder / MANIFEST)
 
-    def publish_report(self, report_dir: Path, submission_id: str) -> Path:
-        """Move a staged report folder to the submission's place (kept with its version)."""
-        dest = submission_dir(self.lake, submission_id)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.rename(report_dir, dest)
-        return dest
+    def publish_report(self, report_dir: Path, submission_id: str) -> str:
+        """Publish a staged report folder at the submission's place (kept with its version;
+        recovery removes it if the version is never committed)."""
+        key = submission_key(submission_id)
+        if self.lake.storage.exists(key):
+            self.lake.storage.delete_tree(key)
+        self.lake.storage.publish_tree(report_dir, key)
+        return self.lake.location(key)
 
-    def commit(self, record: DatasetVersion) -> None:
-        """Publish the tables and the record (under the caller's write lock); the record is the commit."""
+    def commit(self, record: DatasetVersion, *, fault: str = "", fault_exit: int = 97) -> None:
+        """Publish the tables and the record (under the caller's write lock); the record is the commit.
+
+        ``fault`` names the ``AIVC_FAULT`` value at which tests crash after the tables are
+        published and before the record is written.
+        """
         if record.artifacts != self.artifacts:
             raise ValueError(f"record of {record.ref} names artifacts {record.artifacts!r}, expected {self.artifacts!r}")
-        Catalog(self.lake).commit(record, self.folder)
+        Catalog(self.lake).commit(record, self.folder, fault=fault, fault_exit=fault_exit)
         self.discard()
 
     def discard(self) -> None:

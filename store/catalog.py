@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from aivc.errors import LakeError, NotFoundError, UsageError
-from aivc.store.lake import Lake, _fsync_dir, write_json_atomic
+from aivc.store.lake import Lake
 from aivc.store.records import dump_record, load_record
 
 RECORD_SCHEMA = "aivc.dataset_version"
@@ -75,33 +75,37 @@ def parse_ref(ref: str) -> tuple[str, int | None]:
 
 
 class Catalog:
-    """Reads and commits dataset version records of one lake."""
+    """Reads and commits dataset version records of one lake (local or S3)."""
+
+    PREFIX = "catalog/datasets"
 
     def __init__(self, lake: Lake) -> None:
         self.lake = lake
-        self.root = lake.catalog_dir / "datasets"
+        self.storage = lake.storage
 
-    def _dir(self, dataset_id: str) -> Path:
-        return self.root / dataset_id
+    def _key(self, dataset_id: str, name: str = "") -> str:
+        return f"{self.PREFIX}/{dataset_id}/{name}" if name else f"{self.PREFIX}/{dataset_id}"
+
+    def _load(self, key: str) -> DatasetVersion:
+        try:
+            return DatasetVersion.from_record(json.loads(self.storage.read_bytes(key)))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise LakeError(f"dataset version record is unreadable ({exc})", where=self.lake.location(key)) from None
 
     def versions(self, dataset_id: str) -> list[DatasetVersion]:
-        d = self._dir(dataset_id)
-        if not d.is_dir():
+        if not dataset_id or "/" in dataset_id or dataset_id.startswith("."):
             return []
-        out = []
-        for p in sorted(d.iterdir()):
-            if _RECORD.match(p.name):
-                out.append(DatasetVersion.from_record(json.loads(p.read_text())))
+        _, files = self.storage.children(self._key(dataset_id))
+        out = [self._load(self._key(dataset_id, f)) for f in files if _RECORD.match(f)]
         return sorted(out, key=lambda v: v.version)
 
     def all_versions(self) -> list[DatasetVersion]:
-        if not self.root.is_dir():
-            return []
         out: list[DatasetVersion] = []
-        for d in sorted(self.root.iterdir()):
-            if d.is_dir() and not d.name.startswith("."):
-                out.extend(self.versions(d.name))
-        return out
+        for key in self.storage.files(self.PREFIX):
+            parts = key.split("/")
+            if len(parts) == 2 and not parts[0].startswith(".") and _RECORD.match(parts[1]):
+                out.append(self._load(f"{self.PREFIX}/{key}"))
+        return sorted(out, key=lambda v: (v.dataset_id, v.version))
 
     def current(self) -> list[DatasetVersion]:
         """The newest version of each dataset."""
@@ -130,44 +134,47 @@ class Catalog:
         return max(hw) if hw else None
 
     def artifacts_path(self, v: DatasetVersion) -> Path:
-        return self.lake.root / v.artifacts
+        """A local folder with the tables of a committed version (on S3 a cached copy);
+        readers in this package use :mod:`aivc.store.read` instead."""
+        return self.storage.materialize(v.artifacts)
 
     def next_version(self, dataset_id: str) -> int:
         versions = self.versions(dataset_id)
         return versions[-1].version + 1 if versions else 1
 
-    def commit(self, record: DatasetVersion, staged_artifacts: Path) -> None:
-        """Publish a version: move its artifacts into place, then write its record.
+    def commit(self, record: DatasetVersion, staged_artifacts: Path, *, fault: str = "", fault_exit: int = 97) -> None:
+        """Publish a version: its artifacts first, then its record, the commit point.
 
-        The record write (one ``os.replace``) is the commit point.
+        Locally the artifacts folder is moved into place by one rename and the record
+        written by one ``os.replace``; on S3 the artifacts are put as objects and the
+        record with a conditional put. ``fault`` names the ``AIVC_FAULT`` value at which
+        tests crash between the two.
         """
-        d = self._dir(record.dataset_id)
-        d.mkdir(parents=True, exist_ok=True)
-        if (d / f"v{record.version:06d}.json").exists():
-            raise LakeError(f"dataset version {record.ref} is already committed; versions are immutable", where=str(d))
-        final = self.lake.root / record.artifacts
-        if final.exists():  # leftover of an interrupted commit of this version number
-            import shutil
-
-            shutil.rmtree(final)
-        os.rename(staged_artifacts, final)
-        _fsync_dir(d)
-        write_json_atomic(d / f"v{record.version:06d}.json", record.to_record())
+        rec_key = self._key(record.dataset_id, f"v{record.version:06d}.json")
+        if self.storage.exists(rec_key):
+            raise LakeError(f"dataset version {record.ref} is already committed; versions are immutable", where=self.lake.location(rec_key))
+        if self.storage.exists(record.artifacts):  # leftover of an interrupted commit of this version number
+            self.storage.delete_tree(record.artifacts)
+        self.storage.publish_tree(staged_artifacts, record.artifacts)
+        if fault and os.environ.get("AIVC_FAULT") == fault:
+            os._exit(fault_exit)
+        try:
+            self.storage.write_json(rec_key, record.to_record(), if_absent=True)
+        except FileExistsError:
+            raise LakeError(f"dataset version {record.ref} was committed by another writer meanwhile; retry", where=self.lake.location(rec_key)) from None
 
     def remove_orphans(self) -> list[str]:
         """Delete artifact folders that have no commit record (interrupted commits)."""
-        import shutil
-
         removed = []
-        if not self.root.is_dir():
-            return removed
-        for d in self.root.iterdir():
-            if not d.is_dir() or d.name.startswith("."):
+        datasets, _ = self.storage.children(self.PREFIX)
+        for ds in datasets:
+            if ds.startswith("."):
                 continue
-            for p in d.iterdir():
-                if p.is_dir() and re.match(r"^v\d{6}$", p.name) and not (d / f"{p.name}.json").exists():
-                    shutil.rmtree(p)
-                    removed.append(str(p.relative_to(self.lake.root)))
+            dirs, files = self.storage.children(self._key(ds))
+            for p in dirs:
+                if re.match(r"^v\d{6}$", p) and f"{p}.json" not in files:
+                    self.storage.delete_tree(self._key(ds, p))
+                    removed.append(self._key(ds, p))
         return removed
 
 

@@ -46,6 +46,7 @@ __all__ = ["NAME_RULE", "Collection", "Ref", "check_name", "parse_ref", "sql_nam
 NAME_RULE = re.compile(r"^[a-z][a-z0-9_-]{0,40}$")
 _REF = re.compile(r"^(?:([a-z]+):)?([^@:]+)(?:@(\d+|latest))?$")
 _VERSION_DIR = re.compile(r"^v(\d{6})$")
+_RECORDS: dict[tuple[str, str, str], bytes] = {}
 
 
 class Versioned(Protocol):
@@ -144,41 +145,60 @@ class Collection(Generic[R]):
         self._load, self.what, self.hint, self.error = load, what, hint, error
         self.form, self.example = form, example
 
-    @property
-    def root(self) -> Path:
-        return self.lake.root / self.folder
-
     def parse(self, ref: str | Ref) -> Ref:
         if isinstance(ref, Ref):
             return ref
         return parse_ref(ref, kinds=self.kinds, what=f"{self.what} reference", form=self.form, example=self.example)
 
-    def _kind_dir(self, kind: str) -> Path:
-        return self.root / kind if len(self.kinds) > 1 else self.root
+    def _kind_key(self, kind: str) -> str:
+        return f"{self.folder}/{kind}" if len(self.kinds) > 1 else self.folder
+
+    def version_key(self, kind: str, name: str, version: int) -> str:
+        """The lake key of a version's folder."""
+        return f"{self._kind_key(kind)}/{name}/v{version:06d}"
 
     def version_dir(self, kind: str, name: str, version: int) -> Path:
-        return self._kind_dir(kind) / name / f"v{version:06d}"
+        """A local folder with the files of a *committed* version (on S3 a cached copy)."""
+        return self.lake.storage.materialize(self.version_key(kind, name, version))
 
-    def _read(self, path: Path) -> R:
+    def _read(self, key: str) -> R:
+        st = self.lake.storage
+        cache_key = (self.lake.uri, str(self.lake.info().get("lake_id")), key)
         try:
-            return self._load(json.loads(path.read_text()))
+            raw = _RECORDS.get(cache_key) if not st.is_local else None
+            if raw is None:
+                raw = st.read_bytes(key)
+                if not st.is_local:
+                    _RECORDS[cache_key] = raw  # a committed record never changes
+            return self._load(json.loads(raw))
         except (OSError, json.JSONDecodeError, TypeError, KeyError) as exc:
-            raise self.error(f"{self.what} record is unreadable ({exc})", where=str(path)) from None
+            raise self.error(f"{self.what} record is unreadable ({exc})", where=self.lake.location(key)) from None
+
+    def _committed(self, base: str, name: str | None) -> list[tuple[str, str]]:
+        """(name, version folder) of every committed version under ``base``."""
+        st = self.lake.storage
+        found: list[tuple[str, str]] = []
+        if st.is_local:
+            for nm in [name] if name is not None else st.children(base)[0]:
+                found += [(nm, vd) for vd in st.children(f"{base}/{nm}")[0] if st.exists(f"{base}/{nm}/{vd}/{self.record_name}")]
+        else:  # one listing instead of a request per version
+            prefix = f"{base}/{name}" if name is not None else base
+            for key in st.files(prefix):
+                parts = ([name] if name is not None else []) + key.split("/")
+                if len(parts) == 3 and parts[2] == self.record_name:
+                    found.append((parts[0], parts[1]))
+        return sorted(found)
 
     def list(self, kind: str | None = None, name: str | None = None) -> list[R]:
         """Every published version (optionally of one kind / name), by kind, name, version."""
         out: list[R] = []
         for k in self.kinds:
-            base = self._kind_dir(k)
-            if (kind and k != kind) or not base.is_dir():
+            if (kind and k != kind) or (name is not None and not NAME_RULE.match(name)):
                 continue
-            for nd in sorted(p for p in base.iterdir() if p.is_dir() and NAME_RULE.match(p.name)):
-                if name and nd.name != name:
-                    continue
-                for vd in sorted(nd.iterdir()):
-                    rec = vd / self.record_name
-                    if _VERSION_DIR.match(vd.name) and rec.is_file():
-                        out.append(self._read(rec))
+            base = self._kind_key(k)
+            for nm, vd in self._committed(base, name):
+                if NAME_RULE.match(nm) and _VERSION_DIR.match(vd):
+                    out.append(self._read(f"{base}/{nm}/{vd}/{self.record_name}"))
         return out
 
     def latest(self) -> list[R]:
@@ -227,5 +247,8 @@ class Collection(Generic[R]):
             if before_rename is not None:
                 before_rename(staging, record)
             write_json_atomic(staging / self.record_name, record.to_record())
-            self.lake.publish_staging(staging, self.version_dir(kind, name, record.version), fault=fault, fault_exit=fault_exit)
+            key = self.version_key(kind, name, record.version)
+            if self.lake.storage.exists(key):  # objects of an interrupted publish of this number
+                self.lake.storage.delete_tree(key)
+            self.lake.publish_staging(staging, key, record=self.record_name, fault=fault, fault_exit=fault_exit)
         return record

@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from aivc.store import artifacts, soma_io
+from aivc.store import soma_io
 from aivc.store.catalog import Catalog
 from aivc.store.lake import Lake
-from aivc.store.read import submitted_obsm
+from aivc.store.read import submitted_obs, submitted_obsm, version_cells, version_features
 
 TERM_COLUMNS = (
     "assay_ontology_term_id",
@@ -70,13 +70,11 @@ def load_version_anndata(lake: Lake, ref: str, *, for_analysis: bool = False):  
     ``for_analysis`` adds gene symbols and term labels (see the module docstring).
     """
     import anndata as ad
-    import pyarrow.parquet as pq
 
     catalog = Catalog(lake)
     v = catalog.get(ref)
-    art = catalog.artifacts_path(v)
-    cells = pq.read_table(art / artifacts.CELLS).to_pandas()
-    genes = pq.read_table(art / artifacts.features_file()).to_pandas()
+    cells = version_cells(lake, v)
+    genes = version_features(lake, v)
     X = soma_io.read_rows(
         lake.soma_uri(v.organism_name),
         v.soma_high_water,
@@ -87,7 +85,7 @@ def load_version_anndata(lake: Lake, ref: str, *, for_analysis: bool = False):  
     for c in CATEGORICAL_COLUMNS:
         obs[c] = pd.Categorical(cells[c].astype(str).to_numpy())
     obs["is_primary_data"] = cells["is_primary_data"].astype(bool).to_numpy()
-    submitted = pq.read_table(art / artifacts.SUBMITTED_OBS).to_pandas().set_index("barcode")
+    submitted = submitted_obs(lake, v).set_index("barcode")
     submitted.index = submitted.index.astype(str)
     for c in submitted.columns:
         name = f"author_{c}" if c in RESERVED_OBS or c in obs.columns else c

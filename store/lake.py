@@ -1,49 +1,58 @@
-"""The lake: a folder with a format marker, a write lock and atomic file helpers.
+"""The lake: a format marker, a writers' lock and atomic publishing, on a local folder or S3.
 
-Layout (see DESIGN.md)::
+Layout (see DESIGN.md and the README), the same under a folder or ``s3://bucket/prefix``::
 
-    <lake>/lake.json               format marker (schema_name/schema_version)
+    <lake>/lake.json               format marker (schema_name/schema_version, lake_id)
     <lake>/soma/<organism>/        one TileDB-SOMA Experiment per organism
     <lake>/catalog/datasets/<id>/  v000001.json commit records + v000001/ artifacts
     <lake>/submissions/<id>/       validation reports of committed submissions
-    <lake>/.aivc.lock              the writers' lock (flock)
+    <lake>/features|models|instruments|predictions/…   published collections
+    <lake>/.aivc.lock              the writers' lock (flock locally, a lease object on S3)
 
-Every write goes to a temporary name and is published by one ``os.replace`` (files) or
-``os.rename`` (folders); the commit record of a dataset version is written last, so a
-reader never sees a partial version.
+Bytes go through :mod:`aivc.store.storage`. Locally every write goes to a temporary name
+and is published by one ``os.replace`` / ``os.rename``; on S3 a version's objects are put
+first and its record, written with a conditional put, is the commit point. Either way a
+reader never sees a partial version. ``Lake.root`` is always a local folder: the lake
+itself, or for an S3 lake its local work folder (staging, run scratch, cached copies of
+committed versions) under ``$AIVC_CACHE_DIR`` (default ``~/.cache/aivc``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
+import hashlib
 import json
 import os
 import shutil
 import socket
-import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from aivc.errors import LakeBusyError, LakeError, LakeNotFoundError, UsageError
+from aivc.errors import LakeError, LakeNotFoundError
+from aivc.store.storage import LOCK_NAME, LocalStorage, S3Storage, Storage, _fsync_dir, open_storage
 
 LAKE_SCHEMA_NAME = "aivc.lake"
 LAKE_SCHEMA_VERSION = 1
-LOCK_NAME = ".aivc.lock"
+MARKER = "lake.json"
+
+__all__ = ["LOCK_NAME", "Lake", "resolve_lake", "utcnow", "write_json_atomic"]
+
+
+def resolve_lake(lake: str | os.PathLike[str] | None) -> Storage:
+    """``--lake``, else ``$AIVC_LAKE``, else ``./lake``: a local folder or ``s3://BUCKET/PREFIX``."""
+    raw = str(lake) if lake is not None else os.environ.get("AIVC_LAKE") or "lake"
+    return open_storage(raw)
 
 
 def resolve_lake_path(lake: str | os.PathLike[str] | None) -> Path:
-    """``--lake``, else ``$AIVC_LAKE``, else ``./lake``."""
-    raw = str(lake) if lake is not None else os.environ.get("AIVC_LAKE") or "lake"
-    if "://" in raw:
-        raise UsageError(
-            f"object-store lakes ({raw.split('://')[0]}://) are not supported by this build yet; use a local folder",
-            where="--lake",
-        )
-    return Path(raw).expanduser().absolute()
+    """The local folder of ``--lake`` (an ``s3://`` lake has none: a one-line error)."""
+    st = resolve_lake(lake)
+    if not isinstance(st, LocalStorage):
+        raise LakeError("this needs a lake in a local folder", where=st.uri)
+    return st.root
 
 
 def utcnow() -> str:
@@ -62,19 +71,18 @@ def write_json_atomic(path: Path, data: Any) -> None:
     _fsync_dir(path.parent)
 
 
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+def _cache_dir(storage: S3Storage, info: dict[str, Any]) -> Path:
+    base = Path(os.environ.get("AIVC_CACHE_DIR") or Path.home() / ".cache" / "aivc").expanduser().absolute()
+    ident = info.get("lake_id") or hashlib.sha256(f"{storage.uri} {info.get('created_at')}".encode()).hexdigest()[:16]
+    return base / "lakes" / f"{storage.bucket}-{ident}"
 
 
 class Lake:
-    """An aivc lake rooted at a local folder.
+    """An aivc lake in a local folder or under ``s3://bucket/prefix``.
 
-    Use :meth:`init` to create one and :meth:`open` to open an existing one.
+    Use :meth:`init` to create one and :meth:`open` to open an existing one. ``uri`` is
+    where it lives; ``storage`` reads and publishes its bytes; ``root`` is its local
+    folder (for S3 the local work folder, see the module docstring).
 
     Examples
     --------
@@ -84,59 +92,88 @@ class Lake:
     'aivc.lake'
     """
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
+    def __init__(self, root: Path | Storage, info: dict[str, Any] | None = None) -> None:
+        self.storage: Storage = LocalStorage(Path(root)) if isinstance(root, str | os.PathLike) else root
+        if isinstance(self.storage, LocalStorage):
+            self.root = self.storage.root
+        else:
+            assert isinstance(self.storage, S3Storage)
+            self.storage.cache = self.root = _cache_dir(self.storage, info or self.storage.read_json(MARKER))
+        self._info = info
+
+    @property
+    def uri(self) -> str:
+        """Where the lake lives: a local path or ``s3://bucket/prefix`` (what ``--lake`` takes)."""
+        return self.storage.uri
+
+    @property
+    def is_local(self) -> bool:
+        return self.storage.is_local
 
     # -- lifecycle -----------------------------------------------------------------
     @classmethod
     def init(cls, path: str | os.PathLike[str] | None) -> Lake:
         """Create a lake at ``path``; an existing aivc lake is returned unchanged."""
-        root = resolve_lake_path(path)
-        marker = root / "lake.json"
-        if marker.exists():
-            lake = cls.open(root)
-            return lake
-        if root.exists() and any(root.iterdir()):
-            raise LakeError(f"folder exists, is not empty and is not an aivc lake: {root}", where=str(root))
-        for sub in ("soma", "catalog/datasets", "catalog/.staging", "submissions", "features", "predictions", "models", "images", "molecules"):
-            (root / sub).mkdir(parents=True, exist_ok=True)
-        (root / LOCK_NAME).touch()
-        write_json_atomic(
-            marker,
-            {
-                "schema_name": LAKE_SCHEMA_NAME,
-                "schema_version": LAKE_SCHEMA_VERSION,
-                "created_at": utcnow(),
-                "owner": os.environ.get("USER") or "owner",
-            },
-        )
-        return cls(root)
+        st = resolve_lake(path)
+        if st.exists(MARKER):
+            return cls.open(st.uri)
+        dirs, files = st.children("")
+        if dirs or files:
+            what = "folder" if st.is_local else "S3 prefix"
+            raise LakeError(f"{what} exists, is not empty and is not an aivc lake: {st.uri}", where=st.uri)
+        info = {
+            "schema_name": LAKE_SCHEMA_NAME,
+            "schema_version": LAKE_SCHEMA_VERSION,
+            "created_at": utcnow(),
+            "lake_id": uuid.uuid4().hex,
+            "owner": os.environ.get("USER") or "owner",
+        }
+        if isinstance(st, LocalStorage):
+            for sub in ("soma", "catalog/datasets", "catalog/.staging", "submissions", "features", "predictions", "models", "images", "molecules"):
+                (st.root / sub).mkdir(parents=True, exist_ok=True)
+            (st.root / LOCK_NAME).touch()
+        try:
+            st.write_json(MARKER, info, if_absent=True)
+        except FileExistsError:  # another process created it meanwhile
+            return cls.open(st.uri)
+        return cls(st, info)
 
     @classmethod
     def open(cls, path: str | os.PathLike[str] | None) -> Lake:
-        root = resolve_lake_path(path)
-        marker = root / "lake.json"
-        if not marker.is_file():
-            raise LakeNotFoundError(f"no aivc lake at {root}; create one with `aivc init --lake {root}`", where=str(root))
+        st = resolve_lake(path)
+        where = st.full(MARKER)
         try:
-            info = json.loads(marker.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise LakeError(f"lake.json is unreadable ({exc})", where=str(marker)) from None
-        if info.get("schema_name") != LAKE_SCHEMA_NAME:
-            raise LakeError("lake.json does not describe an aivc lake", where=str(marker))
+            raw = st.read_bytes(MARKER)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise LakeNotFoundError(f"no aivc lake at {st.uri}; create one with `aivc init --lake {st.uri}`", where=st.uri) from None
+        except OSError as exc:
+            raise LakeError(f"lake.json is unreadable ({exc})", where=where) from None
+        try:
+            info = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise LakeError(f"lake.json is unreadable ({exc})", where=where) from None
+        if not isinstance(info, dict) or info.get("schema_name") != LAKE_SCHEMA_NAME:
+            raise LakeError("lake.json does not describe an aivc lake", where=where)
         if int(info.get("schema_version", 0)) > LAKE_SCHEMA_VERSION:
             raise LakeError(
                 f"lake format {info['schema_version']} is newer than this aivc understands ({LAKE_SCHEMA_VERSION}); upgrade aivc",
-                where=str(marker),
+                where=where,
             )
-        return cls(root)
+        return cls(st, info)
 
     def info(self) -> dict[str, Any]:
-        return json.loads((self.root / "lake.json").read_text())
+        if self._info is None:
+            self._info = self.storage.read_json(MARKER)
+        return dict(self._info)
 
-    # -- paths -----------------------------------------------------------------------
+    # -- locations -------------------------------------------------------------------
     def soma_uri(self, organism_name: str) -> str:
-        return str(self.root / "soma" / organism_name)
+        """The TileDB-SOMA experiment of an organism (a path, or an ``s3://`` URI)."""
+        return self.storage.full(f"soma/{organism_name}")
+
+    def location(self, key: str) -> str:
+        """How messages name ``key`` of this lake (a local path or an ``s3://`` URI)."""
+        return self.storage.full(key)
 
     @property
     def catalog_dir(self) -> Path:
@@ -146,25 +183,32 @@ class Lake:
     def staging_dir(self) -> Path:
         return self.root / "catalog" / ".staging"
 
+    # -- staged writes ---------------------------------------------------------------
     def new_staging(self) -> Path:
-        """A fresh folder for a write in progress, marked with its owner process."""
+        """A fresh local folder for a write in progress, marked with its owner process."""
         p = self.staging_dir / uuid.uuid4().hex
         p.mkdir(parents=True)
         self.staging_dir.joinpath(f"{p.name}.owner").write_text(f"{socket.gethostname()} {os.getpid()}")
         return p
 
-    def publish_staging(self, staging: Path, final: Path, *, fault: str = "", fault_exit: int = 17) -> None:
-        """Publish a staged folder (from :meth:`new_staging`) as ``final`` by one rename.
+    def publish_staging(self, staging: Path, final: str, *, record: str | None = None, fault: str = "", fault_exit: int = 17) -> None:
+        """Publish a staged folder (from :meth:`new_staging`) as the lake key ``final``.
 
-        Call under :meth:`write_lock` with the record already inside ``staging``: the rename
-        is the commit, readers see the whole version or none. ``fault`` names the
-        ``AIVC_FAULT`` value at which tests crash (exit ``fault_exit``) right before it.
+        Call under :meth:`write_lock` with the record (the file ``record``) already inside
+        ``staging``: locally one rename is the commit; on S3 the other files are put first
+        and the record last, with a conditional put. Readers see the whole version or none.
+        ``fault`` names the ``AIVC_FAULT`` value at which tests crash (exit ``fault_exit``)
+        right before the commit point.
         """
-        final.parent.mkdir(parents=True, exist_ok=True)
-        if fault and os.environ.get("AIVC_FAULT") == fault:
-            os._exit(fault_exit)
-        os.rename(staging, final)
-        _fsync_dir(final.parent)
+
+        def crash() -> None:
+            if fault and os.environ.get("AIVC_FAULT") == fault:
+                os._exit(fault_exit)
+
+        try:
+            self.storage.publish_tree(staging, final, record=record, fault=crash)
+        except FileExistsError:
+            raise LakeError(f"{final} was committed by another writer meanwhile; retry", where=self.location(final)) from None
         staging.with_name(f"{staging.name}.owner").unlink(missing_ok=True)
 
     def discard_staging(self, staging: Path) -> None:
@@ -192,7 +236,7 @@ class Lake:
 
     # -- writers' lock ---------------------------------------------------------------
     @contextlib.contextmanager
-    def write_lock(self, wait: float = 600.0, on_wait: Any = None) -> Iterator[None]:
+    def write_lock(self, wait: float = 600.0, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
         """Hold the lake's exclusive write lock; wait up to ``wait`` seconds for it.
 
         Raises
@@ -200,30 +244,8 @@ class Lake:
         LakeBusyError
             If another process keeps holding it.
         """
-        path = self.root / LOCK_NAME
-        fh = open(path, "a+")
-        deadline = time.monotonic() + wait
-        told = False
-        try:
-            while True:
-                try:
-                    fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        raise LakeBusyError(
-                            f"another aivc process is writing to this lake and held the lock for over {wait:g}s; retry later or raise --wait",
-                            where=str(path),
-                        ) from None
-                    if on_wait is not None and not told:
-                        on_wait()
-                        told = True
-                    time.sleep(0.2)
+        with self.storage.lock(wait=wait, on_wait=on_wait):
             yield
-        finally:
-            with contextlib.suppress(OSError):
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-            fh.close()
 
     def clear_staging(self) -> list[str]:
         """Remove leftovers of interrupted writes (called under the write lock)."""
@@ -238,7 +260,8 @@ class Lake:
                     removed.append(str(p.relative_to(self.root)))
                 elif p.suffix == ".owner" and not p.with_suffix("").exists():
                     p.unlink(missing_ok=True)
-        for tmp in self.catalog_dir.rglob(".*.tmp"):
-            tmp.unlink(missing_ok=True)
-            removed.append(str(tmp.relative_to(self.root)))
+        if self.catalog_dir.is_dir():
+            for tmp in self.catalog_dir.rglob(".*.tmp"):
+                tmp.unlink(missing_ok=True)
+                removed.append(str(tmp.relative_to(self.root)))
         return removed

@@ -72,37 +72,36 @@ class Options:
 
 
 # -- per-version tables ------------------------------------------------------------------
-def _artifact(lake: Lake, v: DatasetVersion, name: str) -> str:
-    return str(Catalog(lake).artifacts_path(v) / name)
+def _table(lake: Lake, v: DatasetVersion, name: str, columns: Sequence[str] | None = None):  # noqa: ANN202 - pyarrow.Table
+    return lake.storage.read_parquet(artifacts.artifact_key(v, name), columns=list(columns) if columns else None)
 
 
 def version_cells(lake: Lake, v: DatasetVersion, columns: Sequence[str] | None = None) -> pd.DataFrame:
     """The harmonized cells of one committed version (one row per cell, storage order)."""
-    return pd.read_parquet(_artifact(lake, v, artifacts.CELLS), columns=list(columns) if columns else None)
+    return _table(lake, v, artifacts.CELLS, columns).to_pandas()
 
 
 def version_features(lake: Lake, v: DatasetVersion, columns: Sequence[str] | None = None, measurement: MeasurementSpec = RNA) -> pd.DataFrame:
     """The features one committed version measured (RNA: ``gene_id``, ``soma_joinid``, …)."""
-    path = _artifact(lake, v, artifacts.features_file(measurement))
-    import os
-
-    if not os.path.exists(path):
+    key = artifacts.artifact_key(v, artifacts.features_file(measurement))
+    if measurement.name != RNA.name and not lake.storage.exists(key):
         raise LakeError(f"dataset version {v.ref} holds no {measurement.name} features", where=v.ref)
-    return pd.read_parquet(path, columns=list(columns) if columns else None)
+    try:
+        return _table(lake, v, artifacts.features_file(measurement), columns).to_pandas()
+    except FileNotFoundError:
+        raise LakeError(f"dataset version {v.ref} holds no {measurement.name} features", where=v.ref) from None
 
 
 def submitted_obs(lake: Lake, v: DatasetVersion) -> pd.DataFrame:
     """Every obs column exactly as submitted (with ``barcode``)."""
-    return pd.read_parquet(_artifact(lake, v, artifacts.SUBMITTED_OBS))
+    return _table(lake, v, artifacts.SUBMITTED_OBS).to_pandas()
 
 
 def submitted_obsm(lake: Lake, v: DatasetVersion, key: str):  # noqa: ANN201 - pyarrow.Table
     """One submitter embedding (``obsm[key]``) as an Arrow table (``obs_id``, ``vector``)."""
-    import pyarrow.parquet as pq
-
     if key not in v.obsm_keys:
         raise LakeError(f"dataset version {v.ref} has no obsm {key!r} (has: {', '.join(v.obsm_keys) or 'none'})", where=v.ref)
-    return pq.read_table(_artifact(lake, v, f"{artifacts.OBSM}/{key}.parquet"))
+    return _table(lake, v, f"{artifacts.OBSM}/{key}.parquet")
 
 
 # -- version selection -------------------------------------------------------------------

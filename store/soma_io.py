@@ -15,7 +15,6 @@ function takes the :class:`~aivc.store.measurements.MeasurementSpec` it reads or
 from __future__ import annotations
 
 import re
-import shutil
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -45,23 +44,36 @@ def write_timestamp(high_water: int | None) -> int:
     return max(t, (high_water or 0) + 1)
 
 
-def _context(timestamp: int | None):  # noqa: ANN202 - tiledbsoma type
+def tiledb_config(uri: str) -> dict[str, str]:
+    """TileDB settings for ``uri``: for ``s3://`` the VFS settings from the AWS variables."""
+    if not uri.startswith("s3://"):
+        return {}
+    from aivc.store.storage import S3Config
+
+    return S3Config.from_env().tiledb_config()
+
+
+def _context(timestamp: int | None, uri: str = ""):  # noqa: ANN202 - tiledbsoma type
     import tiledbsoma
 
-    return tiledbsoma.SOMATileDBContext(timestamp=timestamp) if timestamp is not None else tiledbsoma.SOMATileDBContext()
+    cfg = tiledb_config(uri)
+    kw: dict = {"tiledb_config": cfg} if cfg else {}
+    return tiledbsoma.SOMATileDBContext(timestamp=timestamp, **kw) if timestamp is not None else tiledbsoma.SOMATileDBContext(**kw)
 
 
 def exists(uri: str) -> bool:
     import tiledbsoma
 
-    return Path(uri).exists() and tiledbsoma.Experiment.exists(uri)
+    if not uri.startswith("s3://") and not Path(uri).exists():
+        return False
+    return tiledbsoma.Experiment.exists(uri, context=_context(None, uri))
 
 
 def open_experiment(uri: str, high_water: int):  # noqa: ANN201
     """Open an experiment for reading at the committed state."""
     import tiledbsoma
 
-    return tiledbsoma.Experiment.open(uri, "r", tiledb_timestamp=high_water)
+    return tiledbsoma.Experiment.open(uri, "r", tiledb_timestamp=high_water, context=_context(None, uri))
 
 
 @dataclass(frozen=True)
@@ -99,7 +111,7 @@ def append_dataset(
     import tiledbsoma
     import tiledbsoma.io as sio
 
-    ctx = _context(timestamp)
+    ctx = _context(timestamp, uri)
     ms, fid = measurement.name, measurement.feature_id
     skeleton = ad.AnnData(
         X=sp.csr_matrix((len(obs), len(var)), dtype=np.float32),
@@ -177,31 +189,53 @@ def _row_major_extents(X) -> tuple[int, int] | None:  # noqa: ANN001 - SparseNDA
         return None
 
 
+def _filesystem(uri: str):  # noqa: ANN202 - (pyarrow FileSystem, root path)
+    import pyarrow.fs as pafs
+
+    if uri.startswith("s3://"):
+        from aivc.store.storage import S3Config
+
+        return S3Config.from_env().arrow_fs(), uri[len("s3://") :].rstrip("/")
+    return pafs.LocalFileSystem(), str(Path(uri))
+
+
 def rollback_uncommitted(uri: str, high_water: int | None) -> list[str]:
     """Delete every TileDB fragment, commit, schema and metadata file written after
-    ``high_water`` (the last committed timestamp) under ``uri``.
+    ``high_water`` (the last committed timestamp) under ``uri`` (a folder or ``s3://``).
 
     With ``high_water`` None (nothing ever committed for this experiment) the whole
-    experiment folder is removed. Returns the paths removed (relative to ``uri``).
+    experiment is removed. Returns the paths removed (relative to ``uri``).
     """
-    root = Path(uri)
-    if not root.exists():
+    import pyarrow.fs as pafs
+
+    fs, root = _filesystem(uri)
+    infos = [i for i in fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))]
+    if not infos:
         return []
     if high_water is None:
-        shutil.rmtree(root)
+        fs.delete_dir(root)
         return ["."]
+    rel = {i.path[len(root) + 1 :]: i for i in infos}
     removed: list[str] = []
-    for path in sorted(root.rglob("__*"), key=lambda p: len(p.parts), reverse=True):
-        m = _FRAGMENT_NAME.match(path.name)
-        if m and int(m.group(1)) > high_water and path.exists():
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-            removed.append(str(path.relative_to(root)))
+    gone: set[str] = set()
+    for path in sorted(rel, key=lambda p: p.count("/"), reverse=True):
+        name = path.rsplit("/", 1)[-1]
+        m = _FRAGMENT_NAME.match(name)
+        if m and int(m.group(1)) > high_water and not any(path.startswith(g + "/") for g in gone):
+            if rel[path].type == pafs.FileType.Directory:
+                fs.delete_dir(f"{root}/{path}")
+            else:
+                fs.delete_file(f"{root}/{path}")
+            gone.add(path)
+            removed.append(path)
     # arrays or groups created after high_water now have no schema/group entries: drop them
-    for marker in list(root.rglob("__schema")):
-        array = marker.parent
-        if not any(_FRAGMENT_NAME.match(p.name) for p in marker.iterdir()):
-            shutil.rmtree(array)
-            removed.append(str(array.relative_to(root)))
+    left = [p for p in rel if not any(p == g or p.startswith(g + "/") for g in gone)]
+    for marker in [p for p in left if p.rsplit("/", 1)[-1] == "__schema"]:
+        array = marker.rsplit("/", 1)[0] if "/" in marker else ""
+        inside = [p for p in left if p.startswith(marker + "/") and _FRAGMENT_NAME.match(p.rsplit("/", 1)[-1])]
+        if not inside and array:
+            fs.delete_dir(f"{root}/{array}")
+            removed.append(array)
     return removed
 
 

@@ -133,44 +133,93 @@ def _define_views(con: Any, catalog: Catalog, versions: list[DatasetVersion], cu
     register_arrow(con, "_datasets", _datasets_table(versions, current_refs))
     con.execute("CREATE VIEW datasets AS SELECT * FROM _datasets ORDER BY dataset_id, version")
 
-    def path(v: DatasetVersion, name: str) -> str:
-        return str(catalog.artifacts_path(v) / name)
-
-    cell_files = [path(v, artifacts.CELLS) for v in versions]
-    current_cells = [path(v, artifacts.CELLS) for v in current]
-    gene_files = [path(v, artifacts.features_file()) for v in versions]
+    lake = catalog.lake
     if not versions:
         # Nothing visible: empty views with the real columns (schema only, read before locking).
         any_version = catalog.all_versions()[:1]
         if any_version:
-            con.execute(f"CREATE TABLE _cells_empty AS SELECT * FROM read_parquet({sql_str(path(any_version[0], artifacts.CELLS))}) LIMIT 0")
+            src, _ = _scan(con, lake, "_cells_schema", [artifacts.artifact_key(any_version[0], artifacts.CELLS)])
+            con.execute(f"CREATE TABLE _cells_empty AS SELECT * FROM {src} LIMIT 0")
         else:
             con.execute(f"CREATE TABLE _cells_empty AS {_CELLS_STUB}")
-    cells_src = f"read_parquet({sql_list(current_cells)}, union_by_name=true)" if current_cells else "_cells_empty"
-    all_src = f"read_parquet({sql_list(cell_files)}, union_by_name=true)" if cell_files else "_cells_empty"
-    con.execute(f"CREATE VIEW cells AS SELECT * FROM {cells_src}")
-    con.execute(f"CREATE VIEW cells_all_versions AS SELECT * FROM {all_src}")
-
-    register_arrow(
-        con,
-        "_gene_files",
-        pa.table(
-            {"filename": gene_files, "dataset_id": [v.dataset_id for v in versions], "version": [v.version for v in versions]},
-            schema=pa.schema([("filename", pa.string()), ("dataset_id", pa.string()), ("version", pa.int32())]),
-        ),
-    )
-    genes_src = f"read_parquet({sql_list(gene_files)}, filename=true)" if gene_files else f"({_GENES_STUB})"
-    con.execute(
-        "CREATE VIEW dataset_genes AS SELECT f.dataset_id, f.version, g.gene_id, g.feature_name, g.soma_joinid AS gene_soma_joinid "
-        f"FROM {genes_src} g JOIN _gene_files f USING (filename)"
-    )
+    files: list[str] = []
+    for view, chosen, src_name in (("cells", current, "_cells_current"), ("cells_all_versions", versions, "_cells_all")):
+        src, read = _scan(con, lake, src_name, [artifacts.artifact_key(v, artifacts.CELLS) for v in chosen]) if chosen else ("_cells_empty", [])
+        con.execute(f"CREATE VIEW {view} AS SELECT * FROM {src}")
+        files += read
+    gene_keys = [artifacts.artifact_key(v, artifacts.features_file()) for v in versions]
+    if lake.is_local:
+        gene_files = [lake.location(k) for k in gene_keys]
+        register_arrow(
+            con,
+            "_gene_files",
+            pa.table(
+                {"filename": gene_files, "dataset_id": [v.dataset_id for v in versions], "version": [v.version for v in versions]},
+                schema=pa.schema([("filename", pa.string()), ("dataset_id", pa.string()), ("version", pa.int32())]),
+            ),
+        )
+        genes_src = f"read_parquet({sql_list(gene_files)}, filename=true)" if gene_files else f"({_GENES_STUB})"
+        con.execute(
+            "CREATE VIEW dataset_genes AS SELECT f.dataset_id, f.version, g.gene_id, g.feature_name, g.soma_joinid AS gene_soma_joinid "
+            f"FROM {genes_src} g JOIN _gene_files f USING (filename)"
+        )
+        files += gene_files
+    else:  # object storage: the (small) gene tables are read through Arrow into memory
+        register_arrow(con, "_dataset_genes", _gene_table(lake, versions, gene_keys))
+        con.execute("CREATE VIEW dataset_genes AS SELECT * FROM _dataset_genes")
     con.execute(
         "CREATE VIEW genes AS SELECT d.organism_name, g.gene_id, any_value(g.feature_name) AS feature_name, "
         "any_value(g.gene_soma_joinid) AS soma_joinid, "
         "count(DISTINCT g.dataset_id) FILTER (WHERE d.current) AS n_datasets_measured "
         "FROM dataset_genes g JOIN _datasets d USING (dataset_id, version) GROUP BY d.organism_name, g.gene_id"
     )
-    return cell_files + gene_files
+    return files
+
+
+def _scan(con: Any, lake: Lake, name: str, keys: list[str]) -> tuple[str, list[str]]:
+    """A FROM source over the Parquet tables ``keys`` (columns united by name) and the
+    files DuckDB itself reads. Locally DuckDB reads the files; on object storage it scans
+    an Arrow dataset over ``pyarrow.fs`` (DuckDB's httpfs would download at run time)."""
+    if lake.is_local:
+        files = [lake.location(k) for k in keys]
+        return f"read_parquet({sql_list(files)}, union_by_name=true)", files
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pyarrow as pa
+    import pyarrow.dataset as pads
+    import pyarrow.parquet as pq
+
+    fs = lake.storage.arrow("")[0]
+    paths = [lake.storage.arrow(k)[1] for k in keys]
+    with ThreadPoolExecutor(8) as pool:
+        schemas = list(pool.map(lambda p: pq.read_schema(p, filesystem=fs), paths))
+    unified = pa.unify_schemas(schemas, promote_options="permissive")
+    con.register(name, pads.dataset(paths, schema=unified, filesystem=fs, format="parquet"))
+    return name, []
+
+
+def _gene_table(lake: Lake, versions: list[DatasetVersion], keys: list[str]) -> Any:
+    import pyarrow as pa
+
+    cols = ["gene_id", "feature_name", "soma_joinid"]
+    parts = []
+    for v, k in zip(versions, keys, strict=True):
+        t = lake.storage.read_parquet(k, columns=cols)
+        parts.append(
+            pa.table(
+                {
+                    "dataset_id": pa.array([v.dataset_id] * t.num_rows, pa.string()),
+                    "version": pa.array([v.version] * t.num_rows, pa.int32()),
+                    "gene_id": t["gene_id"].cast(pa.string()),
+                    "feature_name": t["feature_name"].cast(pa.string()),
+                    "gene_soma_joinid": t["soma_joinid"].cast(pa.int64()),
+                }
+            )
+        )
+    if parts:
+        return pa.concat_tables(parts)
+    schema = pa.schema([("dataset_id", pa.string()), ("version", pa.int32()), ("gene_id", pa.string()), ("feature_name", pa.string()), ("gene_soma_joinid", pa.int64())])
+    return schema.empty_table()
 
 
 def _lock(con: Any, allowed_paths: list[str]) -> None:

@@ -485,7 +485,7 @@ def _train_locked(
                 "init": init,
                 "gene_ur": gene_ur,
                 "gene_vectors": None if table is None else table.vectors,
-                "lake": str(lake.root),
+                "lake": lake.uri,
                 "run_dir": str(rdir),
                 "threads": 1,
                 "resume_dir": resume_from,

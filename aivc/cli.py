@@ -236,6 +236,7 @@ def export(
             "as CELLxGENE's curated files have; such a file is marked in uns and is not for submission to CELLxGENE.",
         ),
     ] = False,
+    measurement: Annotated[str, typer.Option("--measurement", help="Measurement in X and var (RNA, or another the version holds, e.g. ADT).")] = "RNA",
     lake: LakeOpt = None,
     json_: JsonOpt = False,
     debug: DebugOpt = False,
@@ -246,12 +247,13 @@ def export(
         from aivc.store.export import export_h5ad
         from aivc.store.lake import Lake
 
-        res = export_h5ad(Lake.open(lake), dataset, out, for_analysis=for_analysis)
+        res = export_h5ad(Lake.open(lake), dataset, out, for_analysis=for_analysis, measurement=measurement)
         if json_:
             _print_json({"status": "ok", **res})
         else:
             kind = " (analysis export: gene symbols and labels added; not for CELLxGENE submission)" if for_analysis else ""
-            _console().print(f"exported {res['dataset_id']}@{res['version']}: {res['n_cells']} cells x {res['n_genes']} genes -> {res['path']}{kind}")
+            what = "genes" if res["measurement"] == "RNA" else f"{res['measurement']} features"
+            _console().print(f"exported {res['dataset_id']}@{res['version']}: {res['n_cells']} cells x {res['n_genes']} {what} -> {res['path']}{kind}")
         return 0
 
     run_command(json_, debug, body)

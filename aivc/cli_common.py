@@ -31,7 +31,7 @@ from typer.core import TyperGroup
 
 from aivc.errors import AivcError
 
-LakeOpt = Annotated[Optional[str], typer.Option("--lake", help="Lake folder (default $AIVC_LAKE, else ./lake).")]
+LakeOpt = Annotated[Optional[str], typer.Option("--lake", help="Lake: a folder or s3://BUCKET/PREFIX (S3 settings from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION); default $AIVC_LAKE, else ./lake.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")]
 

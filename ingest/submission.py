@@ -29,8 +29,9 @@ from aivc.ingest.readers import SubmittedData, UnreadableDataError, open_anndata
 from aivc.progress import NullProgress, Progress
 from aivc.store import soma_io
 from aivc.store.artifacts import VersionWriter, submission_dir
-from aivc.store.catalog import Catalog, DatasetVersion
+from aivc.store.catalog import Catalog, DatasetVersion, Measured
 from aivc.store.lake import Lake, utcnow
+from aivc.store.measurements import RNA
 from aivc.store.recovery import recover
 
 DEFAULT_CHUNK_ROWS = 4096
@@ -460,6 +461,7 @@ def _write_version(
         artifacts=w.artifacts,
         obsm_keys=tuple(data.obsm_keys),
         extra={"contact": manifest.contact, "citation": manifest.citation, "n_genes_submitted": data.n_vars},
+        measurements={RNA.name: Measured(len(genes.gene_ids), int(data.n_obs), int(result.nnz), RNA.layers).to_record()},
     )
     _fault("before_record")
     w.commit(record, fault="after_tables_published", fault_exit=97)

@@ -26,6 +26,26 @@ _RECORD = re.compile(r"^v(\d{6})\.json$")
 
 
 @dataclass(frozen=True)
+class Measured:
+    """What one dataset version holds of one measurement."""
+
+    n_features: int
+    n_cells: int
+    nnz: int
+    layers: tuple[str, ...]
+
+    def to_record(self) -> dict[str, Any]:
+        return {"n_features": self.n_features, "n_cells": self.n_cells, "nnz": self.nnz, "layers": list(self.layers)}
+
+    @classmethod
+    def from_record(cls, d: dict[str, Any]) -> Measured:
+        try:
+            return cls(int(d["n_features"]), int(d["n_cells"]), int(d["nnz"]), tuple(d["layers"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise LakeError(f"dataset version record has an invalid measurement entry ({exc})") from None
+
+
+@dataclass(frozen=True)
 class DatasetVersion:
     """One committed, immutable version of a dataset."""
 
@@ -51,10 +71,18 @@ class DatasetVersion:
     artifacts: str  # folder relative to the lake root
     obsm_keys: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
+    #: per measurement it holds: ``{"RNA": {"n_features", "n_cells", "nnz", "layers"}}``
+    measurements: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def ref(self) -> str:
         return f"{self.dataset_id}@{self.version}"
+
+    def measured(self) -> dict[str, Measured]:
+        """What the version holds per measurement (records older than this field: RNA only)."""
+        if not self.measurements:
+            return {"RNA": Measured(self.n_genes, self.n_cells, self.nnz, ("counts",))}
+        return {name: Measured.from_record(d) for name, d in self.measurements.items()}
 
     def to_record(self) -> dict[str, Any]:
         return dump_record(self, RECORD_SCHEMA)

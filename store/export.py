@@ -11,6 +11,10 @@ CELLxGENE's own curated files carry for people working in scanpy: ``var["feature
 obs column, the ``<field>`` label the lake stores (the labels of the ``cells`` SQL view).
 Those are columns the CELLxGENE schema reserves for its own tooling, so such a file is
 marked ``uns["aivc"]["export"] = "analysis"`` and is not for submission to CELLxGENE.
+
+Another measurement (``measurement="ADT"``, ``aivc export --measurement ADT``) comes back
+the same way from its spec: ``X`` its raw layer, ``var`` indexed by its feature ids with
+its ``var`` columns.
 """
 
 from __future__ import annotations
@@ -23,9 +27,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from aivc.errors import UsageError
 from aivc.store import soma_io
 from aivc.store.catalog import Catalog
 from aivc.store.lake import Lake
+from aivc.store.measurements import RNA
+from aivc.store.measurements import get as get_measurement
 from aivc.store.read import submitted_obs, submitted_obsm, version_cells, version_features
 
 TERM_COLUMNS = (
@@ -64,22 +71,27 @@ RESERVED_OBS = (
 )
 
 
-def load_version_anndata(lake: Lake, ref: str, *, for_analysis: bool = False):  # noqa: ANN201 - AnnData
+def load_version_anndata(lake: Lake, ref: str, *, for_analysis: bool = False, measurement: str = RNA.name):  # noqa: ANN201 - AnnData
     """The committed cells of ``ref`` (``DATASET[@VERSION]``) as an in-memory AnnData.
 
-    ``for_analysis`` adds gene symbols and term labels (see the module docstring).
+    ``for_analysis`` adds gene symbols and term labels (see the module docstring);
+    ``measurement`` chooses what ``X`` and ``var`` hold (default RNA).
     """
     import anndata as ad
 
+    spec = get_measurement(measurement)
     catalog = Catalog(lake)
     v = catalog.get(ref)
+    if spec.name not in v.measured():
+        raise UsageError(f"dataset version {v.ref} holds no {spec.name} measurement (holds: {', '.join(v.measured())})", where="--measurement")
     cells = version_cells(lake, v)
-    genes = version_features(lake, v)
+    genes = version_features(lake, v, measurement=spec)
     X = soma_io.read_rows(
         lake.soma_uri(v.organism_name),
         v.soma_high_water,
         cells["soma_joinid"].to_numpy(dtype=np.int64),
         genes["soma_joinid"].to_numpy(dtype=np.int64),
+        spec,
     )
     obs = pd.DataFrame(index=pd.Index(cells["barcode"].astype(str).to_numpy(), name=None))
     for c in CATEGORICAL_COLUMNS:
@@ -93,10 +105,10 @@ def load_version_anndata(lake: Lake, ref: str, *, for_analysis: bool = False):  
         if col.dtype == object:
             col = pd.Categorical(col)
         obs[name] = col.to_numpy() if not isinstance(col, pd.Categorical) else col
-    var = pd.DataFrame(
-        {"feature_is_filtered": np.zeros(len(genes), dtype=bool)},
-        index=pd.Index(genes["gene_id"].astype(str).to_numpy()),
-    )
+    if spec.name == RNA.name:
+        var = pd.DataFrame({"feature_is_filtered": np.zeros(len(genes), dtype=bool)}, index=pd.Index(genes["gene_id"].astype(str).to_numpy()))
+    else:
+        var = pd.DataFrame({c: genes[c].to_numpy() for c in spec.var_columns if c in genes.columns}, index=pd.Index(genes[spec.feature_id].astype(str).to_numpy()))
     adata = ad.AnnData(X=X, obs=obs, var=var)
     for key in v.obsm_keys:
         tbl = submitted_obsm(lake, v, key)
@@ -106,8 +118,8 @@ def load_version_anndata(lake: Lake, ref: str, *, for_analysis: bool = False):  
         adata.obsm[key if key.startswith("X_") else f"X_{key}"] = arr.astype(np.float64)
     adata.uns["title"] = v.title
     adata.uns["organism_ontology_term_id"] = v.organism
-    adata.uns["aivc"] = {"dataset_id": v.dataset_id, "version": v.version, "content_hash": v.content_hash, "license": v.license}
-    if for_analysis:
+    adata.uns["aivc"] = {"dataset_id": v.dataset_id, "version": v.version, "content_hash": v.content_hash, "license": v.license, "measurement": spec.name}
+    if for_analysis and spec.name == RNA.name:
         _add_analysis_columns(adata, cells, genes)
     return adata, v
 
@@ -124,13 +136,13 @@ def _add_analysis_columns(adata: Any, cells: pd.DataFrame, genes: pd.DataFrame) 
     }
 
 
-def export_h5ad(lake: Lake, ref: str, out: str | Path, *, for_analysis: bool = False) -> dict[str, Any]:
+def export_h5ad(lake: Lake, ref: str, out: str | Path, *, for_analysis: bool = False, measurement: str = RNA.name) -> dict[str, Any]:
     """Write ``ref`` to ``out`` (atomically: a temporary file renamed into place).
 
     ``for_analysis`` writes an analysis export (gene symbols and term labels, not for
     submission to CELLxGENE; see the module docstring).
     """
-    adata, v = load_version_anndata(lake, ref, for_analysis=for_analysis)
+    adata, v = load_version_anndata(lake, ref, for_analysis=for_analysis, measurement=measurement)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
@@ -139,5 +151,5 @@ def export_h5ad(lake: Lake, ref: str, out: str | Path, *, for_analysis: bool = F
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
-    res = {"dataset_id": v.dataset_id, "version": v.version, "n_cells": adata.n_obs, "n_genes": adata.n_vars, "path": str(out)}
+    res = {"dataset_id": v.dataset_id, "version": v.version, "measurement": adata.uns["aivc"]["measurement"], "n_cells": adata.n_obs, "n_genes": adata.n_vars, "path": str(out)}
     return res | {"export": ANALYSIS_EXPORT if for_analysis else "cellxgene"}

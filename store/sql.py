@@ -15,6 +15,9 @@ Views
 ``dataset_genes``
     Which genes each dataset version measured (``dataset_id, version, gene_id``): a gene
     absent here was *not measured*, which is not the same as zero counts.
+``dataset_features``
+    The same for every measurement a version holds (``dataset_id, version, measurement,
+    feature_id, feature_name, soma_joinid``): genes for RNA, antibodies for ADT, ….
 
 Every view holds only the datasets the principal may see
 (:func:`aivc.store.access.visible_datasets`): the rows of other datasets are not in any
@@ -122,13 +125,10 @@ def _datasets_table(versions: list[DatasetVersion], current: set[str]) -> Any:
 
 
 _CELLS_STUB = "SELECT NULL::VARCHAR AS obs_id, NULL::BIGINT AS soma_joinid, NULL::VARCHAR AS dataset_id, NULL::INTEGER AS dataset_version WHERE false"
-_GENES_STUB = "SELECT NULL::VARCHAR AS filename, NULL::VARCHAR AS gene_id, NULL::VARCHAR AS feature_name, NULL::BIGINT AS soma_joinid WHERE false"
 
 
 def _define_views(con: Any, catalog: Catalog, versions: list[DatasetVersion], current: list[DatasetVersion]) -> list[str]:
     """Create the lake's views over ``versions``; returns the files they read."""
-    import pyarrow as pa
-
     current_refs = {v.ref for v in current}
     register_arrow(con, "_datasets", _datasets_table(versions, current_refs))
     con.execute("CREATE VIEW datasets AS SELECT * FROM _datasets ORDER BY dataset_id, version")
@@ -147,26 +147,7 @@ def _define_views(con: Any, catalog: Catalog, versions: list[DatasetVersion], cu
         src, read = _scan(con, lake, src_name, [artifacts.artifact_key(v, artifacts.CELLS) for v in chosen]) if chosen else ("_cells_empty", [])
         con.execute(f"CREATE VIEW {view} AS SELECT * FROM {src}")
         files += read
-    gene_keys = [artifacts.artifact_key(v, artifacts.features_file()) for v in versions]
-    if lake.is_local:
-        gene_files = [lake.location(k) for k in gene_keys]
-        register_arrow(
-            con,
-            "_gene_files",
-            pa.table(
-                {"filename": gene_files, "dataset_id": [v.dataset_id for v in versions], "version": [v.version for v in versions]},
-                schema=pa.schema([("filename", pa.string()), ("dataset_id", pa.string()), ("version", pa.int32())]),
-            ),
-        )
-        genes_src = f"read_parquet({sql_list(gene_files)}, filename=true)" if gene_files else f"({_GENES_STUB})"
-        con.execute(
-            "CREATE VIEW dataset_genes AS SELECT f.dataset_id, f.version, g.gene_id, g.feature_name, g.soma_joinid AS gene_soma_joinid "
-            f"FROM {genes_src} g JOIN _gene_files f USING (filename)"
-        )
-        files += gene_files
-    else:  # object storage: the (small) gene tables are read through Arrow into memory
-        register_arrow(con, "_dataset_genes", _gene_table(lake, versions, gene_keys))
-        con.execute("CREATE VIEW dataset_genes AS SELECT * FROM _dataset_genes")
+    files += _define_feature_views(con, lake, versions)
     con.execute(
         "CREATE VIEW genes AS SELECT d.organism_name, g.gene_id, any_value(g.feature_name) AS feature_name, "
         "any_value(g.gene_soma_joinid) AS soma_joinid, "
@@ -198,28 +179,65 @@ def _scan(con: Any, lake: Lake, name: str, keys: list[str]) -> tuple[str, list[s
     return name, []
 
 
-def _gene_table(lake: Lake, versions: list[DatasetVersion], keys: list[str]) -> Any:
+_FEATURE_SCHEMA = (("dataset_id", "VARCHAR"), ("version", "INTEGER"), ("measurement", "VARCHAR"), ("feature_id", "VARCHAR"), ("feature_name", "VARCHAR"), ("soma_joinid", "BIGINT"))
+
+
+def _define_feature_views(con: Any, lake: Lake, versions: list[DatasetVersion]) -> list[str]:
+    """``dataset_features`` (every measurement each version holds) and ``dataset_genes``
+    (its RNA rows under their historical names); returns the files DuckDB reads."""
     import pyarrow as pa
 
-    cols = ["gene_id", "feature_name", "soma_joinid"]
-    parts = []
-    for v, k in zip(versions, keys, strict=True):
-        t = lake.storage.read_parquet(k, columns=cols)
-        parts.append(
-            pa.table(
-                {
-                    "dataset_id": pa.array([v.dataset_id] * t.num_rows, pa.string()),
-                    "version": pa.array([v.version] * t.num_rows, pa.int32()),
-                    "gene_id": t["gene_id"].cast(pa.string()),
-                    "feature_name": t["feature_name"].cast(pa.string()),
-                    "gene_soma_joinid": t["soma_joinid"].cast(pa.int64()),
-                }
+    from aivc.store import measurements
+
+    selects, files, memory = [], [], []
+    for name in measurements.names():
+        spec = measurements.get(name)
+        held = [v for v in versions if name in v.measured()]
+        if not held:
+            continue
+        keys = [artifacts.artifact_key(v, artifacts.features_file(spec)) for v in held]
+        label = "g.feature_name" if "feature_name" in spec.var_columns else "NULL"
+        if lake.is_local:
+            paths = [lake.location(k) for k in keys]
+            register_arrow(
+                con,
+                f"_files_{name}",
+                pa.table({"filename": paths, "dataset_id": [v.dataset_id for v in held], "version": pa.array([v.version for v in held], pa.int32())}),
             )
-        )
-    if parts:
-        return pa.concat_tables(parts)
-    schema = pa.schema([("dataset_id", pa.string()), ("version", pa.int32()), ("gene_id", pa.string()), ("feature_name", pa.string()), ("gene_soma_joinid", pa.int64())])
-    return schema.empty_table()
+            selects.append(
+                f"SELECT f.dataset_id, f.version, {sql_str(name)} AS measurement, g.{spec.feature_id}::VARCHAR AS feature_id, "
+                f"{label}::VARCHAR AS feature_name, g.soma_joinid::BIGINT AS soma_joinid "
+                f"FROM read_parquet({sql_list(paths)}, filename=true) g JOIN _files_{name} f USING (filename)"
+            )
+            files += paths
+        else:  # object storage: the (small) feature tables are read through Arrow into memory
+            cols = [spec.feature_id, "soma_joinid"] + (["feature_name"] if "feature_name" in spec.var_columns else [])
+            for v, k in zip(held, keys, strict=True):
+                t = lake.storage.read_parquet(k, columns=cols)
+                n = t.num_rows
+                memory.append(
+                    pa.table(
+                        {
+                            "dataset_id": pa.array([v.dataset_id] * n, pa.string()),
+                            "version": pa.array([v.version] * n, pa.int32()),
+                            "measurement": pa.array([name] * n, pa.string()),
+                            "feature_id": t[spec.feature_id].cast(pa.string()),
+                            "feature_name": t["feature_name"].cast(pa.string()) if "feature_name" in cols else pa.nulls(n, pa.string()),
+                            "soma_joinid": t["soma_joinid"].cast(pa.int64()),
+                        }
+                    )
+                )
+    if memory:
+        register_arrow(con, "_dataset_features", pa.concat_tables(memory))
+        selects.append("SELECT * FROM _dataset_features")
+    if not selects:
+        selects.append("SELECT " + ", ".join(f"NULL::{t} AS {c}" for c, t in _FEATURE_SCHEMA) + " WHERE false")
+    con.execute("CREATE VIEW dataset_features AS " + " UNION ALL ".join(selects))
+    con.execute(
+        "CREATE VIEW dataset_genes AS SELECT dataset_id, version, feature_id AS gene_id, feature_name, soma_joinid AS gene_soma_joinid "
+        "FROM dataset_features WHERE measurement = 'RNA'"
+    )
+    return files
 
 
 def _lock(con: Any, allowed_paths: list[str]) -> None:

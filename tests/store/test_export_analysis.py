@@ -31,7 +31,7 @@ def test_analysis_export_adds_symbols_and_labels_from_the_lake(lake, write_submi
     plain, rich = tmp_path / "plain.h5ad", tmp_path / "analysis.h5ad"
     p = _cli("export", "synth-a@1", "-o", str(rich), "--for-analysis", "--lake", str(lake.root), "--json")
     assert p.returncode == 0, p.stderr
-    assert json.loads(p.stdout) | {"path": None} == {"status": "ok", "dataset_id": "synth-a", "version": 1, "n_cells": 60, "n_genes": 120, "path": None, "export": "analysis"}
+    assert json.loads(p.stdout) | {"path": None} == {"status": "ok", "dataset_id": "synth-a", "version": 1, "measurement": "RNA", "n_cells": 60, "n_genes": 120, "path": None, "export": "analysis"}
     line = _cli("export", "synth-a@1", "-o", str(plain), "--lake", str(lake.root))
     assert line.returncode == 0 and line.stdout == f"exported synth-a@1: 60 cells x 120 genes -> {plain}\n"
     a, d = ad.read_h5ad(rich), ad.read_h5ad(plain)

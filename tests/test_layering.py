@@ -200,6 +200,51 @@ def test_only_the_store_opens_dataset_files():
     assert not found, "dataset-version files opened outside store/:\n" + "\n".join(f"  {f}" for f in found)
 
 
+#: local work folders outside the lake's published state (``Lake.root`` is the lake folder, or an
+#: S3 lake's local work folder): a training run's scratch and the demo's generated inputs
+_WORK_FOLDERS = ("'models' / '.runs'", "DEMO_INPUTS")
+
+
+def lake_path_access(source: str) -> list[str]:
+    """Where ``source`` builds a path into the lake itself (``<lake>.root / …``) or reaches for
+    its storage, instead of going through the store's APIs (which work on every backend)."""
+    found: list[str] = []
+    tree = ast.parse(source)
+    inner = {id(n.left) for n in ast.walk(tree) if isinstance(n, ast.BinOp) and isinstance(n.op, ast.Div)}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr == "storage" and getattr(node.value, "id", getattr(node.value, "attr", "")) in ("lake", "lk"):
+            found.append(f"line {node.lineno}: .storage")
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div) and id(node) not in inner:
+            left = node.left
+            while isinstance(left, ast.BinOp) and isinstance(left.op, ast.Div):
+                left = left.left
+            if isinstance(left, ast.Attribute) and left.attr == "root" and getattr(left.value, "id", getattr(left.value, "attr", "")) in ("lake", "lk", "self.lake", "lake_"):
+                text = ast.unparse(node).replace('"', "'")
+                if not any(w in text for w in _WORK_FOLDERS):
+                    found.append(f"line {node.lineno}: {text}")
+    return found
+
+
+def test_only_the_store_opens_lake_files():
+    """Outside store/ nothing opens the lake's files by path: a lake may be an S3 prefix, and the
+    store's APIs (read, collections, catalog, storage) are what work on every backend."""
+    folders = [d for d in PACKAGES.values() if d != "store"] + ["aivc", "benchmarks"]
+    found = []
+    for folder in folders:
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            found += [f"{path.relative_to(ROOT)} {w}" for w in lake_path_access(path.read_text(encoding="utf-8"))]
+    assert not found, "lake files opened by path outside store/:\n" + "\n".join(f"  {f}" for f in found)
+
+
+@pytest.mark.parametrize(
+    "source",
+    ["p = lake.root / 'access.json'\n", "lk.root / 'features' / 'cell'\n", "lake.storage.read_bytes('lake.json')\n"],
+)
+def test_lake_path_access_is_found(source: str):
+    assert lake_path_access(source), source
+    assert not lake_path_access("runs = lake.root / 'models' / '.runs'\nwork = lake.root / DEMO_INPUTS\n")
+
+
 @pytest.mark.parametrize(
     "source",
     [

@@ -13,10 +13,14 @@ where a collection has one kind (``cell-vae@2`` is ``model:cell-vae@2``). Names 
 one rule (:data:`NAME_RULE`: a lower-case letter, then lower-case letters, digits, ``_``
 or ``-``, at most 41 characters); :func:`sql_name` gives the SQL identifier of a name.
 
-Publishing is stage-and-commit: a writer fills a folder from :meth:`Lake.new_staging`,
+Publishing is stage-and-commit: a writer fills a local folder from :meth:`Lake.new_staging`,
 then :meth:`Collection.publish` numbers the version under the lake's write lock, writes
-the record into the folder and moves the folder into place in one rename, so readers see
-a whole version or none, and a crash leaves only a staging folder that recovery removes.
+the record into the folder and publishes it: locally one rename, on S3 the files first and
+the record last with a conditional put (:mod:`aivc.store.storage`). Readers see a whole
+version or none (a version is listed only with its record), and a crash leaves only a
+staging folder, or objects no record names, that the next writer removes.
+:meth:`Collection.version_dir` gives a local folder of a committed version (on S3 a cached
+copy) for readers that need files.
 Dataset versions (:mod:`aivc.store.catalog`) use the same reference syntax with kind
 ``dataset``; their commit point is the catalog record, since their cells live in SOMA.
 

@@ -1,4 +1,5 @@
-"""Shared fixtures: small real-gene synthetic submissions, the real PBMC demo data, lakes."""
+"""Shared fixtures: small real-gene synthetic submissions, the real PBMC demo data, lakes
+(a local folder or an ``s3://`` lake on a local moto server)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,22 @@ import pytest
 import scipy.sparse as sp
 import yaml
 
+from tests.s3server import MotoServer, free_port, point_environment_at, unique_bucket
+
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+
+#: the port of this test run's S3 server (started lazily by ``s3_server``). The AWS variables
+#: are set now, at import, before any Ray starts, so that every process the tests start
+#: (the CLI, Ray workers) inherits them; they always override the caller's, so that no test
+#: can reach real AWS.
+S3_PORT = free_port()
+S3_ENDPOINT = f"http://127.0.0.1:{S3_PORT}"
+point_environment_at(S3_ENDPOINT)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "conformance: the store conformance suite, run on every lake backend (local folder, S3)")
 
 
 def lake_snapshot(root: Path) -> dict[str, str]:
@@ -66,7 +81,7 @@ def human_genes() -> pd.DataFrame:
     return genes
 
 
-def make_adata(genes: pd.DataFrame, n_cells: int = 60, seed: int = 0):  # noqa: ANN201
+def make_adata(genes: pd.DataFrame, n_cells: int = 60, seed: int = 0):
     import anndata as ad
 
     rng = np.random.default_rng(seed)
@@ -115,7 +130,7 @@ def write_submission(tmp_path: Path, human_genes: pd.DataFrame) -> Callable[...,
 
 
 @pytest.fixture
-def lake(tmp_path: Path):  # noqa: ANN201
+def lake(tmp_path: Path):
     from aivc.store.lake import Lake
 
     return Lake.init(tmp_path / "lake")
@@ -141,11 +156,10 @@ def ray_session() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def train_lake(tmp_path_factory: pytest.TempPathFactory, human_genes):  # noqa: ANN001, ANN201
+def train_lake(tmp_path_factory: pytest.TempPathFactory, human_genes):
     """synth-a (60 cells, 120 genes, donors d1/d2) and synth-b (40 cells, its first 10 genes
     not measured, donors d1/d2), both committed."""
     import yaml
-
     from aivc.ingest.submission import submit
     from aivc.store.lake import Lake
 
@@ -159,3 +173,29 @@ def train_lake(tmp_path_factory: pytest.TempPathFactory, human_genes):  # noqa: 
         mf.write_text(yaml.safe_dump(base_manifest(name), sort_keys=False))
         assert submit(lake, h5, mf).status == "committed"
     return lake
+
+
+# -- lakes on every backend -------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[MotoServer]:
+    """This run's S3 server (``moto_server`` subprocess on 127.0.0.1:S3_PORT), started on first use."""
+    server = MotoServer(port=S3_PORT).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_lake_uri(s3_server: MotoServer) -> str:
+    """``s3://<a fresh bucket>/lake``: a new, empty bucket for every test."""
+    return f"s3://{s3_server.create_bucket(unique_bucket())}/lake"
+
+
+@pytest.fixture(params=["local", "s3"], ids=["local", "s3"])
+def lake_uri(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Where a fresh (not yet initialised) lake goes, on each backend in turn: a local folder
+    (``<tmp>/lake``) or ``s3://<fresh bucket>/lake``."""
+    if request.param == "s3":
+        return str(request.getfixturevalue("s3_lake_uri"))
+    return str(tmp_path_factory.mktemp("lake") / "lake")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,9 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 S3_PORT = free_port()
 S3_ENDPOINT = f"http://127.0.0.1:{S3_PORT}"
 point_environment_at(S3_ENDPOINT)
+#: S3 lakes keep their local work folder (staging, cached versions) here, not in ~/.cache
+_CACHE = tempfile.TemporaryDirectory(prefix="aivc-test-cache-")
+os.environ["AIVC_CACHE_DIR"] = _CACHE.name
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -94,7 +94,7 @@ def show(
             "normalization": v.normalization,
             "created": v.created_at,
             "source": v.source,
-            "lineage": v.lineage,
+            "lineage": v.lineage.to_record(),
             "partitions": list(v.partitions),
             "SQL view": f"{v.view_name} (alias {v.alias_name}, the latest version)",
         }
@@ -236,12 +236,12 @@ def model(
             )
         finally:
             progress.close()
-        masked = {d: o.get("masked", 0) for d, o in v.lineage.get("gene_overlap", {}).items() if o.get("masked")}
+        masked = {d: o.get("masked", 0) for d, o in v.lineage.extra.get("gene_overlap", {}).items() if o.get("masked")}
         if json_:
-            _print_json({"status": "published", **_summary(v), "lineage": v.lineage, "metrics": v.metrics})
+            _print_json({"status": "published", **_summary(v), "lineage": v.lineage.to_record(), "metrics": v.metrics})
         else:
             note = "; masked unmeasured genes: " + ", ".join(f"{d} {n}" for d, n in masked.items()) if masked else ""
-            _console().print(f"published {v.ref} from {v.lineage['model']}: {v.n_rows} cells x {v.dim} dims (SQL view {v.view_name}){note}")
+            _console().print(f"published {v.ref} from {v.lineage.model}: {v.n_rows} cells x {v.dim} dims (SQL view {v.view_name}){note}")
         return 0
 
     run_command(json_, debug, body)

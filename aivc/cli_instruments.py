@@ -67,7 +67,7 @@ def train_celltype(
         finally:
             progress.close()
         if json_:
-            _print_json({"status": "registered", **_summary(rec), "metrics": rec.metrics, "lineage": rec.lineage})
+            _print_json({"status": "registered", **_summary(rec), "metrics": rec.metrics, "lineage": rec.lineage.to_record()})
             return 0
         m = rec.metrics
         con = _console()
@@ -129,7 +129,7 @@ def show(
             "description": rec.description,
             "created": rec.created_at,
             "outputs": outputs,
-            "lineage": rec.lineage,
+            "lineage": rec.lineage.to_record(),
             "config": rec.config,
             "weights": f"{rec.weights} (sha256 {rec.weights_sha256})",
             **({"extra": rec.extra} if rec.extra else {}),

@@ -62,7 +62,7 @@ def train(
         rec = res.record
         if json_:
             _print_json({"status": "registered", "instrument": rec.ref, "kind": rec.kind, "type": rec.type, "reads": rec.reads,
-                         "cell_ur": rec.config.get("cell_ur"), "metrics": rec.metrics, "lineage": rec.lineage})  # fmt: skip
+                         "cell_ur": rec.config.get("cell_ur"), "metrics": rec.metrics, "lineage": rec.lineage.to_record()})  # fmt: skip
             return 0
         held = rec.metrics["held_out"]
         rows = [
@@ -73,7 +73,7 @@ def train(
         print_table(("held out", "method", "conditions", "pearson_delta", "mse"), rows, title=f"{rec.ref}: held-out conditions vs baselines")
         _console().print(
             f"registered {rec.ref} (manipulator) reading {rec.reads}; trained on {rec.metrics['n_train_conditions']} conditions of "
-            f"{rec.lineage['dataset']}",
+            f"{rec.lineage.dataset}",
         )
         return 0
 

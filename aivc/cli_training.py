@@ -115,7 +115,7 @@ def _summary(r: Any) -> dict[str, Any]:
         "model_type": r.model_type,
         "n_genes": len(r.gene_ids),
         "latent_dim": r.init.get("latent_dim"),
-        "datasets": r.lineage.get("datasets", []),
+        "datasets": list(r.lineage.datasets),
         "epochs": r.training.get("epochs"),
         "validation_loss": r.metrics.get("validation_loss"),
         "created_at": r.created_at,
@@ -167,7 +167,7 @@ def show(
             "config": m.config,
             "training": m.training,
             "history": f"{len(m.history)} epochs",
-            "lineage": m.lineage,
+            "lineage": m.lineage.to_record(),
             "weights": f"{m.weights} (sha256 {m.weights_sha256})",
         }
         print_record(f"{m.ref}: {m.model_type}, {len(m.gene_ids)} genes", fields, metrics=m.metrics, full=f"aivc models show {m.ref} --json")

@@ -264,7 +264,7 @@ def _demo_models(lake: Any, con: Any, json_mode: bool) -> dict[str, Any]:
     finally:
         if started:
             ray.shutdown()
-    con.print(f"published {v.ref} from {v.lineage['model']}: {v.n_rows} cells x {v.dim} dims, SQL view {v.view_name}", highlight=False)
+    con.print(f"published {v.ref} from {v.lineage.model}: {v.n_rows} cells x {v.dim} dims, SQL view {v.view_name}", highlight=False)
     first_b = equery(lake, "SELECT obs_id FROM cells WHERE cell_type = 'B cell' ORDER BY soma_joinid LIMIT 1").rows[0][0]
     sql = (
         f"SELECT n.obs_id, c.cell_type, round(n.similarity::DOUBLE, 4) AS similarity "

@@ -284,6 +284,7 @@ def throughput(work: Path, n_cells: int, actors: int, quiet: bool) -> dict[str, 
     from aivc.instruments.celltype import CellTypeConfig, fit_decoder, register_decoder
     from aivc.instruments.predictions import read_predictions
     from aivc.store.lake import Lake
+    from aivc.store.lineage import Lineage
 
     lake = Lake.init(work / "synth-lake")
     rng = np.random.default_rng(0)
@@ -293,7 +294,7 @@ def throughput(work: Path, n_cells: int, actors: int, quiet: bool) -> dict[str, 
     x, _ = _mixture(n_cells, rng, centres)
     ds = np.array([f"synth-{i % 4}" for i in range(n_cells)], dtype=object)
     t = time.perf_counter()
-    with EmbeddingWriter(lake, "cell", "synth", 32, source={"kind": "benchmark"}, lineage={"datasets": [f"synth-{i}@1" for i in range(4)]}) as w:
+    with EmbeddingWriter(lake, "cell", "synth", 32, source={"kind": "benchmark"}, lineage=Lineage(datasets=tuple(f"synth-{i}@1" for i in range(4)))) as w:
         for s in range(0, n_cells, 50_000):
             sl = slice(s, min(n_cells, s + 50_000))
             w.write([f"synth-{i % 4}@1:c{i}" for i in range(sl.start, sl.stop)], x[sl], soma_joinids=np.arange(sl.start, sl.stop), dataset_ids=ds[sl])

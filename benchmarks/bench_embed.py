@@ -104,6 +104,7 @@ def register_vae(lake: Any, dataset_id: str, seed: int) -> Any:
 
     from aivc.store.catalog import Catalog
 
+    from aivc.store.lineage import Lineage
     from aivc.store.read import version_features
     from aivc.training.models.cell_vae import CellVAE
     from aivc.training.registry import register_model
@@ -116,7 +117,7 @@ def register_vae(lake: Any, dataset_id: str, seed: int) -> Any:
     return register_model(
         lake, "bench-vae", model_type="cell-vae", state_dict=m.state_dict(), init=init, config={"note": "untrained, for bench_embed.py"},
         gene_ids=genes["gene_id"].astype(str).tolist(), encodings={"batch": [dataset_id]}, metrics={},
-        lineage={"organism": ORGANISM, "datasets": [cat.get(dataset_id).ref]},
+        lineage=Lineage(organism=ORGANISM, datasets=(cat.get(dataset_id).ref,)),
     )
 
 

@@ -39,6 +39,7 @@ from aivc.store.features import EmbeddingVersion, EmbeddingWriter
 from aivc.errors import UsageError
 from aivc.progress import NullProgress, Progress
 from aivc.store.lake import Lake
+from aivc.store.lineage import Lineage
 from aivc.store.measurements import RNA
 from aivc.store.read import LakeQuery, lognormalize, top_variable, version_cells
 
@@ -236,7 +237,7 @@ def embed_gene_coexpression(
 
     params = {"dim": int(dim), "n_top_genes": int(n_top_genes), "target_sum": TARGET_SUM, "chunk_rows": int(chunk_rows), "min_pair_cells": MIN_PAIR_CELLS}
     source = {"kind": "baseline", "method": "coexpression", "params": params}
-    lineage = {"datasets": list(c.datasets), "organism": c.organism, "lake_state": {c.organism: c.high_water}, "genes": c.n_genes}
+    lineage = Lineage(datasets=tuple(c.datasets), organism=c.organism, lake_state={c.organism: c.high_water}, extra={"genes": c.n_genes})
     metrics = {
         "n_cells": c.n_cells,
         "n_genes": int(keep.sum()),

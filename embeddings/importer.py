@@ -25,6 +25,7 @@ from aivc.errors import AivcError, UsageError
 from aivc.progress import NullProgress, Progress
 from aivc.store.catalog import Catalog
 from aivc.store.lake import Lake
+from aivc.store.lineage import Lineage
 
 from aivc.store.features import EmbeddingVersion, EmbeddingWriter
 
@@ -127,7 +128,9 @@ def import_embeddings(
             if mat.ndim != 2 or mat.shape[1] == 0:
                 raise ImportError_("no vector columns found", where=str(p), code="IMPORT_NO_VECTORS")
             if writer is None:
-                lineage = {"imported_from": str(p.resolve()), "sha256": digest, "datasets": [v.ref for v in Catalog(lake).current()]}
+                refs = tuple(v.ref for v in Catalog(lake).current())
+                # an empty lake is recorded as "datasets": [], as it always was
+                lineage = Lineage(datasets=refs, extra={"imported_from": str(p.resolve()), "sha256": digest, **({} if refs else {"datasets": []})})
                 writer = EmbeddingWriter(lake, entity, name, mat.shape[1], source={"kind": "import", "file": p.name, "sha256": digest}, lineage=lineage)
             elif mat.shape[1] != writer.dim:
                 raise ImportError_(f"rows have {mat.shape[1]} dimensions, earlier rows {writer.dim}", where=f"{p} row {row}", code="IMPORT_DIMENSION_MISMATCH")

@@ -44,6 +44,7 @@ from aivc.errors import UsageError
 from aivc.progress import NullProgress, Progress
 from aivc.store.catalog import Catalog, DatasetVersion
 from aivc.store.lake import Lake
+from aivc.store.lineage import Lineage
 from aivc.store.read import LakeQuery, Options, select_versions, version_features
 
 GENE_OVERLAP = "GENE_OVERLAP"
@@ -91,7 +92,7 @@ def build_apply_plan(
     hw = cat.high_water(org)
     assert hw is not None
     measured = {v.dataset_id: version_features(lake, v, ["gene_id", "soma_joinid"]) for v in versions}
-    model_org = rec.lineage.get("organism") or org
+    model_org = rec.lineage.organism or org
     overlap_notes: dict[str, Any] = {}
     if model_org != org:
         # another species: each measured gene stands for its one-to-one ortholog in the
@@ -117,7 +118,7 @@ def build_apply_plan(
     if gene_tokens:
         from aivc.store.features import gene_table
 
-        gene_ur = rec.lineage.get("gene_ur")
+        gene_ur = rec.lineage.gene_ur
         if not gene_ur:
             raise UsageError(f"model {rec.ref} records no gene UR version (lineage.gene_ur); retrain it", where=rec.ref)
         union = sorted(joinid_of, key=joinid_of.__getitem__)
@@ -264,7 +265,7 @@ def embed_model(
     Example
     -------
     >>> v = embed_model(lake, "cell-vae@1", datasets=["pbmc68k-part2"])  # doctest: +SKIP
-    >>> v.ref, v.lineage["model"]  # doctest: +SKIP
+    >>> v.ref, v.lineage.model  # doctest: +SKIP
     ('cell:cell_vae@1', 'cell-vae@1')
     """
     from aivc.store.features import EmbeddingWriter
@@ -285,7 +286,7 @@ def embed_model(
     except KeyError:
         raise UsageError(f"model {rec.ref} has type {rec.model_type!r}, which this aivc cannot apply", where=rec.ref) from None
     name = name or rec.name.replace("-", "_")
-    versions = _select(lake, None if datasets else rec.lineage.get("organism"), datasets)
+    versions = _select(lake, None if datasets else rec.lineage.organism, datasets)
     plan, cells, notes = build_apply_plan(lake, rec, versions, min_gene_overlap=min_gene_overlap, gene_tokens=bool(getattr(cls, "gene_tokens", False)), where=where)
     n = len(cells)
     chunks = [(lo, min(n, lo + chunk_rows)) for lo in range(0, n, chunk_rows)]
@@ -309,18 +310,22 @@ def embed_model(
                 compute=ray.data.ActorPoolStrategy(size=n_actors),
                 num_cpus=1,
             )
-            lineage = {
-                "datasets": [v.ref for v in versions],
-                "organism": versions[0].organism_name,
-                "lake_state": {versions[0].organism_name: plan.high_water},
-                "model": rec.ref,
-                "model_type": rec.model_type,
-                "model_weights_sha256": rec.weights_sha256,
-                "gene_ur": rec.lineage.get("gene_ur"),
-                "n_genes_input": len(plan.gene_ids),
-                "where": where,
-                **notes,
-            }
+            gene_ur = rec.lineage.gene_ur
+            lineage = Lineage(
+                datasets=tuple(v.ref for v in versions),
+                organism=versions[0].organism_name,
+                lake_state={versions[0].organism_name: plan.high_water},
+                model=rec.ref,
+                gene_ur=gene_ur,
+                extra={
+                    "model_type": rec.model_type,
+                    "model_weights_sha256": rec.weights_sha256,
+                    "n_genes_input": len(plan.gene_ids),
+                    "where": where,
+                    **notes,
+                    **({} if gene_ur is not None else {"gene_ur": None}),  # recorded as null for a model without one
+                },
+            )
             source = {"kind": "model", "model": rec.ref, "model_type": rec.model_type, "sha256": rec.weights_sha256}
             writer: EmbeddingWriter | None = None
             progress.phase(f"embedding {n} cells with {rec.ref} ({n_actors} Ray actor{'s' if n_actors > 1 else ''})", total=n)

@@ -17,6 +17,7 @@ import numpy as np
 from aivc.errors import UsageError
 from aivc.progress import NullProgress, Progress
 from aivc.store.lake import Lake
+from aivc.store.lineage import Lineage
 from aivc.store.read import LakeQuery, Options, top_variable
 
 from aivc.store.features import EmbeddingVersion, EmbeddingWriter
@@ -85,13 +86,12 @@ def embed_pca(
     components *= signs
     explained = evals[order] / evals.sum() if evals.sum() > 0 else np.zeros(k)
 
-    lineage = {
-        "datasets": [v.ref for v in versions],
-        "organism": org,
-        "lake_state": {org: hw},
-        "genes": int(g),
-        "top_genes": [str(x) for x in genes["gene_id"].to_numpy()[top][:50]],
-    }
+    lineage = Lineage(
+        datasets=tuple(v.ref for v in versions),
+        organism=org,
+        lake_state={org: hw},
+        extra={"genes": int(g), "top_genes": [str(x) for x in genes["gene_id"].to_numpy()[top][:50]]},
+    )
     source = {"kind": "baseline", "method": "pca", "params": params.__dict__ | {"n_components": int(k), "target_sum": q.measurement.target_sum}}
     writer = EmbeddingWriter(lake, "cell", name, int(k), source=source, lineage=lineage, normalization="none")
     try:

@@ -62,8 +62,7 @@ _IDENT = re.compile(r"^[a-z][a-z0-9_]*$")
 
 def _lineage_datasets(v: EmbeddingVersion) -> list[str]:
     """Dataset refs (``id@version`` or ``id``) the version was computed from."""
-    ds = v.lineage.get("datasets") if isinstance(v.lineage, dict) else None
-    return [str(x) for x in ds] if isinstance(ds, list) else []
+    return list(v.lineage.datasets)
 
 
 def _dataset_id(ref: str) -> str:

@@ -116,7 +116,7 @@ def _resolve(lake: Lake, instrument: str, embedding: str | None, datasets: list[
         if not have:
             raise InstrumentError(f"{emb.ref} holds no cell vectors", where="--all")
         return rec, emb, sorted(have)
-    lineage = {r.partition("@")[0]: r for r in (emb.lineage.get("datasets", []) if isinstance(emb.lineage, dict) else [])}
+    lineage = emb.lineage.dataset_versions()
     chosen = []
     for d in datasets or []:
         ds_id, _, ver = d.partition("@")
@@ -397,7 +397,7 @@ def annotate(
             rows[d] = rows.get(d, 0) + n
         if sum(rows.values()) != expected:
             raise InstrumentError(f"the job wrote {sum(rows.values())} rows for {expected} stored vectors; nothing was published", where=engine)
-        lineage = {r.partition("@")[0]: r for r in (emb.lineage.get("datasets", []) if isinstance(emb.lineage, dict) else [])}
+        lineage = emb.lineage.dataset_versions()
         job = _job_record(engine, reason, actors, batch_size, seconds, expected)
         built = None
         if report:

@@ -69,6 +69,7 @@ from aivc.instruments.registry import InstrumentError, InstrumentRecord, registe
 from aivc.ontology import NON_ONTOLOGY_VALUES
 from aivc.progress import NullProgress, Progress
 from aivc.store.lake import Lake
+from aivc.store.lineage import Lineage
 
 TYPE = "celltype"
 OUTPUT_COLUMNS: dict[str, str] = {
@@ -550,12 +551,9 @@ def train_celltype(
     metrics["excluded_classes"] = excluded
     n_tr = n_cal = np.bincount(y, minlength=len(kept))  # cross-fitting: every cell trains and calibrates
     refs = sorted({f"{d}@{int(v)}" for d, v in zip(cells["dataset_id"], cells["dataset_version"], strict=True)})
-    lineage = {
-        "embedding": emb.ref,
-        "embedding_lineage_datasets": list(emb.lineage.get("datasets", [])) if isinstance(emb.lineage, dict) else [],
-        "datasets": refs,
-        "training_cells": {str(k): int(v) for k, v in cells["dataset_id"].value_counts().sort_index().items()},
-    }
+    per_dataset = {str(k): int(v) for k, v in cells["dataset_id"].value_counts().sort_index().items()}
+    extra = {"embedding_lineage_datasets": list(emb.lineage.datasets), "training_cells": per_dataset}
+    lineage = Lineage(embedding=emb.ref, datasets=tuple(refs), extra=extra)
     progress.phase("registering")
     return register_decoder(lake, model, emb, name=name, config=config, metrics=metrics, lineage=lineage, n_train=n_tr, n_calibration=n_cal)
 
@@ -568,7 +566,7 @@ def register_decoder(
     name: str = "celltype",
     config: CellTypeConfig = CellTypeConfig(),
     metrics: dict[str, Any] | None = None,
-    lineage: dict[str, Any] | None = None,
+    lineage: Lineage | None = None,
     n_train: Any = None,
     n_calibration: Any = None,
 ) -> InstrumentRecord:
@@ -591,7 +589,7 @@ def register_decoder(
         raise InstrumentError(f"the decoder reads {model.dim}-dimensional URs but {embedding.ref} has {embedding.dim}", where=embedding.ref)
     return register_instrument(
         lake, name, kind="decoder", type=TYPE, reads=embedding.ref, weights=model.to_weights(), outputs=outputs,
-        metrics=dict(metrics if metrics is not None else model.fit_metrics), lineage=dict(lineage or {"embedding": embedding.ref}),
+        metrics=dict(metrics if metrics is not None else model.fit_metrics), lineage=lineage if lineage is not None else Lineage(embedding=embedding.ref),
         config=asdict(config),
         description=f"cell-type decoder over {embedding.ref}: {K} Cell Ontology types, conformal sets at alpha={config.alpha:g}",
     )  # fmt: skip

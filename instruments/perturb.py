@@ -22,7 +22,7 @@ Example
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -36,6 +36,7 @@ from aivc.instruments.registry import InstrumentRecord, get_instrument, load_ins
 from aivc.progress import NullProgress, Progress
 from aivc.store.catalog import Catalog, DatasetVersion
 from aivc.store.lake import Lake
+from aivc.store.lineage import Lineage
 from aivc.store.read import LakeQuery, lognormalize, version_cells, version_features
 
 FIELD = "perturbation_targets"
@@ -100,7 +101,7 @@ def load_screen(
         cell_ur_ref=ref,
         obs_ids=cells["obs_id"].to_numpy(),
         gene_symbols=tuple(genes["feature_name"].to_numpy()[cols].astype(str)),
-        source={"dataset": v.ref, "organism": v.organism_name, "lake_state": {v.organism_name: Catalog(lake).high_water(v.organism_name)}},
+        source=Lineage(dataset=v.ref, organism=v.organism_name, lake_state={v.organism_name: Catalog(lake).high_water(v.organism_name)}),
     )
 
 
@@ -180,11 +181,11 @@ def train_manipulator(
         "n_control_cells": int(screen.is_control.sum()),
         "remaining_fraction": [round(float(f), 4) for f in m.remaining_fraction],
     }
-    lineage = {
-        **screen.source,
-        "gene_ur": {"ref": gv.ref, "source": gv.source, "lineage": gv.lineage},
+    notes = {
+        "gene_ur": {"ref": gv.ref, "source": gv.source, "lineage": gv.lineage.to_record()},  # the gene URs and their own lineage
         "cell_ur": screen.cell_ur_ref or "pca fitted on the training cells (stored with the instrument)",
     }
+    lineage = replace(screen.source, extra=screen.source.extra | notes)
     outputs = {
         "ur_shift": {"space": screen.cell_ur_ref or "pca", "dim": int(m.z_center.size)},
         "expression": {"units": "log1p(1e4 * counts / total)", "n_genes": len(m.gene_ids)},
@@ -192,7 +193,7 @@ def train_manipulator(
     }
     rec = register_instrument(
         lake, name, kind=KIND, type=TYPE, reads=gene_urs.ref, weights=m.weights(), outputs=outputs, metrics=metrics,
-        lineage=lineage, config=m.config(), description=f"perturbation manipulator trained on {screen.source['dataset']}",
+        lineage=lineage, config=m.config(), description=f"perturbation manipulator trained on {screen.source.dataset}",
     )  # fmt: skip
     return TrainResult(rec, m, ev, tuple(test))
 
@@ -262,10 +263,14 @@ def perturb(
     if (rec.kind, rec.type) != (KIND, TYPE):
         raise UsageError(f"{rec.ref} is a {rec.kind} of type {rec.type!r}; aivc perturb needs a perturbation manipulator", where="--instrument")
     m: PerturbationManipulator = load_instrument(lake, rec)
-    targets = _resolve_targets(m, genes, str(rec.lineage.get("organism", "homo_sapiens")))
-    v, cells, dgenes = _dataset_cells(lake, dataset or str(rec.lineage["dataset"]))
-    if v.organism_name != rec.lineage.get("organism", v.organism_name):
-        raise UsageError(f"{v.ref} is {v.organism_name} but {rec.ref} was trained on {rec.lineage['organism']}", where="--dataset")
+    trained_on = rec.lineage.organism
+    targets = _resolve_targets(m, genes, trained_on or "homo_sapiens")
+    dataset = dataset or rec.lineage.dataset
+    if dataset is None:
+        raise UsageError(f"{rec.ref} records no dataset it was trained on; name one with --dataset", where="--dataset")
+    v, cells, dgenes = _dataset_cells(lake, dataset)
+    if trained_on is not None and v.organism_name != trained_on:
+        raise UsageError(f"{v.ref} is {v.organism_name} but {rec.ref} was trained on {trained_on}", where="--dataset")
     chosen = cells[cells[FIELD].fillna(CONTROL) == CONTROL] if FIELD in cells.columns else cells
     if cell_type is not None:
         chosen = chosen[(chosen["cell_type"] == cell_type) | (chosen["cell_type_ontology_term_id"] == cell_type)]

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from aivc.errors import NotFoundError, UsageError
+from aivc.store.lineage import Lineage
 
 CONTROL = "control"
 DELIMITER = ";"
@@ -82,7 +83,8 @@ class PerturbationScreen:
 
     ``expression`` is log-normalized (cells x genes, float32); ``conditions`` names each cell's
     condition (``"control"`` or sorted target ids joined by ``;``); ``cell_ur`` optionally holds
-    feature-store cell URs (``cell_ur_ref``) in the same cell order.
+    feature-store cell URs (``cell_ur_ref``) in the same cell order; ``source`` names the
+    dataset version, organism and lake state it was read from.
     """
 
     expression: np.ndarray
@@ -92,7 +94,7 @@ class PerturbationScreen:
     cell_ur_ref: str | None = None
     obs_ids: np.ndarray | None = None
     gene_symbols: tuple[str, ...] | None = None
-    source: dict[str, Any] = field(default_factory=dict)
+    source: Lineage = field(default_factory=Lineage)
 
     @classmethod
     def from_counts(cls, counts: Any, gene_ids: Sequence[str], conditions: Sequence[str], *, target_sum: float = 1e4, **kw: Any) -> PerturbationScreen:

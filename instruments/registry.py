@@ -28,7 +28,7 @@ Example
 >>> from aivc.store.lake import Lake
 >>> lake = Lake.init(tempfile.mkdtemp() + "/lake")
 >>> rec = register_instrument(lake, "demo", kind="decoder", type="identity", reads="cell:pca@1",
-...     weights={"w": np.eye(2, dtype=np.float32)}, outputs={"columns": {}}, metrics={}, lineage={}, config={})
+...     weights={"w": np.eye(2, dtype=np.float32)}, outputs={"columns": {}}, metrics={}, config={})
 >>> rec.ref, [r.ref for r in list_instruments(lake)], read_weights(lake, rec)["w"].shape
 ('demo@1', ['demo@1'], (2, 2))
 """
@@ -49,6 +49,7 @@ from aivc.errors import AivcError, UsageError
 from aivc.store.collection import Collection, parse_ref
 from aivc.store.collection import check_name as check_collection_name
 from aivc.store.lake import Lake, utcnow
+from aivc.store.lineage import Lineage
 from aivc.store.records import dump_record, load_record
 
 InstrumentKind = Literal["decoder", "manipulator"]
@@ -82,13 +83,17 @@ class InstrumentRecord:
     reads: str
     outputs: dict[str, Any]
     metrics: dict[str, Any]
-    lineage: dict[str, Any]
+    lineage: Lineage
     config: dict[str, Any]
     created_at: str
     description: str = ""
     weights: str = WEIGHTS_NAME
     weights_sha256: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.lineage, Lineage):
+            raise TypeError(f"InstrumentRecord.lineage must be a Lineage, not {type(self.lineage).__name__}")
 
     @property
     def ref(self) -> str:
@@ -99,7 +104,7 @@ class InstrumentRecord:
 
     @classmethod
     def from_record(cls, d: dict[str, Any]) -> InstrumentRecord:
-        return load_record(cls, d, INSTRUMENT_SCHEMA, error=InstrumentError)
+        return load_record(cls, d, INSTRUMENT_SCHEMA, error=InstrumentError, nested={"lineage": Lineage.from_record})
 
 
 class Instrument(Protocol):
@@ -222,8 +227,8 @@ def register_instrument(
     weights: Mapping[str, np.ndarray],
     outputs: dict[str, Any],
     metrics: dict[str, Any],
-    lineage: dict[str, Any],
     config: dict[str, Any],
+    lineage: Lineage | None = None,
     description: str = "",
     extra: dict[str, Any] | None = None,
     wait: float = 600.0,
@@ -240,6 +245,8 @@ def register_instrument(
         The exact embedding version it reads, ``ENTITY:NAME@VERSION``.
     weights
         Named NumPy arrays (stored in ``weights.npz`` without pickle).
+    lineage
+        What it was trained from (the embedding, the datasets, ...); none: an empty one.
     """
     from aivc.store.features import parse_ref
 
@@ -259,7 +266,7 @@ def register_instrument(
         def make(version: int) -> InstrumentRecord:
             return InstrumentRecord(
                 name=name, version=version, kind=kind, type=type, reads=reads, outputs=dict(outputs), metrics=dict(metrics),
-                lineage=dict(lineage), config=dict(config), created_at=utcnow(), description=description,
+                lineage=lineage if lineage is not None else Lineage(), config=dict(config), created_at=utcnow(), description=description,
                 weights=WEIGHTS_NAME, weights_sha256=sha, extra=dict(extra or {}),
             )  # fmt: skip
 

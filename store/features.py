@@ -38,6 +38,7 @@ from aivc.errors import AivcError, UsageError
 from aivc.store.collection import Collection, check_name, sql_name
 from aivc.store.collection import parse_ref as parse_collection_ref
 from aivc.store.lake import Lake
+from aivc.store.lineage import Lineage
 from aivc.store.records import dump_record, load_record
 
 Entity = Literal["cell", "gene", "niche"]
@@ -54,7 +55,7 @@ class EmbeddingError(AivcError):
 
 @dataclass(frozen=True)
 class EmbeddingVersion:
-    """The record of one published, immutable embedding version."""
+    """The record of one published, immutable embedding version; ``lineage`` says what it was computed from."""
 
     entity: str
     name: str
@@ -64,10 +65,14 @@ class EmbeddingVersion:
     dtype: str
     normalization: str
     source: dict[str, Any]
-    lineage: dict[str, Any]
+    lineage: Lineage
     created_at: str
     metrics: dict[str, Any] = field(default_factory=dict)
     partitions: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.lineage, Lineage):
+            raise TypeError(f"EmbeddingVersion.lineage must be a Lineage, not {type(self.lineage).__name__}")
 
     @property
     def ref(self) -> str:
@@ -86,7 +91,7 @@ class EmbeddingVersion:
 
     @classmethod
     def from_record(cls, d: dict[str, Any]) -> EmbeddingVersion:
-        return load_record(cls, d, RECORD_SCHEMA)
+        return load_record(cls, d, RECORD_SCHEMA, nested={"lineage": Lineage.from_record})
 
 
 def features(lake: Lake) -> Collection[EmbeddingVersion]:
@@ -147,7 +152,7 @@ class EmbeddingWriter:
         dim: int,
         *,
         source: dict[str, Any],
-        lineage: dict[str, Any] | None = None,
+        lineage: Lineage | None = None,
         normalization: str = "none",
         rows_per_file: int = 1_000_000,
     ) -> None:
@@ -159,7 +164,9 @@ class EmbeddingWriter:
         import pyarrow as pa
 
         self.lake, self.entity, self.name, self.dim = lake, entity, name, int(dim)
-        self.source, self.lineage, self.normalization = source, lineage or {}, normalization
+        if lineage is not None and not isinstance(lineage, Lineage):
+            raise TypeError(f"lineage must be a Lineage (aivc.store.lineage), not {type(lineage).__name__}")
+        self.source, self.lineage, self.normalization = source, lineage if lineage is not None else Lineage(), normalization
         self.rows_per_file = rows_per_file
         self.staging = lake.new_staging()
         self._writers: dict[str, Any] = {}

@@ -34,6 +34,7 @@ from aivc.store import read, soma_io
 from aivc.store.catalog import Catalog
 from aivc.store.read import Options
 from aivc.store.lake import Lake, write_json_atomic
+from aivc.store.lineage import Lineage
 from aivc.training.config import DataConfig
 
 PLAN_SCHEMA = "aivc.training_plan"
@@ -73,14 +74,14 @@ class TrainingPlan:
     def split_cells(self, split: Split) -> pd.DataFrame:
         return self.cells if split == "all" else self.cells[self.cells["split"] == split]
 
-    def lineage(self) -> dict[str, Any]:
-        return {
-            "datasets": list(self.datasets),
-            "organism": self.organism,
-            "lake_state": {self.organism: int(self.high_water)},
-            "n_cells": int(len(self.cells)),
-            "n_genes": self.n_genes,
-        }
+    def lineage(self) -> Lineage:
+        """The datasets, organism and pinned lake state the plan reads (plus its cell and gene counts)."""
+        return Lineage(
+            datasets=self.datasets,
+            organism=self.organism,
+            lake_state={self.organism: int(self.high_water)},
+            extra={"n_cells": int(len(self.cells)), "n_genes": self.n_genes},
+        )
 
     # -- persistence -------------------------------------------------------------------
     def save(self, folder: Path) -> None:

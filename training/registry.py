@@ -5,7 +5,8 @@ Layout::
     <lake>/models/<name>/v000001/
         model.json      the record (schema_name aivc.model): config, init parameters, the
                         gene ids in input order, encodings (batch categories), metrics,
-                        training history, lineage (dataset versions, lake high-water marks)
+                        training history, lineage (dataset versions, lake high-water marks,
+                        the gene UR version of a gene-token model)
         model.pt        the weights (a torch state dict)
     <lake>/models/.runs/      training runs (checkpoints, plans), see aivc.training.trainer
 
@@ -19,7 +20,7 @@ Example
 >>> from aivc.store.lake import Lake
 >>> lake = Lake.init(tempfile.mkdtemp() + "/lake")
 >>> rec = register_model(lake, "demo-vae", model_type="cell-vae", state_dict={"w": torch.zeros(2)},
-...     init={}, config={}, gene_ids=["ENSG00000141510"], encodings={"batch": ["ds"]}, metrics={}, lineage={})
+...     init={}, config={}, gene_ids=["ENSG00000141510"], encodings={"batch": ["ds"]}, metrics={})
 >>> rec.ref, [m.ref for m in list_models(lake)]
 ('demo-vae@1', ['demo-vae@1'])
 """
@@ -33,6 +34,7 @@ from typing import Any
 
 from aivc.store.collection import Collection, check_name, parse_ref
 from aivc.store.lake import Lake, utcnow
+from aivc.store.lineage import Lineage
 from aivc.store.records import dump_record, load_record
 from aivc.training.errors import ModelError
 
@@ -54,11 +56,15 @@ class ModelRecord:
     gene_ids: tuple[str, ...]
     encodings: dict[str, list[str]]
     metrics: dict[str, Any]
-    lineage: dict[str, Any]
+    lineage: Lineage
     history: tuple[dict[str, Any], ...] = ()
     training: dict[str, Any] = field(default_factory=dict)
     weights: str = WEIGHTS_NAME
     weights_sha256: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.lineage, Lineage):
+            raise TypeError(f"ModelRecord.lineage must be a Lineage, not {type(self.lineage).__name__}")
 
     @property
     def ref(self) -> str:
@@ -69,7 +75,7 @@ class ModelRecord:
 
     @classmethod
     def from_record(cls, d: dict[str, Any]) -> ModelRecord:
-        return load_record(cls, d, MODEL_SCHEMA, error=ModelError)
+        return load_record(cls, d, MODEL_SCHEMA, error=ModelError, nested={"lineage": Lineage.from_record})
 
 
 def models(lake: Lake) -> Collection[ModelRecord]:
@@ -111,7 +117,7 @@ def register_model(
     gene_ids: list[str] | tuple[str, ...],
     encodings: dict[str, list[str]],
     metrics: dict[str, Any],
-    lineage: dict[str, Any],
+    lineage: Lineage | None = None,
     history: list[dict[str, Any]] | tuple[dict[str, Any], ...] = (),
     training: dict[str, Any] | None = None,
     wait: float = 600.0,
@@ -136,7 +142,7 @@ def register_model(
                 gene_ids=tuple(str(g) for g in gene_ids),
                 encodings={k: [str(x) for x in v] for k, v in encodings.items()},
                 metrics=dict(metrics),
-                lineage=dict(lineage),
+                lineage=lineage if lineage is not None else Lineage(),
                 history=tuple(history),
                 training=dict(training or {}),
                 weights=WEIGHTS_NAME,
@@ -153,7 +159,7 @@ def load_model(lake: Lake, ref: str, *, gene_vectors: Any = None) -> tuple[Any, 
     """The module of ``NAME[@VERSION]`` with its weights, in eval mode, and its record.
 
     A gene-token model (``cell-transformer``) gets the gene table it was trained with (its
-    ``lineage["gene_ur"]``, read from the feature store); or, given
+    ``lineage.gene_ur``, read from the feature store); or, given
     ``gene_vectors`` (float32 ``[genes, gene_dim]``, already read by the caller for the genes
     it will feed), that table instead, and nothing is read. Other models ignore both.
     """
@@ -188,7 +194,7 @@ def _set_training_gene_table(lake: Lake, module: Any, rec: ModelRecord) -> None:
     import numpy as np
     import torch
 
-    ref = rec.lineage.get("gene_ur")
+    ref = rec.lineage.gene_ur
     if not ref:
         raise ModelError(f"model {rec.ref} records no gene UR version (lineage.gene_ur)", where=rec.ref)
     from aivc.store.features import gene_table

@@ -5,7 +5,7 @@ One loop serves every model type (``cfg.model_type``, built with
 reads genes through gene URs, which live in the feature store (:mod:`aivc.store.features`,
 read with :func:`~aivc.store.features.gene_table`). The driver resolves ``cfg.gene_ur`` to one
 exact version, keeps only the genes that have a vector in it, records the version in the
-run and in the registered model's ``lineage["gene_ur"]``, reads the vectors in plan gene
+run and in the registered model's ``lineage.gene_ur``, reads the vectors in plan gene
 order and hands them to every worker, which sets them as the model's (non-persistent)
 gene table.
 
@@ -41,7 +41,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -540,9 +540,9 @@ def _register(lake: Lake, cfg: TrainingConfig, rdir: Path, run_id: str, result: 
     final = history[-1]
     resumed = int(final.get("resumed_from_epoch", 0))
     unmeasured = {ds: [g for g, m in zip(plan.gene_ids, plan.masks[b], strict=True) if not m] for b, ds in enumerate(plan.batch_categories)}
-    lineage = plan.lineage() | {"validation": plan.validation, "genes_mode": plan.genes_mode, "unmeasured_genes": {k: v for k, v in unmeasured.items() if v}}
-    if gene_ur is not None:
-        lineage["gene_ur"] = gene_ur  # the exact version whose vectors are the gene tokens
+    base = plan.lineage()
+    notes = {"validation": plan.validation, "genes_mode": plan.genes_mode, "unmeasured_genes": {k: v for k, v in unmeasured.items() if v}}
+    lineage = replace(base, gene_ur=gene_ur, extra=base.extra | notes)  # gene_ur: the exact version whose vectors are the gene tokens
     rec = register_model(
         lake,
         cfg.name,

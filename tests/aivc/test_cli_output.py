@@ -221,7 +221,7 @@ def test_features_show_is_a_summary_and_json_the_full_record(long_lake):
     lines = p.stdout.splitlines()
     assert lines[0] == f"{ref}: cell embedding, 80 rows x 4 dims"
     assert len(lines) < 40 and not p.stdout.lstrip().startswith("{")
-    top = v.lineage["top_genes"]
+    top = v.lineage.extra["top_genes"]
     assert len(top) == 50
     assert f"top_genes   {', '.join(top[:5])}, … (50 in all)" in p.stdout
     assert not any(g in p.stdout for g in top[5:])
@@ -243,12 +243,13 @@ def test_instruments_show_is_a_summary(long_lake):
 
 
 def test_models_show_is_a_summary(lake):
+    from aivc.store.lineage import Lineage
     from aivc.training.registry import register_model
 
     genes = [f"ENSG{i:011d}" for i in range(40)]
     register_model(
         lake, "tiny-vae", model_type="cell-vae", state_dict={}, init={"n_genes": 40, "latent_dim": 2}, config={"seed": 0, "optim": {"lr": 0.001}},
-        gene_ids=genes, encodings={"batch": ["ds"]}, metrics={"train_loss": 1.5, "validation_loss": 1.25}, lineage={"datasets": ["ds@1"]},
+        gene_ids=genes, encodings={"batch": ["ds"]}, metrics={"train_loss": 1.5, "validation_loss": 1.25}, lineage=Lineage(datasets=("ds@1",)),
     )  # fmt: skip
     p = cli("models", "show", "tiny-vae@1", "--lake", str(lake.root))
     assert p.returncode == 0, p.stderr

@@ -67,8 +67,8 @@ def test_coexpressed_genes_get_the_same_direction(co_lake):
     assert v.ref in [x.ref for x in list_versions(lake, "gene")]
     assert v.source["method"] == "coexpression" and v.source["params"]["dim"] == 8
     cat = Catalog(lake)
-    assert v.lineage["datasets"] == ["co-a@1", "co-b@1"] and v.lineage["organism"] == "homo_sapiens"
-    assert v.lineage["lake_state"] == {"homo_sapiens": cat.high_water("homo_sapiens")}
+    assert v.lineage.datasets == ("co-a@1", "co-b@1") and v.lineage.organism == "homo_sapiens"
+    assert v.lineage.lake_state == {"homo_sapiens": cat.high_water("homo_sapiens")}
     vecs = _vectors(lake, v.ref)
     assert len(vecs) == v.n_rows == v.metrics["n_genes"] and all(k.startswith("ENSG") for k in vecs)
     mat = np.stack(list(vecs.values()))

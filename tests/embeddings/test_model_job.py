@@ -17,6 +17,7 @@ from aivc.store import soma_io
 from aivc.store.catalog import Catalog
 from aivc.training.models.cell_vae import CellVAE
 from aivc.training.registry import load_model, register_model
+from aivc.store.lineage import Lineage
 
 
 def _lake_genes(lake, dataset_ids):  # noqa: ANN001, ANN202
@@ -35,7 +36,7 @@ def _register_vae(lake, gene_ids, batches, name="tiny-vae", seed=0):  # noqa: AN
     # a real (random) encoder: make the batch covariate matter so the test sees it
     return register_model(
         lake, name, model_type="cell-vae", state_dict=m.state_dict(), init=init, config={}, gene_ids=list(gene_ids),
-        encodings={"batch": list(batches)}, metrics={}, lineage={"organism": "homo_sapiens", "datasets": [f"{b}@1" for b in batches]},
+        encodings={"batch": list(batches)}, metrics={}, lineage=Lineage(organism="homo_sapiens", datasets=tuple(f"{b}@1" for b in batches)),
     )
 
 
@@ -73,12 +74,12 @@ def test_published_vectors_equal_model_applied_directly(train_lake, ray_session)
     v = embed_model(train_lake, rec.ref, chunk_rows=17, batch_size=8, actors=2)
 
     assert v.ref == "cell:embed_direct@1" and v.n_rows == 100 and v.dim == 4
-    assert v.source["kind"] == "model" and v.lineage["model"] == rec.ref
-    assert v.lineage["datasets"] == ["synth-a@1", "synth-b@1"]
+    assert v.source["kind"] == "model" and v.lineage.model == rec.ref
+    assert v.lineage.datasets == ("synth-a@1", "synth-b@1")
     # synth-b did not measure 10 of the union genes: masked, recorded
-    assert v.lineage["gene_overlap"]["synth-b"]["masked"] == 10
-    assert v.lineage["gene_overlap"]["synth-a"]["masked"] == 0
-    assert v.lineage["batch_encoding"] == {"synth-a": "own", "synth-b": "own"}
+    assert v.lineage.extra["gene_overlap"]["synth-b"]["masked"] == 10
+    assert v.lineage.extra["gene_overlap"]["synth-a"]["masked"] == 0
+    assert v.lineage.extra["batch_encoding"] == {"synth-a": "own", "synth-b": "own"}
     for ds in ("synth-a", "synth-b"):
         ids, direct = _direct(train_lake, rec, ds)
         pub = _published(train_lake, v.ref, ds)
@@ -101,8 +102,8 @@ def test_unseen_dataset_gets_average_batch_and_masked_genes(lake, write_submissi
     assert submit(lake, h5, mf).status == "committed"
 
     v = embed_model(lake, rec.ref, datasets=["new-b"])
-    assert v.lineage["batch_encoding"] == {"new-b": "average"}
-    assert v.lineage["gene_overlap"]["new-b"]["masked"] == 30
+    assert v.lineage.extra["batch_encoding"] == {"new-b": "average"}
+    assert v.lineage.extra["gene_overlap"]["new-b"]["masked"] == 30
     ids, direct = _direct(lake, rec, "new-b")
     pub = _published(lake, v.ref, "new-b")
     np.testing.assert_allclose(np.stack([pub[i] for i in ids]), direct, rtol=1e-5, atol=1e-5)
@@ -125,7 +126,7 @@ def test_too_few_overlapping_genes_is_a_clear_error_and_publishes_nothing(lake, 
     assert list_versions(lake) == before
     # asking for less overlap embeds it, with the 100 missing genes masked
     v = embed_model(lake, rec.ref, datasets=["tiny-c"], min_gene_overlap=0.1)
-    assert v.lineage["gene_overlap"]["tiny-c"] == {"genes_used": 20, "genes_model": 120, "fraction": round(20 / 120, 4), "masked": 100}
+    assert v.lineage.extra["gene_overlap"]["tiny-c"] == {"genes_used": 20, "genes_model": 120, "fraction": round(20 / 120, 4), "masked": 100}
 
 
 def test_cli_embed_model_ref_and_errors(train_lake, ray_session):  # noqa: ANN001
@@ -157,7 +158,7 @@ def test_where_selects_cells_by_metadata(train_lake, ray_session):  # noqa: ANN0
     want = {r[0] for r in query(train_lake, "SELECT obs_id FROM cells WHERE dataset_id = 'synth-a' AND cell_type = 'B cell' AND donor_id = 'd1'").rows}
     assert 0 < len(want) < 60
     v = embed_model(train_lake, rec.ref, datasets=["synth-a"], where="cell_type = 'B cell' AND donor_id = 'd1'", chunk_rows=7)
-    assert set(_published(train_lake, v.ref, "synth-a")) == want and v.lineage["where"] == "cell_type = 'B cell' AND donor_id = 'd1'"
+    assert set(_published(train_lake, v.ref, "synth-a")) == want and v.lineage.extra["where"] == "cell_type = 'B cell' AND donor_id = 'd1'"
     ids, direct = _direct(train_lake, rec, "synth-a")
     pub = _published(train_lake, v.ref, "synth-a")
     sel = [i for i, x in enumerate(ids) if x in want]
@@ -188,14 +189,14 @@ def test_gene_token_model_embeds_genes_it_never_saw(lake, write_submission, huma
     m = CellTransformer(**init)
     rec = register_model(
         lake, "tiny-tf", model_type="cell-transformer", state_dict=m.state_dict(), init=init, config={}, gene_ids=trained,
-        encodings={"batch": ["train-a"]}, metrics={}, lineage={"organism": "homo_sapiens", "gene_ur": "gene:rand@1"},
+        encodings={"batch": ["train-a"]}, metrics={}, lineage=Lineage(organism="homo_sapiens", gene_ur="gene:rand@1"),
     )
     module, _ = load_model(lake, rec.ref)  # the training gene table comes from lineage.gene_ur
     assert module.gene_table.shape == (100, 8)
 
     v = embed_model(lake, rec.ref, datasets=["new-b"])
-    assert v.lineage["gene_overlap"]["new-b"] == {"genes_used": 120, "genes_measured": 120, "fraction": 1.0}
-    assert v.lineage["gene_ur"] == "gene:rand@1"
+    assert v.lineage.extra["gene_overlap"]["new-b"] == {"genes_used": 120, "genes_measured": 120, "fraction": 1.0}
+    assert v.lineage.gene_ur == "gene:rand@1"
 
     # directly: the same weights over new-b's 120 genes, tokens from their URs
     cat = Catalog(lake)
@@ -243,8 +244,8 @@ def test_model_applies_to_another_species_through_orthologs(lake, write_submissi
 
     vm = embed_model(lake, rec.ref, datasets=["mouse-m"])
     vh = embed_model(lake, rec.ref, datasets=["human-same"], name="human_same")
-    assert vm.lineage["orthologs"]["from"] == "mus_musculus" and vm.lineage["orthologs"]["to"] == "homo_sapiens"
-    assert vm.lineage["gene_overlap"]["mouse-m"]["genes_used"] == len(keep) == vh.lineage["gene_overlap"]["human-same"]["genes_used"]
+    assert vm.lineage.extra["orthologs"]["from"] == "mus_musculus" and vm.lineage.extra["orthologs"]["to"] == "homo_sapiens"
+    assert vm.lineage.extra["gene_overlap"]["mouse-m"]["genes_used"] == len(keep) == vh.lineage.extra["gene_overlap"]["human-same"]["genes_used"]
     pm = {k.split(":", 1)[1]: x for k, x in _published(lake, vm.ref, "mouse-m").items()}
     ph = {k.split(":", 1)[1]: x for k, x in _published(lake, vh.ref, "human-same").items()}
     assert sorted(pm) == sorted(ph) and len(pm) == 60

@@ -18,6 +18,7 @@ from aivc.embeddings.sql import query
 from aivc.store.features import EmbeddingWriter, version_dir
 from aivc.errors import NotFoundError, SqlError, UsageError
 from aivc.store.lake import Lake
+from aivc.store.lineage import Lineage
 from tests.store.test_access import EXPECTED, N_CELLS, build_access_lake
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -26,7 +27,7 @@ DIM = 8
 
 
 def _write_cells(lake: Lake, name: str, cells: pd.DataFrame, vec: np.ndarray, lineage: list[str], metrics: dict | None = None) -> None:
-    w = EmbeddingWriter(lake, "cell", name, vec.shape[1], source={"kind": "test", "method": "random"}, lineage={"datasets": lineage})
+    w = EmbeddingWriter(lake, "cell", name, vec.shape[1], source={"kind": "test", "method": "random"}, lineage=Lineage(datasets=tuple(lineage)))
     w.write(cells["obs_id"].to_numpy(), vec, soma_joinids=cells["soma_joinid"].to_numpy(), dataset_ids=cells["dataset_id"].to_numpy())
     w.commit(metrics=metrics or {})
 
@@ -59,7 +60,7 @@ def elake(tmp_path_factory: pytest.TempPathFactory, human_genes: pd.DataFrame):
     with EmbeddingWriter(lake, "gene", "co", 4, source={"kind": "import", "model": "esm2"}) as w:
         w.write(genes, gvec)
     for name, ds in (("nb", "cons@1"), ("open", "pub@1")):
-        with EmbeddingWriter(lake, "niche", name, 3, source={"kind": "test"}, lineage={"datasets": [ds]}) as w:
+        with EmbeddingWriter(lake, "niche", name, 3, source={"kind": "test"}, lineage=Lineage(datasets=(ds,))) as w:
             w.write([f"{name}-{i}" for i in range(5)], rng.normal(size=(5, 3)).astype(np.float32))
     return {"lake": lake, "cells": cells, "v1": v1, "v2": v2, "q": q, "near": near, "genes": genes, "gvec": gvec}
 

@@ -15,6 +15,7 @@ import pytest
 from aivc.store.features import EmbeddingError, EmbeddingWriter, get_version, list_versions, read_vectors, version_dir
 from aivc.ingest.submission import submit
 from aivc.store.sql import query
+from aivc.store.lineage import Lineage
 from tests.conftest import lake_snapshot
 
 
@@ -35,7 +36,7 @@ def test_round_trip_by_id_dataset_and_all(lake2):
     cells = _cells(lake2)
     rng = np.random.default_rng(0)
     vec = rng.normal(size=(len(cells), 8)).astype(np.float32)
-    w = EmbeddingWriter(lake2, "cell", "rand", 8, source={"kind": "test"}, lineage={"datasets": ["synth-a@1", "synth-b@1"]}, rows_per_file=30)
+    w = EmbeddingWriter(lake2, "cell", "rand", 8, source={"kind": "test"}, lineage=Lineage(datasets=("synth-a@1", "synth-b@1")), rows_per_file=30)
     for start in range(0, len(cells), 25):  # several batches, files rolled every 30 rows
         part = cells.iloc[start : start + 25]
         w.write(part["obs_id"].to_numpy(), vec[start : start + 25], soma_joinids=part["soma_joinid"].to_numpy(), dataset_ids=part["dataset_id"].to_numpy())
@@ -137,7 +138,7 @@ def test_pca_over_the_lake_matches_dense_pca(lake2):
 
     v = embed_pca(lake2, params=PcaParams(n_components=5, n_top_genes=50, chunk_rows=17))
     assert (v.entity, v.name, v.dim, v.n_rows) == ("cell", "pca", 5, 100)
-    assert v.lineage["datasets"] == ["synth-a@1", "synth-b@1"]
+    assert v.lineage.datasets == ("synth-a@1", "synth-b@1")
     assert 0 < v.metrics["explained_variance_total"] <= 1
     # recompute densely from the exported counts
     a, _ = load_version_anndata(lake2, "synth-a")

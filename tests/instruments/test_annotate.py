@@ -15,6 +15,7 @@ from aivc.instruments.annotate import AUTO_LOCAL_MAX_CELLS, annotate, choose_eng
 from aivc.instruments.celltype import train_celltype
 from aivc.instruments.predictions import get_prediction_version, list_prediction_versions, read_predictions, version_dir
 from aivc.instruments.registry import InstrumentError, load_instrument
+from aivc.store.lineage import Lineage
 from tests.conftest import lake_snapshot
 from tests.instruments.support import run_cli
 
@@ -127,7 +128,7 @@ def test_choose_engine():
 def _pca_v2(lake) -> None:  # noqa: ANN001
     """cell:pca@2: the same cells, other vectors (as a re-embedding would give)."""
     table, vec = read_vectors(lake, "cell:pca@1", columns=("id", "soma_joinid", "dataset_id"))
-    w = EmbeddingWriter(lake, "cell", "pca", vec.shape[1], source={"kind": "test"}, lineage={"datasets": ["pbmc68k-part1@1", "pbmc68k-part2@1"]})
+    w = EmbeddingWriter(lake, "cell", "pca", vec.shape[1], source={"kind": "test"}, lineage=Lineage(datasets=("pbmc68k-part1@1", "pbmc68k-part2@1")))
     w.write(table.column("id"), vec[:, ::-1], soma_joinids=table.column("soma_joinid").to_numpy(), dataset_ids=table.column("dataset_id").to_pylist())
     w.commit()
 
@@ -141,7 +142,7 @@ def test_wrong_embedding_version_and_missing_vectors_are_refused(plake, cli_app,
     assert "\n" not in msg and msg.startswith("celltype@1 was trained on cell:pca@1 and cannot read cell:pca@2")
     # an embedding version holding only part 1, and a decoder trained on it
     table, vec = read_vectors(plake, "cell:pca@1", datasets={"pbmc68k-part1"}, columns=("id", "soma_joinid", "dataset_id"))
-    with EmbeddingWriter(plake, "cell", "half", vec.shape[1], source={"kind": "test"}, lineage={"datasets": ["pbmc68k-part1@1"]}) as w:
+    with EmbeddingWriter(plake, "cell", "half", vec.shape[1], source={"kind": "test"}, lineage=Lineage(datasets=("pbmc68k-part1@1",))) as w:
         w.write(table.column("id"), vec, soma_joinids=table.column("soma_joinid").to_numpy(), dataset_ids=table.column("dataset_id").to_pylist())
     train_celltype(plake, "cell:half@1", name="half")
     code, err = run_cli(cli_app, "annotate", "--instrument", "half@1", "--datasets", "pbmc68k-part2", "--lake", str(plake.root))

@@ -31,9 +31,9 @@ def test_record_names_what_it_read_and_what_it_left_out(pbmc_base):
     assert {t: x["n_cells"] for t, x in rec.metrics["excluded_classes"].items()} == EXCLUDED
     classes = [c["term_id"] for c in rec.outputs["classes"]]
     assert classes == sorted(["CL:0000236", "CL:0000451", "CL:0000623", "CL:0000794", "CL:0000815", "CL:0000900", "CL:0001054"])
-    assert rec.lineage["training_cells"] == {"pbmc68k-part1": 350 - sum(EXCLUDED.values())}
-    assert rec.lineage["datasets"] == ["pbmc68k-part1@1"]
-    assert rec.lineage["embedding_lineage_datasets"] == ["pbmc68k-part1@1", "pbmc68k-part2@1"]
+    assert rec.lineage.extra["training_cells"] == {"pbmc68k-part1": 350 - sum(EXCLUDED.values())}
+    assert rec.lineage.datasets == ("pbmc68k-part1@1",)
+    assert rec.lineage.extra["embedding_lineage_datasets"] == ["pbmc68k-part1@1", "pbmc68k-part2@1"]
     m = rec.metrics
     # cross-fitting: the registered model trains on all 331 cells, each of which is also predicted out of fold once
     assert m["n_train"] == m["n_calibration"] == 331 == sum(c["n_calibration"] for c in rec.outputs["classes"])

@@ -21,12 +21,13 @@ from aivc.instruments.registry import (
     register_loader,
     version_dir,
 )
+from aivc.store.lineage import Lineage
 
 
 def _register(lake, name="shift", kind="manipulator", type="test-shift", **over):  # noqa: A002
     kw = dict(
         kind=kind, type=type, reads="cell:pca@1", weights={"delta": np.array([1.0, -2.0], dtype=np.float32)},
-        outputs={"returns": "cell UR"}, metrics={"mse": 0.5}, lineage={"embedding": "cell:pca@1", "training_cells": {"ds": 10}},
+        outputs={"returns": "cell UR"}, metrics={"mse": 0.5}, lineage=Lineage(embedding="cell:pca@1", extra={"training_cells": {"ds": 10}}),
         config={"seed": 0},
     )  # fmt: skip
     kw.update(over)
@@ -50,7 +51,7 @@ def test_versions_are_numbered_immutable_and_typed(lake):
     assert [r.ref for r in list_instruments(lake)] == ["celltype@1", "shift@1", "shift@2"]
     assert [r.ref for r in list_instruments(lake, kind="manipulator")] == ["shift@1", "shift@2"]
     assert get_instrument(lake, "shift").ref == "shift@2" and get_instrument(lake, "shift@1") == r1
-    assert (r1.kind, r1.type, r1.reads, r1.metrics, r1.lineage["training_cells"]) == ("manipulator", "test-shift", "cell:pca@1", {"mse": 0.5}, {"ds": 10})
+    assert (r1.kind, r1.type, r1.reads, r1.metrics, r1.lineage.extra["training_cells"]) == ("manipulator", "test-shift", "cell:pca@1", {"mse": 0.5}, {"ds": 10})
     assert r2.metrics == {"mse": 0.25} and d.kind == "decoder"
     assert (version_dir(lake, "shift", 1) / "instrument.json").is_file()
     np.testing.assert_array_equal(read_weights(lake, r1)["delta"], [1.0, -2.0])
@@ -101,7 +102,7 @@ def test_crash_before_publish_leaves_nothing(lake, tmp_path):
         "from aivc.store.lake import Lake\n"
         "from aivc.instruments.registry import register_instrument\n"
         "register_instrument(Lake.open(sys.argv[1]), 'crash', kind='decoder', type='celltype', reads='cell:pca@1',\n"
-        "    weights={'w': np.ones(3)}, outputs={}, metrics={}, lineage={}, config={})\n"
+        "    weights={'w': np.ones(3)}, outputs={}, metrics={}, config={})\n"
     )
     env = {**os.environ, "AIVC_FAULT": "before_instrument_publish"}
     p = subprocess.run([sys.executable, str(script), str(lake.root)], env=env, capture_output=True, text=True)

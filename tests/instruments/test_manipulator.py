@@ -213,7 +213,7 @@ def test_cli_train_registers_a_manipulator_with_baselines_and_lineage(screen_lak
     assert (trained["status"], trained["instrument"], trained["kind"], trained["reads"]) == ("registered", "knockdown@1", "manipulator", "gene:coexpr_sim@1")
     rec = get_instrument(lake, "knockdown@1")
     assert (rec.kind, rec.type, rec.config["encoder"], rec.config["cell_ur"]) == ("manipulator", "perturbation", "pca", None)
-    assert rec.lineage["dataset"] == "sim-screen@1" and rec.lineage["gene_ur"]["ref"] == "gene:coexpr_sim@1"
+    assert rec.lineage.dataset == "sim-screen@1" and rec.lineage.extra["gene_ur"]["ref"] == "gene:coexpr_sim@1"
     single = rec.metrics["held_out"]["single"]
     assert set(single) == {"manipulator", "no_change", "mean"} and single["manipulator"]["n"] >= 2
     assert single["manipulator"]["mse"] < single["no_change"]["mse"]

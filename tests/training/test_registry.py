@@ -11,6 +11,7 @@ import torch
 
 from aivc.errors import NotFoundError, UsageError
 from aivc.training.registry import get_model, list_models, load_model, parse_model_ref, register_model, version_dir
+from aivc.store.lineage import Lineage
 
 
 def _register(lake, name="tiny-vae", **over):
@@ -22,7 +23,7 @@ def _register(lake, name="tiny-vae", **over):
         gene_ids=["ENSG00000141510", "ENSG00000012048", "ENSG00000139618"],
         encodings={"batch": ["ds"]},
         metrics={"train_loss": 1.5},
-        lineage={"datasets": ["ds@1"], "lake_state": {"homo_sapiens": 123}},
+        lineage=Lineage(datasets=("ds@1",), lake_state={"homo_sapiens": 123}),
     )
     kw.update(over)
     return register_model(lake, name, **kw)
@@ -41,7 +42,7 @@ def test_versions_numbered_and_loadable(lake):
     module, rec = load_model(lake, "tiny-vae@1")
     for k, v in m.state_dict().items():
         torch.testing.assert_close(module.state_dict()[k], v)
-    assert rec.lineage["lake_state"] == {"homo_sapiens": 123}
+    assert rec.lineage.lake_state == {"homo_sapiens": 123}
     with pytest.raises(NotFoundError, match="has no version 7"):
         get_model(lake, "tiny-vae@7")
     with pytest.raises(NotFoundError, match="no model 'other'"):
@@ -57,7 +58,7 @@ def test_crash_before_publish_leaves_nothing(lake, tmp_path):
         "from aivc.store.lake import Lake\n"
         "from aivc.training.registry import register_model\n"
         "register_model(Lake.open(sys.argv[1]), 'crash-vae', model_type='cell-vae', state_dict={}, init={}, config={},\n"
-        "    gene_ids=['g'], encodings={}, metrics={}, lineage={})\n"
+        "    gene_ids=['g'], encodings={}, metrics={})\n"
     )
     env = {**os.environ, "AIVC_FAULT": "before_model_publish"}
     proc = subprocess.run([sys.executable, str(script), str(lake.root)], env=env, capture_output=True, timeout=120)

@@ -18,6 +18,7 @@ from aivc.embeddings.gene_coexpr import embed_gene_coexpression
 from aivc.store.features import EmbeddingWriter, gene_table, read_vectors
 from aivc.errors import NotFoundError, UsageError
 from aivc.store.catalog import Catalog
+from aivc.store.lineage import Lineage
 from aivc.training.config import CellVaeConfig, apply_overrides, load_config
 from aivc.training.data import CellDataset, TrainingPlan
 from aivc.training.models.cell_transformer import CellTransformer
@@ -51,8 +52,8 @@ def test_train_registers_model_with_genes_and_lineage(train_lake, ray_session, c
     ga, gb = (pd.read_parquet(cat.artifacts_path(cat.get(d)) / "genes.parquet") for d in ("synth-a", "synth-b"))
     assert list(rec.gene_ids) == ga[ga.gene_id.isin(gb.gene_id)].sort_values("soma_joinid").gene_id.tolist()
     assert rec.encodings == {"batch": ["synth-a", "synth-b"]}
-    assert rec.lineage["datasets"] == ["synth-a@1", "synth-b@1"]
-    assert rec.lineage["lake_state"] == {"homo_sapiens": cat.high_water("homo_sapiens")}
+    assert rec.lineage.datasets == ("synth-a@1", "synth-b@1")
+    assert rec.lineage.lake_state == {"homo_sapiens": cat.high_water("homo_sapiens")}
     assert [h["epoch"] for h in rec.history] == [1, 2] and rec.metrics["epoch"] == 2
     assert rec.training["run_id"] == "basic" and rec.init["latent_dim"] == 4
     # the file on disk describes itself
@@ -137,7 +138,7 @@ def test_cell_transformer_trains_on_gene_urs_and_registers(train_lake, ray_sessi
     rec = get_model(train_lake, out["model"])
     assert (rec.name, rec.model_type, out["epochs"]) == ("cell-transformer", "cell-transformer", 2)
     # the exact gene UR version is recorded (the config named only the latest)
-    assert rec.lineage["gene_ur"] == gene_ur.ref == "gene:coexpr_tf@1"
+    assert rec.lineage.gene_ur == gene_ur.ref == "gene:coexpr_tf@1"
     assert json.loads((run_dir_of(train_lake, "tf-basic") / "run.json").read_text())["gene_ur"] == gene_ur.ref
     assert rec.init == {"gene_dim": 16, "d_model": 16, "n_heads": 2, "n_layers": 1, "max_tokens": 32, "n_bins": 32, "mask_fraction": 0.15, "dropout": 0.1, "latent_dim": 4}
     # the genes: union of both datasets' genes that have a gene UR, in soma_joinid order
@@ -145,14 +146,14 @@ def test_cell_transformer_trains_on_gene_urs_and_registers(train_lake, ray_sessi
     union = pd.concat([pd.read_parquet(cat.artifacts_path(cat.get(d)) / "genes.parquet") for d in ("synth-a", "synth-b")]).drop_duplicates("gene_id")
     with_ur = set(read_vectors(train_lake, gene_ur)[0].column("id").to_pylist())
     assert list(rec.gene_ids) == union[union.gene_id.isin(with_ur)].sort_values("soma_joinid").gene_id.tolist()
-    assert len(rec.gene_ids) >= 50 and rec.lineage["genes_mode"] == "union" and rec.lineage["unmeasured_genes"]["synth-b"]
+    assert len(rec.gene_ids) >= 50 and rec.lineage.extra["genes_mode"] == "union" and rec.lineage.extra["unmeasured_genes"]["synth-b"]
     for h in rec.history:
         assert 0.0 <= h["data_wait_fraction"] <= 1.0 and h["train_kl"] == 0.0 and h["train_loss"] > 0
     assert rec.metrics["data_wait_fraction"] == rec.history[-1]["data_wait_fraction"]
     # the weights do not hold the gene table: load_model sets it from the recorded version, then embed the lake
     module, _ = load_model(train_lake, rec.ref)
     assert not any("gene_table" in k for k in torch.load(version_dir(train_lake, rec.name, rec.version) / "model.pt", weights_only=True))
-    table = gene_table(train_lake, rec.lineage["gene_ur"], rec.gene_ids, dim=rec.init["gene_dim"])
+    table = gene_table(train_lake, rec.lineage.gene_ur, rec.gene_ids, dim=rec.init["gene_dim"])
     assert table.gene_ids == rec.gene_ids
     torch.testing.assert_close(module.gene_table, torch.from_numpy(table.vectors), rtol=0, atol=0)
     plan = TrainingPlan.load(run_dir_of(train_lake, "tf-basic") / "plan", train_lake)
@@ -216,7 +217,7 @@ def test_gene_token_model_reads_its_gene_table_from_the_feature_store(train_lake
     genes = read_vectors(train_lake, coexpr_tf)[0].column("id").to_pylist()[:10]
     rec = register_model(
         train_lake, "tf-store-read", model_type="cell-transformer", state_dict=CellTransformer(**init).state_dict(), init=init, config={},
-        gene_ids=genes, encodings={"batch": ["synth-a"]}, metrics={}, lineage={"gene_ur": coexpr_tf.ref},
+        gene_ids=genes, encodings={"batch": ["synth-a"]}, metrics={}, lineage=Lineage(gene_ur=coexpr_tf.ref),
     )
     module, _ = load_model(train_lake, rec.ref)
     want = gene_table(train_lake, coexpr_tf.ref, genes, dim=16)
@@ -224,7 +225,7 @@ def test_gene_token_model_reads_its_gene_table_from_the_feature_store(train_lake
     torch.testing.assert_close(module.gene_table, torch.from_numpy(want.vectors), rtol=0, atol=0)
     gone = register_model(
         train_lake, "tf-store-gone", model_type="cell-transformer", state_dict=CellTransformer(**init).state_dict(), init=init, config={},
-        gene_ids=genes, encodings={"batch": ["synth-a"]}, metrics={}, lineage={"gene_ur": "gene:no_such_ur@1"},
+        gene_ids=genes, encodings={"batch": ["synth-a"]}, metrics={}, lineage=Lineage(gene_ur="gene:no_such_ur@1"),
     )
     with pytest.raises(NotFoundError, match="no embedding gene:no_such_ur in this lake") as info:
         load_model(train_lake, gone.ref)

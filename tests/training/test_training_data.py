@@ -27,7 +27,7 @@ def test_plan_genes_batches_and_lake_state(train_lake):
     assert inter.masks.all() and inter.masks.shape == (2, 110)
     assert inter.batch_categories == ("synth-a", "synth-b") and inter.datasets == ("synth-a@1", "synth-b@1")
     assert inter.high_water == Catalog(train_lake).high_water("homo_sapiens")
-    assert inter.lineage()["lake_state"] == {"homo_sapiens": inter.high_water}
+    assert inter.lineage().lake_state == {"homo_sapiens": inter.high_water}
     cells = inter.cells
     assert len(cells) == 100 and cells.soma_joinid.is_monotonic_increasing
     assert (cells.batch == (cells.dataset_id == "synth-b").astype(int)).all()

@@ -45,12 +45,25 @@ def write_timestamp(high_water: int | None) -> int:
 
 
 def tiledb_config(uri: str) -> dict[str, str]:
-    """TileDB settings for ``uri``: for ``s3://`` the VFS settings from the AWS variables."""
-    if not uri.startswith("s3://"):
-        return {}
-    from aivc.store.storage import S3Config
+    """TileDB settings for ``uri``: for ``s3://`` the VFS settings from the AWS variables,
+    then any of ``$AIVC_TILEDB_CONFIG`` (a JSON object of TileDB settings, for tuning)."""
+    import json
+    import os
 
-    return S3Config.from_env().tiledb_config()
+    cfg: dict[str, str] = {}
+    if uri.startswith("s3://"):
+        from aivc.store.storage import S3Config
+
+        cfg = S3Config.from_env().tiledb_config()
+    extra = os.environ.get("AIVC_TILEDB_CONFIG")
+    if extra:
+        try:
+            cfg |= {str(k): str(v) for k, v in json.loads(extra).items()}
+        except (json.JSONDecodeError, AttributeError):
+            from aivc.errors import UsageError
+
+            raise UsageError("AIVC_TILEDB_CONFIG must be a JSON object of TileDB settings", where="AIVC_TILEDB_CONFIG") from None
+    return cfg
 
 
 def _context(timestamp: int | None, uri: str = ""):  # noqa: ANN202 - tiledbsoma type

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import pandas as pd
 import scipy.sparse as sp
 
@@ -54,3 +55,20 @@ def test_global_order_writes_round_trip_across_tiles(tmp_path):
     with tiledbsoma.Experiment.open(uri) as exp:
         assert exp.obs.count == 5000
         assert exp.ms["RNA"].X["counts"].nnz == X.nnz
+
+
+def test_tiledb_config_comes_from_the_aws_variables_and_aivc_tiledb_config(monkeypatch):
+    from aivc.errors import UsageError
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9999")
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    monkeypatch.delenv("AIVC_TILEDB_CONFIG", raising=False)
+    cfg = S.tiledb_config("s3://bucket/lake/soma/homo_sapiens")
+    assert (cfg["vfs.s3.endpoint_override"], cfg["vfs.s3.scheme"], cfg["vfs.s3.region"], cfg["vfs.s3.use_virtual_addressing"]) == ("127.0.0.1:9999", "http", "eu-west-1", "false")
+    assert S.tiledb_config("/local/lake/soma/homo_sapiens") == {}
+    monkeypatch.setenv("AIVC_TILEDB_CONFIG", '{"vfs.s3.max_parallel_ops": 8}')
+    assert S.tiledb_config("s3://bucket/x")["vfs.s3.max_parallel_ops"] == "8"
+    assert S.tiledb_config("/local/x") == {"vfs.s3.max_parallel_ops": "8"}
+    monkeypatch.setenv("AIVC_TILEDB_CONFIG", "[1, 2]")
+    with pytest.raises(UsageError, match="JSON object"):
+        S.tiledb_config("/local/x")

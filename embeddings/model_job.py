@@ -43,6 +43,7 @@ import pandas as pd
 from aivc.errors import UsageError
 from aivc.progress import NullProgress, Progress
 from aivc.store.catalog import Catalog, DatasetVersion
+from aivc.store.collection import sql_name
 from aivc.store.lake import Lake
 from aivc.store.lineage import Lineage
 from aivc.store.read import LakeQuery, Options, select_versions, version_features
@@ -285,7 +286,7 @@ def embed_model(
         cls = model_class(rec.model_type)
     except KeyError:
         raise UsageError(f"model {rec.ref} has type {rec.model_type!r}, which this aivc cannot apply", where=rec.ref) from None
-    name = name or rec.name.replace("-", "_")
+    name = name or sql_name(rec.name)  # cell:pbmc_vae for model pbmc-vae, as published so far
     versions = _select(lake, None if datasets else rec.lineage.organism, datasets)
     plan, cells, notes = build_apply_plan(lake, rec, versions, min_gene_overlap=min_gene_overlap, gene_tokens=bool(getattr(cls, "gene_tokens", False)), where=where)
     n = len(cells)

@@ -93,12 +93,20 @@ class DatasetVersion:
 
 
 def parse_ref(ref: str) -> tuple[str, int | None]:
-    """``"pbmc"`` -> ("pbmc", None); ``"pbmc@2"`` -> ("pbmc", 2)."""
+    """``"pbmc"`` -> ("pbmc", None); ``"pbmc@2"`` -> ("pbmc", 2).
+
+    The collections' syntax works too: ``dataset:pbmc@2``, ``pbmc@latest`` (dataset ids
+    keep their own rule: they may start with a digit).
+    """
+    if ref.startswith("dataset:"):
+        ref = ref[len("dataset:") :]
     if "@" not in ref:
         return ref, None
     ds, _, v = ref.partition("@")
+    if v == "latest":
+        return ds, None
     if not v.isdigit():
-        raise UsageError(f"version must be a number in {ref!r} (DATASET@VERSION)", where="DATASET")
+        raise UsageError(f"version must be a number or 'latest' in {ref!r} (DATASET@VERSION)", where="DATASET")
     return ds, int(v)
 
 

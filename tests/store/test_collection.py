@@ -132,3 +132,14 @@ def test_a_crash_before_the_rename_publishes_nothing(tmp_path):
     recover(lake)
     assert not any(p.is_dir() for p in lake.staging_dir.iterdir())  # the half-written folder is gone
     assert _publish(lake, "cell", "pca", "retry").version == 2  # and the retry succeeds
+
+
+def test_dataset_refs_take_the_collection_syntax_too():
+    from aivc.errors import UsageError
+    from aivc.store.catalog import parse_ref as dataset_ref
+
+    assert dataset_ref("pbmc") == ("pbmc", None) and dataset_ref("pbmc@2") == ("pbmc", 2)
+    assert dataset_ref("dataset:pbmc@2") == ("pbmc", 2) and dataset_ref("pbmc@latest") == ("pbmc", None)
+    assert dataset_ref("10x-pbmc@1") == ("10x-pbmc", 1)  # dataset ids may start with a digit
+    with pytest.raises(UsageError, match="a number or 'latest'"):
+        dataset_ref("pbmc@newest")

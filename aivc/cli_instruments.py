@@ -55,8 +55,8 @@ def train_celltype(
     """Train, calibrate (temperature, conformal, novelty) and register a cell-type decoder."""
 
     def body() -> int:
-        from aivc.instruments.celltype import CellTypeConfig
         from aivc.instruments.celltype import train_celltype as train
+        from aivc.instruments.celltype_model import CellTypeConfig
         from aivc.progress import make_progress
         from aivc.store.lake import Lake
 

@@ -151,7 +151,9 @@ def _direction(work: Path, train_ds: str, truth_all: np.ndarray, expr: np.ndarra
 
     from aivc.store.features import read_vectors
     from aivc.instruments.annotate import annotate
-    from aivc.instruments.celltype import CellTypeConfig, fit_decoder, train_celltype
+    from aivc.instruments.celltype import train_celltype
+    from aivc.instruments.celltype_fit import fit_decoder
+    from aivc.instruments.celltype_model import CellTypeConfig
     from aivc.instruments.predictions import read_predictions
 
     test_ds = PARTS[1] if train_ds == PARTS[0] else PARTS[0]
@@ -281,7 +283,9 @@ def throughput(work: Path, n_cells: int, actors: int, quiet: bool) -> dict[str, 
 
     from aivc.store.features import EmbeddingWriter
     from aivc.instruments.annotate import annotate
-    from aivc.instruments.celltype import CellTypeConfig, fit_decoder, register_decoder
+    from aivc.instruments.celltype import register_decoder
+    from aivc.instruments.celltype_fit import fit_decoder
+    from aivc.instruments.celltype_model import CellTypeConfig
     from aivc.instruments.predictions import read_predictions
     from aivc.store.lake import Lake
     from aivc.store.lineage import Lineage

@@ -143,7 +143,8 @@ def in_memory_peer(lake: Any, cfg: Any, run_dir: Path, epochs: int = 1) -> dict[
 def run(a: argparse.Namespace) -> dict[str, Any]:
     from aivc.training.data import TrainingPlan
     from aivc.training.registry import get_model
-    from aivc.training.trainer import run_dir, train
+    from aivc.training.runs import run_dir
+    from aivc.training.trainer import train
 
     work = Path(a.workdir).absolute()
     work.mkdir(parents=True, exist_ok=True)

@@ -131,7 +131,7 @@ class Manipulator(Instrument, Protocol):
 
 Loader = Callable[[Lake, InstrumentRecord, Mapping[str, np.ndarray]], Any]
 _LOADERS: dict[tuple[str, str], str | Loader] = {
-    ("decoder", "celltype"): "aivc.instruments.celltype:CellTypeDecoder.load",
+    ("decoder", "celltype"): "aivc.instruments.celltype_model:CellTypeDecoder.load",
     ("manipulator", "perturbation"): "aivc.instruments.manipulator:PerturbationManipulator.load",
 }
 

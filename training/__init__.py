@@ -2,9 +2,12 @@
 
 Modules: ``config`` (validated training configs, one class per model type), ``data``
 (training plans and the streaming :class:`~aivc.training.data.CellDataset`), ``models``
-(pure torch modules: ``cell-vae``, ``cell-transformer``), ``trainer`` (Ray Train jobs with
-checkpoints and resume), ``registry`` (``NAME@VERSION`` models under ``<lake>/models/``). A gene-token model reads
-its gene URs from the feature store (:mod:`aivc.store.features`) itself.
+(pure torch modules: ``cell-vae``, ``cell-transformer``), ``trainer`` (the Ray Train job's
+driver, with checkpoints and resume), ``train_loop`` (the loop every Ray Train worker runs),
+``runs`` (a run's folder, lock, record and checkpoints), ``run_plan`` (what a run trains on),
+``run_registration`` (registering a finished run's model), ``registry`` (``NAME@VERSION``
+models under ``<lake>/models/``). A gene-token model reads its gene URs from the feature
+store (:mod:`aivc.store.features`) itself.
 Importing this package stays light: torch and Ray are imported by the modules that need them.
 """
 

@@ -8,7 +8,7 @@ Layout::
                         training history, lineage (dataset versions, lake high-water marks,
                         the gene UR version of a gene-token model)
         model.pt        the weights (a torch state dict)
-    <lake>/models/.runs/      training runs (checkpoints, plans), see aivc.training.trainer
+    <lake>/models/.runs/      training runs (checkpoints, plans), see aivc.training.runs
 
 A version is written into the lake's staging folder (``Lake.new_staging``, cleaned by
 ``aivc recover`` when its writer died) and published by one folder rename under the

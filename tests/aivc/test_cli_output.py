@@ -135,7 +135,8 @@ def long_lake(tmp_path_factory: pytest.TempPathFactory, human_genes):  # noqa: A
     from aivc.embeddings.pca import PcaParams, embed_pca
     from aivc.ingest.submission import submit
     from aivc.instruments.annotate import annotate
-    from aivc.instruments.celltype import CellTypeConfig, train_celltype
+    from aivc.instruments.celltype import train_celltype
+    from aivc.instruments.celltype_model import CellTypeConfig
     from aivc.store.lake import Lake
 
     root = tmp_path_factory.mktemp("long")

@@ -15,7 +15,8 @@ from aivc.instruments.calibration import (
     softmax,
 )
 from aivc.errors import UsageError
-from aivc.instruments.celltype import CellTypeConfig, fit_decoder, stratified_folds
+from aivc.instruments.celltype_fit import fit_decoder, stratified_folds
+from aivc.instruments.celltype_model import CellTypeConfig
 
 TERMS = ["CL:0000236", "CL:0000084", "CL:0000623", "CL:0001054"]
 LABELS = ["B cell", "T cell", "natural killer cell", "CD14-positive monocyte"]

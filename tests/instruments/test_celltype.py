@@ -7,7 +7,8 @@ import pytest
 
 from aivc.store.features import get_version, read_vectors
 from aivc.errors import UsageError
-from aivc.instruments.celltype import CellTypeConfig, labelled_cells, train_celltype
+from aivc.instruments.celltype import labelled_cells, train_celltype
+from aivc.instruments.celltype_model import CellTypeConfig
 from aivc.instruments.registry import get_instrument, load_instrument
 from aivc.store.lake import Lake
 from tests.conftest import lake_snapshot

@@ -66,7 +66,8 @@ def test_versions_table(slake, cli_app):
 def access_lake(tmp_path_factory, human_genes):
     """tests/store/test_access.py's four datasets (public, consortium, embargoed, lifted) with predictions of all."""
     from aivc.embeddings.pca import PcaParams, embed_pca
-    from aivc.instruments.celltype import CellTypeConfig, train_celltype
+    from aivc.instruments.celltype import train_celltype
+    from aivc.instruments.celltype_model import CellTypeConfig
 
     lake = build_access_lake(tmp_path_factory.mktemp("pacc"), human_genes)
     emb = embed_pca(lake, params=PcaParams(n_components=8, n_top_genes=50))

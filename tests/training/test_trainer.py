@@ -23,7 +23,9 @@ from aivc.training.config import CellVaeConfig, apply_overrides, load_config
 from aivc.training.data import CellDataset, TrainingPlan
 from aivc.training.models.cell_transformer import CellTransformer
 from aivc.training.registry import get_model, list_models, load_model, register_model, version_dir
-from aivc.training.trainer import _prepare_run, _run_gene_table, latest_checkpoint_epoch, train
+from aivc.training.run_plan import run_gene_table
+from aivc.training.runs import latest_checkpoint_epoch, prepare_run
+from aivc.training.trainer import train
 from tests.training.helpers import kill_tree, run_dir_of, tiny_overrides
 
 CLI_SCRIPT = """
@@ -168,7 +170,7 @@ def test_cell_transformer_run_keeps_its_gene_ur_version_on_resume(train_lake, co
     with EmbeddingWriter(train_lake, "gene", "resume_tf", 16, source={"kind": "test"}) as w:
         w.write(table.column("id"), vectors)
     cfg = load_config(model_type="cell-transformer", overrides=["gene_ur=gene:resume_tf", "data.n_top_genes=60", *TINY_TRANSFORMER])
-    rdir, resumed, ref = _prepare_run(train_lake, cfg, "tf-resume")
+    rdir, resumed, ref = prepare_run(train_lake, cfg, "tf-resume")
     assert (resumed, ref) == (False, "gene:resume_tf@1")
     plan = TrainingPlan.load(rdir / "plan", train_lake)
     with_ur = set(table.column("id").to_pylist())
@@ -177,17 +179,17 @@ def test_cell_transformer_run_keeps_its_gene_ur_version_on_resume(train_lake, co
     with EmbeddingWriter(train_lake, "gene", "resume_tf", 16, source={"kind": "test"}) as w:
         w.write(list(plan.gene_ids[:50]), np.ones((50, 16), np.float32))
     cfg40 = apply_overrides(cfg, ["optim.epochs=40"])
-    _, resumed, ref = _prepare_run(train_lake, cfg40, "tf-resume")
+    _, resumed, ref = prepare_run(train_lake, cfg40, "tf-resume")
     assert (resumed, ref) == (True, "gene:resume_tf@1")
     assert TrainingPlan.load(rdir / "plan", train_lake).gene_ids == plan.gene_ids
     # the workers get the recorded version's vectors, in plan gene order
-    t = _run_gene_table(train_lake, plan, ref, rdir)
+    t = run_gene_table(train_lake, plan, ref, rdir)
     assert t is not None and (t.ref, t.gene_ids, t.dim) == ("gene:resume_tf@1", plan.gene_ids, 16)
     ids, want = read_vectors(train_lake, "gene:resume_tf@1", ids=list(plan.gene_ids))
     row = {g: i for i, g in enumerate(ids.column("id").to_pylist())}
     np.testing.assert_array_equal(t.vectors, want[[row[g] for g in plan.gene_ids]])
     with pytest.raises(UsageError, match=r"different config \(gene_ur\)"):
-        _prepare_run(train_lake, apply_overrides(cfg, ["gene_ur=gene:resume_tf@2"]), "tf-resume")
+        prepare_run(train_lake, apply_overrides(cfg, ["gene_ur=gene:resume_tf@2"]), "tf-resume")
 
 
 def test_cell_transformer_gene_ur_problems_are_usage_errors(train_lake):

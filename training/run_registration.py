@@ -1,0 +1,66 @@
+"""Finishing a training run: register its model from the last checkpoint and mark the run registered.
+
+:func:`register_run` registers the model (weights, init, genes, encodings, metrics, history and
+lineage, see :mod:`aivc.training.registry`) and records ``status: registered`` with the model
+ref in the run's ``run.json``; it returns the :class:`TrainResult` of the run.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from aivc.store.lake import Lake, utcnow, write_json_atomic
+from aivc.training.config import TrainingConfig
+from aivc.training.runs import STATE_FILE
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a finished run produced."""
+
+    run_id: str
+    model_ref: str
+    resumed_from_epoch: int
+    epochs: int
+    metrics: dict[str, Any]
+
+
+def register_run(lake: Lake, cfg: TrainingConfig, rdir: Path, run_id: str, result: Any, workers: int, *, init: dict[str, Any], gene_ur: str | None) -> TrainResult:
+    import ray
+    import torch
+
+    from aivc.training.data import TrainingPlan
+    from aivc.training.registry import register_model
+
+    with result.checkpoint.as_directory() as d:
+        state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=False)
+    plan = TrainingPlan.load(rdir / "plan", lake)
+    history = list(state["history"])
+    final = history[-1]
+    resumed = int(final.get("resumed_from_epoch", 0))
+    unmeasured = {ds: [g for g, m in zip(plan.gene_ids, plan.masks[b], strict=True) if not m] for b, ds in enumerate(plan.batch_categories)}
+    base = plan.lineage()
+    notes = {"validation": plan.validation, "genes_mode": plan.genes_mode, "unmeasured_genes": {k: v for k, v in unmeasured.items() if v}}
+    lineage = replace(base, gene_ur=gene_ur, extra=base.extra | notes)  # gene_ur: the exact version whose vectors are the gene tokens
+    rec = register_model(
+        lake,
+        cfg.name,
+        model_type=cfg.model_type,
+        state_dict=state["model"],
+        init=init,
+        config=cfg.model_dump(mode="json"),
+        gene_ids=plan.gene_ids,
+        encodings={"batch": list(plan.batch_categories)},
+        metrics={k: v for k, v in final.items() if k not in ("seconds",)},
+        lineage=lineage,
+        history=history,
+        training={"run_id": run_id, "epochs": int(state["epoch"]), "resumed_from_epoch": resumed, "workers": workers, "ray_version": ray.__version__, "torch_version": torch.__version__},
+    )
+    rec_path = rdir / "run.json"
+    run = json.loads(rec_path.read_text())
+    run.update({"status": "registered", "model_ref": rec.ref, "epochs_done": int(state["epoch"]), "config": cfg.model_dump(mode="json"), "finished_at": utcnow()})
+    write_json_atomic(rec_path, run)
+    return TrainResult(run_id=run_id, model_ref=rec.ref, resumed_from_epoch=resumed, epochs=int(state["epoch"]), metrics=rec.metrics)

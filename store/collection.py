@@ -167,13 +167,14 @@ class Collection(Generic[R]):
 
     def _read(self, key: str) -> R:
         st = self.lake.storage
-        cache_key = (self.lake.uri, str(self.lake.info().get("lake_id")), key)
         try:
-            raw = _RECORDS.get(cache_key) if not st.is_local else None
-            if raw is None:
+            if st.is_local:
                 raw = st.read_bytes(key)
-                if not st.is_local:
-                    _RECORDS[cache_key] = raw  # a committed record never changes
+            else:  # one GET per record and process: a committed record never changes
+                cache_key = (self.lake.uri, str(self.lake.info().get("lake_id")), key)
+                raw = _RECORDS.get(cache_key)
+                if raw is None:
+                    raw = _RECORDS[cache_key] = st.read_bytes(key)
             return self._load(json.loads(raw))
         except (OSError, json.JSONDecodeError, TypeError, KeyError) as exc:
             raise self.error(f"{self.what} record is unreadable ({exc})", where=self.lake.location(key)) from None

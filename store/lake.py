@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from aivc.errors import LakeError, LakeNotFoundError
-from aivc.store.storage import LOCK_NAME, LocalStorage, S3Storage, Storage, _fsync_dir, open_storage
+from aivc.store.storage import LOCK_NAME, LocalStorage, S3Storage, Storage, open_storage, write_atomic
 
 LAKE_SCHEMA_NAME = "aivc.lake"
 LAKE_SCHEMA_VERSION = 1
@@ -47,28 +47,13 @@ def resolve_lake(lake: str | os.PathLike[str] | None) -> Storage:
     return open_storage(raw)
 
 
-def resolve_lake_path(lake: str | os.PathLike[str] | None) -> Path:
-    """The local folder of ``--lake`` (an ``s3://`` lake has none: a one-line error)."""
-    st = resolve_lake(lake)
-    if not isinstance(st, LocalStorage):
-        raise LakeError("this needs a lake in a local folder", where=st.uri)
-    return st.root
-
-
 def utcnow() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to ``path`` so readers see the old file or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=2, sort_keys=True, default=str)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    """Write JSON to the local ``path`` so readers see the old file or the whole new one."""
+    write_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=str).encode())
 
 
 def _cache_dir(storage: S3Storage, info: dict[str, Any]) -> Path:

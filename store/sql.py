@@ -184,52 +184,35 @@ _FEATURE_SCHEMA = (("dataset_id", "VARCHAR"), ("version", "INTEGER"), ("measurem
 
 def _define_feature_views(con: Any, lake: Lake, versions: list[DatasetVersion]) -> list[str]:
     """``dataset_features`` (every measurement each version holds) and ``dataset_genes``
-    (its RNA rows under their historical names); returns the files DuckDB reads."""
+    (its RNA rows under their historical names); returns the files DuckDB reads.
+
+    The feature tables are small and immutable, so on object storage DuckDB reads local
+    copies (:meth:`Storage.local_file`, downloaded once per machine), as it reads the
+    files of a local lake.
+    """
     import pyarrow as pa
 
     from aivc.store import measurements
 
-    selects, files, memory = [], [], []
+    selects, files = [], []
     for name in measurements.names():
         spec = measurements.get(name)
         held = [v for v in versions if name in v.measured()]
         if not held:
             continue
-        keys = [artifacts.artifact_key(v, artifacts.features_file(spec)) for v in held]
+        paths = [str(lake.storage.local_file(artifacts.artifact_key(v, artifacts.features_file(spec)))) for v in held]
+        register_arrow(
+            con,
+            f"_files_{name}",
+            pa.table({"filename": paths, "dataset_id": [v.dataset_id for v in held], "version": pa.array([v.version for v in held], pa.int32())}),
+        )
         label = "g.feature_name" if "feature_name" in spec.var_columns else "NULL"
-        if lake.is_local:
-            paths = [lake.location(k) for k in keys]
-            register_arrow(
-                con,
-                f"_files_{name}",
-                pa.table({"filename": paths, "dataset_id": [v.dataset_id for v in held], "version": pa.array([v.version for v in held], pa.int32())}),
-            )
-            selects.append(
-                f"SELECT f.dataset_id, f.version, {sql_str(name)} AS measurement, g.{spec.feature_id}::VARCHAR AS feature_id, "
-                f"{label}::VARCHAR AS feature_name, g.soma_joinid::BIGINT AS soma_joinid "
-                f"FROM read_parquet({sql_list(paths)}, filename=true) g JOIN _files_{name} f USING (filename)"
-            )
-            files += paths
-        else:  # object storage: the (small) feature tables are read through Arrow into memory
-            cols = [spec.feature_id, "soma_joinid"] + (["feature_name"] if "feature_name" in spec.var_columns else [])
-            for v, k in zip(held, keys, strict=True):
-                t = lake.storage.read_parquet(k, columns=cols)
-                n = t.num_rows
-                memory.append(
-                    pa.table(
-                        {
-                            "dataset_id": pa.array([v.dataset_id] * n, pa.string()),
-                            "version": pa.array([v.version] * n, pa.int32()),
-                            "measurement": pa.array([name] * n, pa.string()),
-                            "feature_id": t[spec.feature_id].cast(pa.string()),
-                            "feature_name": t["feature_name"].cast(pa.string()) if "feature_name" in cols else pa.nulls(n, pa.string()),
-                            "soma_joinid": t["soma_joinid"].cast(pa.int64()),
-                        }
-                    )
-                )
-    if memory:
-        register_arrow(con, "_dataset_features", pa.concat_tables(memory))
-        selects.append("SELECT * FROM _dataset_features")
+        selects.append(
+            f"SELECT f.dataset_id, f.version, {sql_str(name)} AS measurement, g.{spec.feature_id}::VARCHAR AS feature_id, "
+            f"{label}::VARCHAR AS feature_name, g.soma_joinid::BIGINT AS soma_joinid "
+            f"FROM read_parquet({sql_list(paths)}, filename=true) g JOIN _files_{name} f USING (filename)"
+        )
+        files += paths
     if not selects:
         selects.append("SELECT " + ", ".join(f"NULL::{t} AS {c}" for c, t in _FEATURE_SCHEMA) + " WHERE false")
     con.execute("CREATE VIEW dataset_features AS " + " UNION ALL ".join(selects))

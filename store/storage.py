@@ -12,8 +12,9 @@ lease object (``.aivc.lock``, created with ``If-None-Match``, renewed and stolen
 S3 settings come from the standard variables: ``AWS_ENDPOINT_URL`` (MinIO, a local
 server; unset for AWS), ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
 ``AWS_SESSION_TOKEN`` and ``AWS_REGION`` (see :class:`S3Config`). Committed versions are
-immutable, so :meth:`S3Storage.materialize` keeps a local copy of a version folder for
-readers that need files (model weights, an HNSW index), keyed by the lake's id.
+immutable, so :meth:`S3Storage.materialize` (a version folder) and
+:meth:`S3Storage.local_file` (one file) keep local copies for readers that need files (model
+weights, an HNSW index, the feature tables SQL reads), keyed by the lake's id.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from urllib.parse import urlparse
 
 from aivc.errors import LakeBusyError, LakeError, UsageError
 
-__all__ = ["LocalStorage", "S3Config", "S3Storage", "Storage", "open_storage"]
+__all__ = ["LocalStorage", "S3Config", "S3Storage", "Storage", "open_storage", "write_atomic"]
 
 LOCK_NAME = ".aivc.lock"
 COMPLETE = ".aivc-complete"
@@ -139,6 +140,10 @@ class Storage:
         """A local folder with the files of the committed, immutable folder ``prefix``."""
         raise NotImplementedError
 
+    def local_file(self, key: str) -> Path:
+        """A local path of the committed, immutable file ``key`` (on S3 a cached copy)."""
+        raise NotImplementedError
+
     # writing
     def write_bytes(self, key: str, data: bytes, *, if_absent: bool = False) -> None:
         """Write atomically (readers see the old object or the new one); with ``if_absent``
@@ -187,6 +192,25 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def write_atomic(path: Path, data: bytes, *, if_absent: bool = False) -> None:
+    """Write a local file so readers see the old one or the whole new one (a temporary name,
+    then ``os.replace``); with ``if_absent`` fail with :class:`FileExistsError` if it exists."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    try:
+        if if_absent:
+            os.link(tmp, path)  # atomic create-if-absent (FileExistsError otherwise)
+        else:
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+
+
 class LocalStorage(Storage):
     """A lake in a local folder: ``os.replace`` for files, one ``os.rename`` per folder."""
 
@@ -226,23 +250,11 @@ class LocalStorage(Storage):
     def materialize(self, prefix: str) -> Path:
         return self.path(prefix)
 
+    def local_file(self, key: str) -> Path:
+        return self.path(key)
+
     def write_bytes(self, key: str, data: bytes, *, if_absent: bool = False) -> None:
-        path = self.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        try:
-            if if_absent:
-                os.link(tmp, path)  # atomic create-if-absent (FileExistsError otherwise)
-                tmp.unlink()
-            else:
-                os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        _fsync_dir(path.parent)
+        write_atomic(self.path(key), data, if_absent=if_absent)
 
     def delete(self, key: str) -> None:
         self.path(key).unlink(missing_ok=True)
@@ -403,6 +415,23 @@ class S3Storage(Storage):
             list(pool.map(get, names))
         (tmp / COMPLETE).touch()
         self._install(tmp, final)
+        return final
+
+    def local_file(self, key: str) -> Path:
+        if self.cache is None:
+            raise LakeError("this lake has no local cache folder", where=self.uri)
+        final = self.cache / ".files" / key
+        if not final.is_file():
+            tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex}.tmp")
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self.client.download_file(self.bucket, self._key(key), str(tmp))
+            except Exception as exc:
+                tmp.unlink(missing_ok=True)
+                if _code(exc) in ("404", "NoSuchKey", "NotFound"):
+                    raise FileNotFoundError(self.full(key)) from None
+                raise
+            os.replace(tmp, final)
         return final
 
     def _install(self, folder: Path, final: Path) -> None:

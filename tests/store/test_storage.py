@@ -38,6 +38,10 @@ def test_create_if_absent_lists_and_trees(lake_uri: str, tmp_path: Path) -> None
     assert st.files("a/v000002") == ["part/x.bin", "record.json"]
     assert st.exists("a/v000002") and not st.exists("a/v000003")
     assert (st.materialize("a/v000002") / "part" / "x.bin").read_bytes() == b"x" * 10
+    one = st.local_file("a/v000002/part/x.bin")
+    assert one.read_bytes() == b"x" * 10 and st.local_file("a/v000002/part/x.bin") == one  # fetched once
+    with pytest.raises(FileNotFoundError):
+        st.local_file("a/v000002/none.bin").read_bytes()
     st.delete_tree("a/v000002")
     assert st.files("a/v000002") == [] and not st.exists("a/v000002/record.json")
     with pytest.raises(FileNotFoundError):

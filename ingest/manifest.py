@@ -103,6 +103,54 @@ class GeneSpec(BaseModel):
     column: StrictStr | None = None  # None: the var index
 
 
+#: The lake measurement each modality goes to (the keys of ``measurements:``).
+MEASUREMENT_OF_MODALITY: dict[str, str] = {"rna": "RNA", "protein": "ADT", "chromatin": "ATAC"}
+#: The assembly peaks and fragments are checked against when a manifest names none.
+DEFAULT_GENOME: dict[str, str] = {"homo_sapiens": "GRCh38", "mus_musculus": "GRCm39"}
+
+
+class PeakSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    column: StrictStr | None = None  # None: the var index
+
+
+class MeasurementSource(BaseModel):
+    """Where one measurement of a submission is (an entry of the manifest's ``measurements:``).
+
+    ``source`` is ``mod:<name>`` (a MuData modality, or a 10x ``.h5`` feature type),
+    ``obsm:<key>``, ``X``, ``raw`` or ``layer:<name>``; ``counts`` says where the raw counts
+    are inside a ``mod:`` source.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    modality: Literal["rna", "protein", "chromatin"]
+    source: StrictStr = Field(pattern=r"^(mod:.+|obsm:.+|X|raw|layer:.+)$")
+    counts: StrictStr = Field(default="X", pattern=r"^(X|raw|layer:.+)$")
+    genes: GeneSpec | None = None
+    features: StrictStr | None = Field(default=None, pattern=r"^(uns:.+|var|var:.+)$")
+    peaks: PeakSpec | None = None
+    genome: Literal["GRCh38", "GRCm39"] | None = None
+    fragments: StrictStr | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _keys_of_modality(self) -> MeasurementSource:
+        allowed = {"rna": {"genes"}, "protein": {"features"}, "chromatin": {"peaks", "genome", "fragments"}}[self.modality]
+        extra = [k for k in ("genes", "features", "peaks", "genome", "fragments") if getattr(self, k) is not None and k not in allowed]
+        problems = [(k, f"{k!r} is not allowed here") for k in extra]
+        if self.modality == "rna" and self.genes is None:
+            problems.append((f"genes {_MISSING}", "required key 'genes' is missing"))
+        if problems:
+            raise ManifestProblems(problems)
+        return self
+
+    @property
+    def mod(self) -> str | None:
+        """The MuData modality (or 10x feature type) of a ``mod:`` source."""
+        return self.source.split(":", 1)[1] if self.source.startswith("mod:") else None
+
+
 class QcSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -128,7 +176,8 @@ class Manifest(BaseModel):
     embargo_until: dt.date | None = None
     organism: Organism
     counts: StrictStr = Field(default="X", pattern=r"^(X|raw|layer:.+)$")
-    genes: GeneSpec
+    genes: GeneSpec | None = None
+    measurements: dict[StrictStr, MeasurementSource] = Field(default_factory=dict)
     obs: dict[str, FieldSpec]
     qc: QcSpec = QcSpec()
     contact: StrictStr | None = None
@@ -167,6 +216,31 @@ class Manifest(BaseModel):
             raise ManifestProblems(problems)
         return {f: filled[f] for f in (*STANDARD_FIELDS, *OPTIONAL_FIELDS) if f in filled}
 
+    @field_validator("measurements")
+    @classmethod
+    def _named_by_modality(cls, measurements: dict[str, MeasurementSource]) -> dict[str, MeasurementSource]:
+        problems: list[tuple[str, str]] = []
+        if not measurements:
+            problems.append(("", "'measurements' needs at least one measurement"))
+        for name, m in measurements.items():
+            if name not in MEASUREMENT_OF_MODALITY.values():
+                problems.append((name, f"{name!r} is not a measurement; use {', '.join(MEASUREMENT_OF_MODALITY.values())}"))
+            elif MEASUREMENT_OF_MODALITY[m.modality] != name:
+                problems.append((f"{name}/modality", f"measurement {name} holds modality {next(k for k, v in MEASUREMENT_OF_MODALITY.items() if v == name)!r}, not {m.modality!r}"))
+        if problems:
+            raise ManifestProblems(problems)
+        return measurements
+
+    @model_validator(mode="after")
+    def _rna_once(self) -> Manifest:
+        if "RNA" in self.measurements:
+            twice = [k for k in ("genes", "counts") if k in self.model_fields_set]
+            if twice:
+                raise ManifestProblems([(k, f"{k!r} is not allowed here") for k in twice])
+        elif self.genes is None and not self.measurements:
+            raise ManifestProblems([("", "gives neither 'genes' nor 'measurements'; give exactly one of 'genes' or 'measurements'")])
+        return self
+
     @model_validator(mode="after")
     def _embargo(self) -> Manifest:
         if self.access == "embargoed" and self.embargo_until is None:
@@ -185,14 +259,42 @@ class Manifest(BaseModel):
 
     @property
     def counts_source(self) -> tuple[Literal["X", "raw", "layer"], str | None]:
-        if self.counts in ("X", "raw"):
-            return self.counts, None  # type: ignore[return-value]
-        return "layer", self.counts.split(":", 1)[1]
+        """Where the RNA counts are, inside the RNA source (its mod for a ``mod:`` source)."""
+        return counts_location(self.rna.counts if "RNA" in self.measurements else self.counts)
+
+    @property
+    def rna(self) -> MeasurementSource:
+        """The RNA measurement: the ``measurements`` entry, or the top-level ``counts``/``genes``."""
+        if "RNA" in self.measurements:
+            return self.measurements["RNA"]
+        if self.genes is None:
+            raise ManifestProblems([("measurements/RNA (missing)", "this submission has no RNA measurement")])
+        return MeasurementSource(modality="rna", source=self.counts, counts=self.counts, genes=self.genes)
+
+    @property
+    def rna_genes(self) -> GeneSpec:
+        genes = self.rna.genes
+        assert genes is not None  # an rna source always names its genes
+        return genes
+
+    @property
+    def other_measurements(self) -> dict[str, MeasurementSource]:
+        """The measurements besides RNA, in lake order (ADT, ATAC)."""
+        return {n: self.measurements[n] for n in ("ADT", "ATAC") if n in self.measurements}
 
     def canonical_json(self) -> str:
         """Stable JSON of the manifest, used in the content hash."""
-        fields = self.model_dump(mode="json", exclude={"schema_version"})  # hashes from before it existed stay valid
+        # hashes from before schema_version and measurements existed stay valid
+        exclude = {"schema_version"} | ({"measurements"} if not self.measurements else set()) | ({"genes"} if self.genes is None else set())
+        fields = self.model_dump(mode="json", exclude=exclude)
         return json.dumps(fields, sort_keys=True, separators=(",", ":"))
+
+
+def counts_location(counts: str) -> tuple[Literal["X", "raw", "layer"], str | None]:
+    """``"X"`` / ``"raw"`` / ``"layer:<name>"`` as ``(kind, layer name)``."""
+    if counts in ("X", "raw"):
+        return counts, None  # type: ignore[return-value]
+    return "layer", counts.split(":", 1)[1]
 
 
 @lru_cache(maxsize=1)
@@ -280,8 +382,17 @@ def _describe(error: Any, schema: dict[str, Any]) -> list[_Issue]:
             for r in rs
             if r not in instance
         ]
+    if kind == "const":
+        return [_Issue(at, f"{instance!r} is not allowed; use {expected!r}")]
     if kind == "enum":
         return [_Issue(at, f"{instance!r} is not allowed; use one of {', '.join(map(repr, expected))}")]
+    if kind == "not" and at:
+        why = _rule_description(error, schema)
+        return [_Issue(at, f"{at[-1]!r} is not allowed here" + (f": {why}" if why else ""))]
+    if kind == "anyOf" and isinstance(instance, dict) and all(set(o) == {"required"} for o in expected):
+        options = tuple(k for o in expected for k in o["required"])
+        message = f"gives neither {' nor '.join(map(repr, options))}; give {' or '.join(map(repr, options))}"
+        return [_Issue(at, message, wants=options, wanted_at=at)]
     if kind == "oneOf" and isinstance(instance, dict) and all(set(o) == {"required"} for o in expected):
         options = tuple(k for o in expected for k in o["required"])
         given = [k for k in options if k in instance]
@@ -310,15 +421,31 @@ def _close_key(key: str, known: Iterable[str]) -> str | None:
     return close[0] if close else None
 
 
+def _rule_description(error: Any, schema: dict[str, Any]) -> str | None:
+    """The description of the conditional rule (``then``) an error comes from, if any."""
+    path = list(error.absolute_schema_path)
+    if "then" not in path:
+        return None
+    node: Any = schema
+    for part in path[: len(path) - path[::-1].index("then")]:
+        node = node[part]
+        if isinstance(node, dict) and "$ref" in node and part != "then":
+            node = _resolve(schema, node["$ref"])
+    return node.get("description") if isinstance(node, dict) else None
+
+
+def _resolve(schema: dict[str, Any], ref: str) -> Any:
+    node: Any = schema
+    for part in ref.removeprefix("#/").split("/"):
+        node = node[part]
+    return node
+
+
 def _missing_key(key: str, error: Any, schema: dict[str, Any]) -> str:
     message = f"required key {key!r} is missing"
-    path = list(error.absolute_schema_path)
-    if "then" in path:  # a conditional requirement says why in its description
-        node: Any = schema
-        for part in path[: len(path) - path[::-1].index("then")]:
-            node = node[part]
-        if node.get("description"):
-            return f"{message}: {node['description']}"
+    why = _rule_description(error, schema)  # a conditional requirement says why in its description
+    if why:
+        return f"{message}: {why}"
     prop = error.schema.get("properties", {}).get(key, {})
     if "enum" in prop:
         return f"{message}; use one of {', '.join(map(repr, prop['enum']))}"

@@ -60,23 +60,44 @@ _INDEX_KEY = "aivc_index"
 _COLUMN_KEYS = ("column", "column_A", "column_B")
 
 
-def load_suites() -> list[dict[str, Any]]:
-    """Read every expectation suite shipped in ``schemas/expectations/*.json``.
+#: The suites of the RNA per-cell table (``RNA.qc_suites``), the default of :func:`run_expectations`.
+RNA_SUITES: tuple[str, ...] = ("cell_qc", "obs_metadata")
 
-    Returns
-    -------
-    list of dict
-        The suites as plain JSON dicts, sorted by file name.
+
+def load_suites(names: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Read expectation suites shipped in ``schemas/expectations/<name>.json``.
+
+    Parameters
+    ----------
+    names
+        The suites to read, in that order; ``None`` reads every shipped suite, sorted by
+        file name.
+
+    Raises
+    ------
+    ValueError
+        A named suite is not shipped.
     """
     folder = resources.files("aivc.schemas").joinpath("expectations")
-    files = sorted((f for f in folder.iterdir() if f.name.endswith(".json")), key=lambda f: f.name)
+    if names is None:
+        files = sorted((f for f in folder.iterdir() if f.name.endswith(".json")), key=lambda f: f.name)
+    else:
+        files = [folder.joinpath(f"{n}.json") for n in names]
+        missing = [n for n, f in zip(names, files, strict=True) if not f.is_file()]
+        if missing:
+            raise ValueError(f"no expectation suite named {', '.join(missing)} in schemas/expectations")
     return [json.loads(f.read_text(encoding="utf-8")) for f in files]
 
 
 def run_expectations(
-    qc: pd.DataFrame, *, n_genes_total: int, max_pct_mito: float | None = None
+    qc: pd.DataFrame,
+    *,
+    n_genes_total: int | None = None,
+    max_pct_mito: float | None = None,
+    suites: Sequence[str] = RNA_SUITES,
+    parameters: Mapping[str, Any] | None = None,
 ) -> tuple[list[Finding], list[dict[str, Any]]]:
-    """Run every expectation suite on the per-cell QC table.
+    """Run expectation suites (default: the RNA ones) on a per-cell QC table.
 
     Parameters
     ----------
@@ -88,6 +109,10 @@ def run_expectations(
     max_pct_mito
         Override of the ``pct_mito`` threshold (the manifest's ``qc.max_pct_mito``);
         ``None`` keeps the suite default.
+    suites
+        Names of the suites to run (a measurement's ``qc_suites``).
+    parameters
+        Further suite parameters (a suite takes those it declares).
 
     Returns
     -------
@@ -98,20 +123,22 @@ def run_expectations(
         ``code``, ``success``, ``severity``, ``observed``, ``description``,
         ``unexpected_count``.
     """
-    if n_genes_total < 1:
+    if n_genes_total is not None and n_genes_total < 1:
         raise ValueError(f"n_genes_total must be at least 1, got {n_genes_total}")
     if max_pct_mito is not None and not 0 <= max_pct_mito <= 100:
         raise ValueError(f"max_pct_mito must be between 0 and 100, got {max_pct_mito}")
     if len(qc) == 0:
         finding = Finding("QC_NO_CELLS", "qc table", "the dataset has no cells; submit at least one cell")
         return [finding], []
-    given: dict[str, Any] = {"n_genes_total": int(n_genes_total)}
+    given: dict[str, Any] = dict(parameters or {})
+    if n_genes_total is not None:
+        given["n_genes_total"] = int(n_genes_total)
     if max_pct_mito is not None:
         given["max_pct_mito"] = float(max_pct_mito)
 
     findings: list[Finding] = []
     results: list[dict[str, Any]] = []
-    planned = [_plan(suite, set(map(str, qc.columns)), given) for suite in load_suites()]
+    planned = [_plan(suite, set(map(str, qc.columns)), given) for suite in load_suites(suites)]
     for plan in planned:
         findings.extend(plan.missing_findings())
     gx_results = _validate(qc, planned)

@@ -92,7 +92,8 @@ class SubmittedData:
         return self._obsm_cache[key]
 
     def close(self) -> None:
-        close = getattr(self._store, "close", None)
+        handle = getattr(self._store, "file", self._store)  # a group of an .h5mu: its file
+        close = getattr(handle, "close", None)
         if close is not None:
             close()
 
@@ -119,8 +120,10 @@ def _matrix_handle(store: Any, path: str) -> MatrixHandle:
     raise UnreadableDataError(f"unsupported matrix encoding {enc!r}", where=path)
 
 
-def open_anndata(path: str | Path, counts: CountsSource = "X", layer: str | None = None) -> SubmittedData:
+def open_anndata(path: str | Path, counts: CountsSource = "X", layer: str | None = None, group: str | None = None) -> SubmittedData:
     """Open an AnnData ``.h5ad`` or ``.zarr`` store for streaming validation and ingestion.
+
+    ``group`` opens an AnnData stored inside the file (a MuData modality, ``mod/rna``).
 
     Raises
     ------
@@ -145,6 +148,11 @@ def open_anndata(path: str | Path, counts: CountsSource = "X", layer: str | None
             store = h5py.File(p, "r")
     except Exception as exc:  # h5py raises OSError for non-HDF5 files
         raise UnreadableDataError(f"not a readable .h5ad/.zarr AnnData file ({type(exc).__name__})", where=str(p)) from None
+    if group:
+        if group not in store:
+            store.close() if hasattr(store, "close") else None
+            raise UnreadableDataError(f"the file has no {group}", where=f"{p}: {group}")
+        store = store[group]
     try:
         keys = set(store.keys())
         if "obs" not in keys or "var" not in keys:
@@ -169,11 +177,19 @@ def open_anndata(path: str | Path, counts: CountsSource = "X", layer: str | None
                 )
             mpath, var = f"layers/{layer}", read_elem(store["var"])
         handle = _matrix_handle(store, mpath)
+        if group:
+            handle.path = f"{group}/{mpath}"
         obsm_keys = tuple(sorted(store["obsm"].keys())) if "obsm" in keys else ()
     except UnreadableDataError:
-        store.close() if hasattr(store, "close") else None
+        _close(store)
         raise
     except Exception as exc:
-        store.close() if hasattr(store, "close") else None
+        _close(store)
         raise UnreadableDataError(f"cannot read AnnData structure ({type(exc).__name__}: {exc})", where=str(p)) from None
     return SubmittedData(p, obs, var, handle, obsm_keys, store)
+
+
+def _close(store: Any) -> None:
+    handle = getattr(store, "file", store)
+    if hasattr(handle, "close"):
+        handle.close()

@@ -25,7 +25,7 @@ from aivc.ingest.findings import ValidationReport
 from aivc.ingest.genes import GeneMapping, map_genes
 from aivc.ingest.manifest import Manifest, parse_manifest, read_manifest_data, submitted_dataset_id
 from aivc.ingest.matrix import MatrixChecker
-from aivc.ingest.readers import SubmittedData, UnreadableDataError, open_anndata
+from aivc.ingest.readers import SubmittedData, UnreadableDataError
 from aivc.progress import NullProgress, Progress
 from aivc.store import soma_io
 from aivc.store.artifacts import VersionWriter, submission_dir
@@ -62,10 +62,13 @@ class Prepared:
     genes: GeneMapping | None = None
     content_hash: str | None = None
     chunk_rows: int = DEFAULT_CHUNK_ROWS
+    others: dict[str, Any] = field(default_factory=dict)  # name -> modalities.CheckedMeasurement
 
     def close(self) -> None:
         if self.data is not None:
             self.data.close()
+        for m in self.others.values():
+            m.data.close()
 
 
 @dataclass
@@ -174,21 +177,23 @@ def validate_submission(
         report.extend(list(exc.findings))
         return Prepared(None, None, report)
     report.dataset_id = manifest.dataset_id
-    source, layer = manifest.counts_source
+    source, _ = manifest.counts_source
+    from aivc.ingest.sources import open_submission
+
     try:
-        data = open_anndata(data_path, source, layer)
+        data, opened = open_submission(data_path, manifest)
     except UnreadableDataError as exc:
         report.add(Finding(exc.code, exc.where, exc.message))
         return Prepared(manifest, None, report)
     prepared = Prepared(manifest, data, report, chunk_rows=chunk_rows)
     structural = _structure_findings(data)
     report.extend(structural)
-    where_var = "raw.var" if source == "raw" else "var"
+    where_var = _var_where(data.counts.path)
     genes = map_genes(
         data.var,
         organism_name=manifest.organism_name,
-        id_type=manifest.genes.id_type,
-        column=manifest.genes.column,
+        id_type=manifest.rna_genes.id_type,
+        column=manifest.rna_genes.column,
         min_mapped_fraction=manifest.qc.min_mapped_fraction,
         where=where_var,
     )
@@ -233,7 +238,16 @@ def validate_submission(
             )
             report.extend(qc_findings)
             report.expectations = results
-        prepared.content_hash = _content_hash(manifest, checker.content_hash, obs_result.frame, genes, data)
+        if opened:
+            from aivc.ingest.modalities import check_measurement
+
+            for name, m in opened.items():
+                progress.phase(f"checking {name}", total=data.n_obs)
+                checked = check_measurement(m, manifest, data.obs.index.astype(str), manifest_dir=Path(manifest_path).resolve().parent, chunk_rows=chunk_rows, advance=progress.advance)
+                prepared.others[name] = checked
+                report.extend(checked.findings)
+                report.decisions.extend(checked.decisions)
+        prepared.content_hash = _content_hash(manifest, checker.content_hash, obs_result.frame, genes, data, [m.content_hash for m in prepared.others.values()])
         report.summary.update(
             {
                 "nnz": int(checker.nnz),
@@ -258,11 +272,28 @@ def validate_submission(
             "obsm": list(data.obsm_keys),
         }
     )
+    if prepared.others:
+        report.summary["measurements"] = {"RNA": {"n_features": len(genes.gene_ids), "where": data.counts.path}} | {
+            n: {k: v for k, v in m.summary.items() if k != "expectations"} for n, m in prepared.others.items()
+        }
+        report.expectations = list(report.expectations or []) + [r for m in prepared.others.values() for r in m.summary.get("expectations", [])]
     return prepared
 
 
-def _content_hash(manifest: Manifest, matrix_hash: str, obs: pd.DataFrame, genes: GeneMapping, data: SubmittedData) -> str:
+def _var_where(matrix_path: str) -> str:
+    """Where a matrix's feature table is, for messages: ``var``, ``raw.var``, ``mod/rna/var``, ``features``."""
+    if matrix_path.startswith("matrix["):
+        return "features"
+    parts = matrix_path.split("/")
+    prefix = "/".join(parts[:2]) + "/" if parts[0] == "mod" and len(parts) > 2 else ""
+    rest = matrix_path[len(prefix) :]
+    return prefix + ("raw.var" if rest.startswith("raw/") else "var")
+
+
+def _content_hash(manifest: Manifest, matrix_hash: str, obs: pd.DataFrame, genes: GeneMapping, data: SubmittedData, others: list[str] | None = None) -> str:
     h = hashlib.sha256()
+    for other in others or []:  # RNA-only submissions hash as they always did
+        h.update(other.encode())
     h.update(manifest.canonical_json().encode())
     h.update(matrix_hash.encode())
     h.update("\x00".join(genes.gene_ids).encode())
@@ -351,6 +382,30 @@ def _write_artifacts(w: VersionWriter, prepared: Prepared, obs: pd.DataFrame, ob
     w.copy_manifest(prepared.report.manifest_path)
 
 
+def _write_measurement(w: VersionWriter, checked: Any, uri: str, ts: int, obs: pd.DataFrame, obs_joinids: np.ndarray, chunk_rows: int, progress: Progress) -> dict[str, Any]:
+    """Append one further measurement (same cells, same timestamp) and stage its tables."""
+    spec = checked.spec
+    res = soma_io.append_measurement(uri, obs_joinids, checked.var, checked.data.iter_chunks(chunk_rows), timestamp=ts, measurement=spec, progress=progress.advance)
+    features = checked.features.copy()
+    features.insert(1, "soma_joinid", res.var_joinids)
+    w.write_features(features, measurement=spec)
+    record = Measured(len(checked.var), len(obs), int(res.nnz), spec.layers).to_record()
+    if checked.qc is not None and len(checked.qc.columns):
+        qc = checked.qc.reset_index(drop=True)
+        qc.insert(0, "obs_id", obs.index.to_numpy(dtype=object))
+        w.write_qc(qc, measurement=spec)
+    if checked.fragments_path is not None:
+        from aivc.ingest.fragments import write_cell_fragments
+
+        folder = w.scratch("fragments")
+        folder.mkdir(exist_ok=True)
+        dest = folder / "fragments.tsv.gz"
+        write_cell_fragments(checked.fragments_path, dest, list(obs["barcode"]))
+        w.add_files(folder, "fragments")
+        record["fragments"] = "fragments/fragments.tsv.gz"
+    return record
+
+
 def submit(
     lake: Lake,
     data_path: str | Path,
@@ -433,6 +488,10 @@ def _write_version(
 
     progress.phase("writing to the lake", total=data.n_obs)
     result = soma_io.append_dataset(uri, obs, var, chunks(), timestamp=ts, progress=progress.advance)
+    measured = {RNA.name: Measured(len(genes.gene_ids), int(data.n_obs), int(result.nnz), RNA.layers).to_record()}
+    for name, checked in prepared.others.items():
+        progress.phase(f"writing {name} to the lake", total=data.n_obs)
+        measured[name] = _write_measurement(w, checked, uri, ts, obs, result.obs_joinids, prepared.chunk_rows, progress)
     _fault("after_soma_write")
     _write_artifacts(w, prepared, obs, result.obs_joinids, var, result.var_joinids)
     _fault("after_artifacts")
@@ -461,7 +520,7 @@ def _write_version(
         artifacts=w.artifacts,
         obsm_keys=tuple(data.obsm_keys),
         extra={"contact": manifest.contact, "citation": manifest.citation, "n_genes_submitted": data.n_vars},
-        measurements={RNA.name: Measured(len(genes.gene_ids), int(data.n_obs), int(result.nnz), RNA.layers).to_record()},
+        measurements=measured,
     )
     _fault("before_record")
     w.commit(record, fault="after_tables_published", fault_exit=97)

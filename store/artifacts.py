@@ -29,7 +29,7 @@ from aivc.store.catalog import Catalog, DatasetVersion
 from aivc.store.lake import Lake
 from aivc.store.measurements import RNA, MeasurementSpec
 
-__all__ = ["CELLS", "MANIFEST", "SUBMITTED_OBS", "VersionWriter", "artifact_key", "features_file", "submission_dir", "submission_key"]
+__all__ = ["CELLS", "FRAGMENTS", "MANIFEST", "qc_file", "SUBMITTED_OBS", "VersionWriter", "artifact_key", "features_file", "submission_dir", "submission_key"]
 
 CELLS = "cells.parquet"
 SUBMITTED_OBS = "obs_submitted.parquet"
@@ -40,6 +40,15 @@ OBSM = "obsm"
 def features_file(measurement: MeasurementSpec = RNA) -> str:
     """The file of the features a version measured (RNA keeps its historical name)."""
     return "genes.parquet" if measurement.name == RNA.name else f"features_{measurement.name}.parquet"
+
+
+def qc_file(measurement: MeasurementSpec) -> str:
+    """The per-cell QC table of a further measurement (RNA's QC is in the cells table)."""
+    return f"qc_{measurement.name}.parquet"
+
+
+#: Where a version keeps its ATAC fragments (bgzip) and their tabix index.
+FRAGMENTS = "fragments/fragments.tsv.gz"
 
 
 def artifacts_folder(dataset_id: str, version: int) -> str:
@@ -102,6 +111,14 @@ class VersionWriter:
     def write_features(self, features: Any, measurement: MeasurementSpec = RNA) -> None:
         """The features measured: the measurement's ``feature_id``, ``soma_joinid``, …"""
         self._write(features, features_file(measurement))
+
+    def write_qc(self, qc: Any, measurement: MeasurementSpec) -> None:
+        """Per-cell QC of a further measurement: ``obs_id`` and one column per metric."""
+        self._write(qc, qc_file(measurement))
+
+    def add_files(self, folder: Path, name: str) -> None:
+        """Move a staged folder of files (e.g. fragments and their index) into the version."""
+        shutil.move(str(folder), str(self.folder / name))
 
     def write_submitted_obs(self, obs: Any) -> None:
         """Every obs column as submitted, with ``barcode``."""

@@ -11,9 +11,11 @@ Example
 -------
 >>> get("RNA").layers
 ('counts',)
->>> spec = MeasurementSpec(name="ADT", modality="protein", feature_reference="antibody panel",
+>>> get("ADT").modality, get("ATAC").var_columns[:2]
+('protein', ('feature_name', 'chrom'))
+>>> spec = MeasurementSpec(name="HTO", modality="protein", feature_reference="hashtags",
 ...                        feature_id="feature_id", qc_suites=())
->>> register(spec) is spec and get("ADT").modality
+>>> register(spec) is spec and get("HTO").modality
 'protein'
 """
 
@@ -26,7 +28,7 @@ from typing import Literal
 
 from aivc.errors import NotFoundError, UsageError
 
-__all__ = ["RNA", "MeasurementSpec", "get", "names", "register"]
+__all__ = ["ADT", "ATAC", "RNA", "MeasurementSpec", "get", "names", "register"]
 
 Modality = Literal["rna", "protein", "chromatin", "spatial", "image"]
 ValueType = Literal["count", "float"]
@@ -100,7 +102,31 @@ RNA = MeasurementSpec(
     qc_suites=("cell_qc", "obs_metadata"),
 )
 
-_REGISTRY: dict[str, MeasurementSpec] = {RNA.name: RNA}
+ADT = MeasurementSpec(
+    name="ADT",
+    modality="protein",
+    feature_reference="antibodies by canonical marker, with target genes (schemas/panels)",
+    feature_id="feature_id",
+    value_type="count",
+    layers=("counts",),
+    var_columns=("feature_name", "target_gene_id", "target_symbol", "is_isotype"),
+    qc_suites=("protein_qc",),
+    target_sum=None,
+)
+
+ATAC = MeasurementSpec(
+    name="ATAC",
+    modality="chromatin",
+    feature_reference="peaks as genomic intervals (GRCh38 human, GRCm39 mouse; schemas/genomes)",
+    feature_id="feature_id",
+    value_type="count",
+    layers=("counts",),
+    var_columns=("feature_name", "chrom", "start", "end", "genome"),
+    qc_suites=("atac_qc",),
+    target_sum=None,
+)
+
+_REGISTRY: dict[str, MeasurementSpec] = {RNA.name: RNA, ADT.name: ADT, ATAC.name: ATAC}
 _LOCK = threading.Lock()
 
 
@@ -121,9 +147,9 @@ def register(spec: MeasurementSpec) -> MeasurementSpec:
 
 
 def unregister(name: str) -> None:
-    """Remove a registered spec (tests); RNA cannot be removed."""
-    if name == RNA.name:
-        raise UsageError("the RNA measurement cannot be unregistered", where="measurement")
+    """Remove a registered spec (tests); the built-in ones cannot be removed."""
+    if name in (RNA.name, ADT.name, ATAC.name):
+        raise UsageError(f"the built-in {name} measurement cannot be unregistered", where="measurement")
     with _LOCK:
         _REGISTRY.pop(name, None)
 

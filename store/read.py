@@ -210,7 +210,13 @@ class LakeQuery:
         hw = Catalog(lake).high_water(organisms[0]) if high_water is None else high_water
         if hw is None:
             raise LakeError(f"no committed data for {organisms[0]}", where="--lake")
-        return cls(lake, tuple(versions), organisms[0], int(hw), get_measurement(measurement), options)
+        spec = get_measurement(measurement)
+        if not any(spec.name in v.measured() for v in versions):
+            from aivc.errors import NotFoundError
+
+            refs = ", ".join(v.ref for v in versions)
+            raise NotFoundError(f"none of the selected dataset versions ({refs}) holds an {spec.name} measurement", where=options.datasets)
+        return cls(lake, tuple(versions), organisms[0], int(hw), spec, options)
 
     @property
     def soma_uri(self) -> str:

@@ -188,6 +188,84 @@ def append_dataset(
     return AppendResult(obs_j, var_j, timestamp, nnz)
 
 
+def append_measurement(
+    uri: str,
+    obs_joinids: np.ndarray,
+    var: pd.DataFrame,
+    chunks: Iterable[tuple[int, sp.csr_matrix]],
+    *,
+    timestamp: int,
+    measurement: MeasurementSpec,
+    progress: Callable[[int], None] | None = None,
+) -> AppendResult:
+    """Add a further measurement of cells already in the experiment (appended by
+    :func:`append_dataset` at the same ``timestamp``), e.g. the ADT counts of CITE-seq cells.
+
+    tiledbsoma's registration cannot add a second measurement for existing obs ids, so this
+    writes the measurement itself: it creates ``ms/<name>`` (``var`` and ``X/<raw layer>``) on
+    first use, gives features not seen before the next ``soma_joinid`` (a feature another
+    dataset measured keeps its joinid), grows the shapes and writes the values.
+
+    Parameters
+    ----------
+    obs_joinids
+        The cells' obs joinids, in the row order of the chunks.
+    var
+        Indexed by the measurement's ``feature_id``, columns its ``var_columns``.
+    """
+    import pyarrow as pa
+    import tiledbsoma
+
+    ctx = _context(timestamp, uri)
+    fid = measurement.feature_id
+    cols = [fid, *measurement.var_columns]
+    frame = var.reset_index()
+    frame[fid] = frame[fid].astype(str)
+    with tiledbsoma.Experiment.open(uri, "r", context=_context(None, uri)) as exp:
+        n_obs = int(exp.obs.domain[0][1]) + 1
+        have = exp.ms[measurement.name].var.read(column_names=["soma_joinid", fid]).concat().to_pandas() if measurement.name in exp.ms else None
+    with tiledbsoma.Experiment.open(uri, "w", context=ctx) as exp:
+        if have is None:
+            ms = exp.ms.add_new_collection(measurement.name, tiledbsoma.Measurement)
+            schema = pa.schema([(c, pa.large_string()) for c in cols])
+            ms.add_new_dataframe("var", schema=schema, index_column_names=["soma_joinid"], domain=[(0, max(len(frame), 1) - 1)])
+            ms.add_new_collection("X").add_new_sparse_ndarray(measurement.raw_layer, type=pa.float32(), shape=(n_obs, max(len(frame), 1)))
+            have = pd.DataFrame({"soma_joinid": pd.Series([], dtype=np.int64), fid: pd.Series([], dtype=object)})
+        ms = exp.ms[measurement.name]
+        known = dict(zip(have[fid].astype(str), have["soma_joinid"].astype(np.int64), strict=True))
+        nxt = int(have["soma_joinid"].max()) + 1 if len(have) else 0
+        new = [f for f in frame[fid] if f not in known]
+        known.update({f: nxt + i for i, f in enumerate(new)})
+        var_j = np.asarray([known[f] for f in frame[fid]], dtype=np.int64)
+        n_var = max(nxt + len(new), 1)
+    # grown as registration grows them (at the write's timestamp), then written through fresh handles
+    import tiledbsoma.io as sio
+
+    sio.resize_experiment(uri, nobs=n_obs, nvars={measurement.name: n_var}, context=ctx)
+    with tiledbsoma.Experiment.open(uri, "w", context=ctx) as exp:
+        ms = exp.ms[measurement.name]
+        if new:
+            rows = frame.set_index(fid).loc[new].reset_index()
+            table = {"soma_joinid": pa.array([known[f] for f in new], pa.int64())}
+            table |= {c: pa.array(rows[c].astype(str).tolist(), pa.large_string()) for c in cols}
+            ms.var.write(pa.table(table))
+        X = ms.X[measurement.raw_layer]
+        obs_j = np.asarray(obs_joinids, dtype=np.int64)
+        nnz = 0
+        for start, chunk in chunks:
+            chunk = chunk.tocsr()
+            chunk.sum_duplicates()
+            chunk.eliminate_zeros()
+            rows_j = obs_j[np.repeat(np.arange(chunk.shape[0]), np.diff(chunk.indptr)) + start]
+            t = pa.table({"soma_dim_0": pa.array(rows_j), "soma_dim_1": pa.array(var_j[chunk.indices]), "soma_data": pa.array(chunk.data.astype(np.float32))})
+            if t.num_rows:
+                X.write(t)
+            nnz += t.num_rows
+            if progress is not None:
+                progress(chunk.shape[0])
+    return AppendResult(obs_j, var_j, timestamp, nnz)
+
+
 def _row_major_extents(X) -> tuple[int, int] | None:  # noqa: ANN001 - SparseNDArray
     """Tile extents of a 2-D sparse array when its tile and cell orders are row-major."""
     import json

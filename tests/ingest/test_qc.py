@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from aivc.errors import Finding
-from aivc.ingest.qc import load_suites, run_expectations
+from aivc.ingest.qc import RNA_SUITES, load_suites, run_expectations
 
 N_GENES = 2000
 TERMS: dict[str, str] = {
@@ -53,7 +53,8 @@ def test_suites_load_and_round_trip_through_gx() -> None:
         import great_expectations as gx
 
     suites = load_suites()
-    assert [s["name"] for s in suites] == ["cell_qc", "obs_metadata"]
+    assert {"cell_qc", "obs_metadata"} <= {s["name"] for s in suites}
+    assert [s["name"] for s in load_suites(RNA_SUITES)] == ["cell_qc", "obs_metadata"]
     for suite in suites:
         for exp in suite["expectations"]:
             assert exp["meta"]["code"].startswith("QC_")
@@ -65,10 +66,15 @@ def test_suites_load_and_round_trip_through_gx() -> None:
         assert [e["severity"] for e in again["expectations"]] == [e["severity"] for e in suite["expectations"]]
 
 
+def test_unknown_suite_is_refused() -> None:
+    with pytest.raises(ValueError, match="no expectation suite named nope"):
+        load_suites(["cell_qc", "nope"])
+
+
 def test_clean_frame_passes() -> None:
     findings, results = run_expectations(clean_qc(), n_genes_total=N_GENES)
     assert findings == []
-    n_expected = sum(len(s["expectations"]) for s in load_suites())
+    n_expected = sum(len(s["expectations"]) for s in load_suites(RNA_SUITES))
     assert len(results) == n_expected
     assert all(r["success"] is True for r in results)
     assert {r["suite"] for r in results} == {"cell_qc", "obs_metadata"}

@@ -1,4 +1,4 @@
-"""A toy second measurement (a two-feature "ADT") round-trips through the store with no change
+"""A toy second measurement (a two-feature "HTO") round-trips through the store with no change
 outside its spec: the store's writer, the read API, SQL and export, on a local folder and on S3."""
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ FEATURES = ["CD3_TotalSeqB", "CD19_TotalSeqB"]
 def adt():  # noqa: ANN201
     spec = measurements.register(
         measurements.MeasurementSpec(
-            name="ADT", modality="protein", feature_reference="TotalSeq-B panel", feature_id="feature_id", var_columns=("feature_name",), target_sum=None
+            name="HTO", modality="protein", feature_reference="TotalSeq-B panel", feature_id="feature_id", var_columns=("feature_name",), target_sum=None
         )
     )
     yield spec
-    measurements.unregister("ADT")
+    measurements.unregister("HTO")
 
 
 def _write_adt_version(lake: Lake, spec: measurements.MeasurementSpec) -> DatasetVersion:
@@ -55,7 +55,7 @@ def _write_adt_version(lake: Lake, spec: measurements.MeasurementSpec) -> Datase
             organism="NCBITaxon:9606", organism_name="homo_sapiens", n_cells=len(X), n_genes=0, nnz=res.nnz, content_hash="toy",
             submission_id="sub-toy", committed_at=utcnow(), soma_timestamp=ts, soma_high_water=max(soma_io.now_ms(), ts),
             obs_joinid_min=int(res.obs_joinids.min()), obs_joinid_max=int(res.obs_joinids.max()), artifacts=w.artifacts,
-            measurements={"ADT": Measured(len(FEATURES), len(X), res.nnz, spec.layers).to_record()},
+            measurements={"HTO": Measured(len(FEATURES), len(X), res.nnz, spec.layers).to_record()},
         )  # fmt: skip
         w.commit(record)
     return record
@@ -64,10 +64,10 @@ def _write_adt_version(lake: Lake, spec: measurements.MeasurementSpec) -> Datase
 def test_toy_adt_round_trip(lake_uri: str, adt: measurements.MeasurementSpec, tmp_path) -> None:  # noqa: ANN001
     lake = Lake.init(lake_uri)
     v = _write_adt_version(lake, adt)
-    assert Catalog(Lake.open(lake_uri)).get("prot").measured() == {"ADT": Measured(2, 4, 4, ("counts",))}
+    assert Catalog(Lake.open(lake_uri)).get("prot").measured() == {"HTO": Measured(2, 4, 4, ("counts",))}
 
     # read API: the measurement's features (presence masks) and its raw values, by a condition
-    q = LakeQuery.open(lake, datasets=["prot"], measurement="ADT")
+    q = LakeQuery.open(lake, datasets=["prot"], measurement="HTO")
     fs = q.features()
     assert fs.frame["feature_id"].tolist() == FEATURES and fs.present.all()
     cells = q.obs(where="cell_type = 'T cell'")
@@ -79,17 +79,17 @@ def test_toy_adt_round_trip(lake_uri: str, adt: measurements.MeasurementSpec, tm
 
     # SQL: the cells and the features each version holds, per measurement
     r = query(lake, "SELECT measurement, feature_id, feature_name FROM dataset_features ORDER BY feature_id")
-    assert r.rows == [("ADT", "CD19_TotalSeqB", "CD19"), ("ADT", "CD3_TotalSeqB", "CD3")]
+    assert r.rows == [("HTO", "CD19_TotalSeqB", "CD19"), ("HTO", "CD3_TotalSeqB", "CD3")]
     assert query(lake, "SELECT count(*) FROM dataset_genes").rows == [(0,)]  # RNA is not what it holds
     assert query(lake, "SELECT cell_type, count(*) FROM cells GROUP BY 1 ORDER BY 1").rows == [("B cell", 2), ("T cell", 2)]
 
     # export: X and var from the spec, obs as for RNA
-    adata, _ = load_version_anndata(lake, "prot", measurement="ADT")
+    adata, _ = load_version_anndata(lake, "prot", measurement="HTO")
     assert adata.var_names.tolist() == FEATURES and adata.var["feature_name"].tolist() == ["CD3", "CD19"]
     np.testing.assert_array_equal(adata.X.toarray(), X)
     assert adata.obs_names.tolist() == ["b0", "b1", "b2", "b3"] and adata.obs["gate"].tolist() == ["a", "b", "a", "b"]
-    res = export_h5ad(lake, "prot@1", tmp_path / "prot.h5ad", measurement="ADT")
-    assert (res["measurement"], res["n_cells"], res["n_genes"]) == ("ADT", 4, 2)
+    res = export_h5ad(lake, "prot@1", tmp_path / "prot.h5ad", measurement="HTO")
+    assert (res["measurement"], res["n_cells"], res["n_genes"]) == ("HTO", 4, 2)
     with pytest.raises(Exception, match="holds no RNA measurement"):
         load_version_anndata(lake, "prot")
     assert v.ref == "prot@1"

@@ -87,7 +87,9 @@ def test_obs_where_and_selection_errors(train_lake):
         select_versions(train_lake, datasets=["synth-a@1", "synth-a"])
     with pytest.raises(UsageError, match="no datasets of organism 'mus_musculus'"):
         select_versions(train_lake, organism="mus_musculus")
-    with pytest.raises(NotFoundError):
+    with pytest.raises(NotFoundError, match="no measurement 'NOPE'"):
+        LakeQuery.open(train_lake, measurement="NOPE")
+    with pytest.raises(NotFoundError, match="holds an ATAC measurement"):
         LakeQuery.open(train_lake, measurement="ATAC")
 
 
@@ -100,15 +102,15 @@ def test_pinned_high_water_reads_the_plan_state(train_lake):
 
 
 def test_a_second_measurement_is_only_a_spec(tmp_path):
-    """A two-feature "ADT" measurement: written and read back exactly through its spec."""
+    """A two-feature "HTO" measurement: written and read back exactly through its spec."""
     adt = measurements.register(
-        measurements.MeasurementSpec(name="ADT", modality="protein", feature_reference="TotalSeq-B panel", feature_id="feature_id", var_columns=("feature_name",))
+        measurements.MeasurementSpec(name="HTO", modality="protein", feature_reference="TotalSeq-B panel", feature_id="feature_id", var_columns=("feature_name",))
     )
     try:
-        assert measurements.get("ADT") is adt and measurements.names() == ["RNA", "ADT"]
+        assert measurements.get("HTO") is adt and measurements.names() == ["RNA", "ADT", "ATAC", "HTO"]
         assert measurements.register(adt) is adt  # the same spec again is a no-op
         with pytest.raises(UsageError, match="already registered"):
-            measurements.register(measurements.MeasurementSpec(name="ADT", modality="protein", feature_reference="other", feature_id="feature_id"))
+            measurements.register(measurements.MeasurementSpec(name="HTO", modality="protein", feature_reference="other", feature_id="feature_id"))
         uri = str(tmp_path / "exp")
         obs = pd.DataFrame({c: ["x"] * 3 for c in soma_io.OBS_STRING_COLUMNS}, index=pd.Index(["c0", "c1", "c2"], name="obs_id"))
         obs["dataset_version"] = np.int32(1)
@@ -124,10 +126,12 @@ def test_a_second_measurement_is_only_a_spec(tmp_path):
             np.testing.assert_array_equal(rd.read(res.obs_joinids[[2, 0]]), X.toarray()[[2, 0]][:, ::-1])
         import tiledbsoma
 
-        with tiledbsoma.Experiment.open(uri) as exp:  # plain tiledbsoma sees ms/ADT, not ms/RNA
-            assert set(exp.ms.keys()) == {"ADT"}
+        with tiledbsoma.Experiment.open(uri) as exp:  # plain tiledbsoma sees ms/HTO, not ms/RNA
+            assert set(exp.ms.keys()) == {"HTO"}
     finally:
+        measurements.unregister("HTO")
+    assert measurements.names() == ["RNA", "ADT", "ATAC"]
+    with pytest.raises(UsageError, match="built-in ADT"):
         measurements.unregister("ADT")
-    assert measurements.names() == ["RNA"]
     with pytest.raises(UsageError, match="must be a letter"):
         measurements.MeasurementSpec(name="bad name", modality="rna", feature_reference="x", feature_id="gene_id")

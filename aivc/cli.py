@@ -170,7 +170,7 @@ def submit(
                 who = result.dataset_id or f"submission {result.submission_id}"
                 _console().print(styled(("rejected", "red"), f" {who}: {_errors(len(result.errors))}; nothing was written to the lake; {_reports(result.report)}"))
             else:
-                _console().print(styled((result.status, "green"), f" {result.dataset_id}@{result.version}: {result.n_cells} cells x {result.n_genes} genes; {_reports(result.report)}"))
+                _console().print(styled((result.status, "green"), f" {result.dataset_id}@{result.version}: {result.n_cells} cells x {result.n_genes} genes{''.join(f' + {n} {k} features' for n, k in result.measurements.items())}; {_reports(result.report)}"))
         return 1 if result.status == "rejected" else 0
 
     run_command(json_, debug, body)
@@ -227,7 +227,7 @@ def datasets(
 @app.command()
 def export(
     dataset: Annotated[str, typer.Argument(help="DATASET or DATASET@VERSION.")],
-    out: Annotated[str, typer.Option("-o", "--out", help="Output .h5ad path.")],
+    out: Annotated[str, typer.Option("-o", "--out", help="Output path: .h5ad (CELLxGENE RNA file, plus .fragments.tsv.gz for ATAC) or .h5mu (every measurement).")],
     for_analysis: Annotated[
         bool,
         typer.Option(
@@ -247,13 +247,22 @@ def export(
         from aivc.store.export import export_h5ad
         from aivc.store.lake import Lake
 
-        res = export_h5ad(Lake.open(lake), dataset, out, for_analysis=for_analysis, measurement=measurement)
+        if out.endswith(".h5mu"):
+            from aivc.store.export_multimodal import export_h5mu
+
+            res = export_h5mu(Lake.open(lake), dataset, out)
+        else:
+            res = export_h5ad(Lake.open(lake), dataset, out, for_analysis=for_analysis, measurement=measurement)
         if json_:
             _print_json({"status": "ok", **res})
         else:
             kind = " (analysis export: gene symbols and labels added; not for CELLxGENE submission)" if for_analysis else ""
             what = "genes" if res["measurement"] == "RNA" else f"{res['measurement']} features"
+            if "modalities" in res:
+                what = "genes; " + ", ".join(f"{m} {shape[1]} features" for m, shape in res["modalities"].items())
             _console().print(f"exported {res['dataset_id']}@{res['version']}: {res['n_cells']} cells x {res['n_genes']} {what} -> {res['path']}{kind}")
+            if "fragments" in res:
+                _console().print(f"fragments: {res['fragments']} (+ .tbi)")
         return 0
 
     run_command(json_, debug, body)

@@ -87,7 +87,7 @@ def check_measurement(
     out.nnz = int(checker.nnz)
     h = hashlib.sha256(checker.content_hash.encode())
     h.update("\x00".join(map(str, var.index)).encode())
-    qc = qc_acc.frame() if qc_acc is not None else pd.DataFrame(index=rna_cells)
+    qc = qc_acc.frame(rna_cells) if qc_acc is not None else pd.DataFrame(index=rna_cells)
     if spec.modality == "chromatin":
         qc, frag_hash = _fragments(out, manifest, manifest_dir, rna_cells, qc)
         h.update(frag_hash.encode())
@@ -109,7 +109,7 @@ def _protein_features(data: MeasurementData, manifest: Manifest):  # noqa: ANN20
 
     where = _features_where(data)
     panel = harmonize_panel(list(data.feature_names), manifest.organism_name, where=where)
-    table = panel.frame if hasattr(panel, "frame") else pd.DataFrame([vars(a) for a in panel.antibodies])
+    table = panel.to_frame()
     keep = np.arange(len(table), dtype=np.int64)
     var = pd.DataFrame(
         {
@@ -149,8 +149,20 @@ def _qc_accumulator(data: MeasurementData, var: pd.DataFrame, keep: np.ndarray) 
         return None
     from aivc.ingest.proteins import ProteinQc
 
-    isotype = (var["is_isotype"].to_numpy() == "true")
-    return ProteinQc(cell_ids=pd.Index(data.cell_ids[data.row_of]) if len(data.row_of) else data.cell_ids, isotype=isotype)
+    return _IndexedQc(ProteinQc(var["is_isotype"].to_numpy() == "true"))
+
+
+class _IndexedQc:
+    """A chunk accumulator whose frame is indexed by the RNA cells."""
+
+    def __init__(self, acc: Any) -> None:
+        self.acc = acc
+
+    def update(self, start: int, chunk: Any) -> None:
+        self.acc.add(chunk)
+
+    def frame(self, index: pd.Index) -> pd.DataFrame:
+        return self.acc.frame(index)
 
 
 # -- chromatin -------------------------------------------------------------------------------------
@@ -182,15 +194,14 @@ def _peak_features(data: MeasurementData, manifest: Manifest):  # noqa: ANN202 -
             "submitted_position": keep,
         }
     )
-    decisions = [f"ATAC: {len(iv)} peaks checked against {g.assembly}"]
-    return var, features, findings, decisions, keep
+    return var, features, findings, [], keep
 
 
 def _fragments(out: CheckedMeasurement, manifest: Manifest, manifest_dir: Path, cells: pd.Index, qc: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     """Check the fragments file (if any) and add the per-cell ATAC QC it gives."""
     src = out.data.source
     if src.fragments is None:
-        out.decisions.append("ATAC: no fragments file given; fragment QC (fragments per cell, FRiP, TSS enrichment) not computed")
+        out.summary["fragments"] = "none given: fragment QC (fragments per cell, FRiP, TSS enrichment) not computed"
         return qc, ""
     path = Path(src.fragments)
     path = path if path.is_absolute() else manifest_dir / path

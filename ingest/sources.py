@@ -189,6 +189,8 @@ def open_submission(path: str | Path, manifest: Manifest) -> tuple[SubmittedData
         kind, layer = counts_location(rna.source)
         data = open_anndata(p, kind, layer)
         others = {name: _from_anndata(data, name, m) for name, m in manifest.other_measurements.items()}
+        used = {m.source.split(":", 1)[1] for m in manifest.other_measurements.values() if m.source.startswith("obsm:")}
+        data.obsm_keys = tuple(k for k in data.obsm_keys if k not in used)  # a measurement, not an embedding
     elif fmt == "h5mu":
         data = _open_h5mu_rna(p, rna)
         others = {name: _from_h5mu(data, name, m) for name, m in manifest.other_measurements.items()}

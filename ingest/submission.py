@@ -82,9 +82,11 @@ class SubmitResult:
     errors: list[Finding] = field(default_factory=list)
     warnings: list[Finding] = field(default_factory=list)
     submission_id: str | None = None
+    measurements: dict[str, int] = field(default_factory=dict)  # further measurements: name -> features
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "measurements": {"RNA": self.n_genes, **self.measurements},
             "status": self.status,
             "dataset_id": self.dataset_id,
             "version": self.version,
@@ -446,7 +448,8 @@ def submit(
             version = catalog.next_version(manifest.dataset_id)
             record = _commit(lake, catalog, prepared, version, progress)
         rep = f"{submission_dir(lake, record.submission_id)}/report.json"
-        return SubmitResult("committed", record.dataset_id, record.version, record.n_cells, record.n_genes, str(rep), [], report.warnings, record.submission_id)
+        further = {n: int(m["n_features"]) for n, m in (record.measurements or {}).items() if n != RNA.name}
+        return SubmitResult("committed", record.dataset_id, record.version, record.n_cells, record.n_genes, str(rep), [], report.warnings, record.submission_id, further)
     finally:
         prepared.close()
 

@@ -143,6 +143,7 @@ def export_h5ad(lake: Lake, ref: str, out: str | Path, *, for_analysis: bool = F
     submission to CELLxGENE; see the module docstring).
     """
     adata, v = load_version_anndata(lake, ref, for_analysis=for_analysis, measurement=measurement)
+    spec = get_measurement(measurement)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
@@ -152,4 +153,8 @@ def export_h5ad(lake: Lake, ref: str, out: str | Path, *, for_analysis: bool = F
     finally:
         tmp.unlink(missing_ok=True)
     res = {"dataset_id": v.dataset_id, "version": v.version, "measurement": adata.uns["aivc"]["measurement"], "n_cells": adata.n_obs, "n_genes": adata.n_vars, "path": str(out)}
+    from aivc.store.export_multimodal import export_fragments, has_fragments
+
+    if spec.name == RNA.name and has_fragments(v):  # ATAC fragments beside the CELLxGENE file
+        res |= export_fragments(lake, v, out)
     return res | {"export": ANALYSIS_EXPORT if for_analysis else "cellxgene"}

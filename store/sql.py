@@ -18,6 +18,10 @@ Views
 ``dataset_features``
     The same for every measurement a version holds (``dataset_id, version, measurement,
     feature_id, feature_name, soma_joinid``): genes for RNA, antibodies for ADT, ….
+``qc_adt``, ``qc_atac``
+    The per-cell QC of each further measurement (``dataset_id, version, obs_id`` and one
+    column per metric: protein library size and isotype share; ATAC fragments per cell,
+    fraction in peaks, TSS enrichment).
 
 Every view holds only the datasets the principal may see
 (:func:`aivc.store.access.visible_datasets`): the rows of other datasets are not in any
@@ -54,6 +58,7 @@ import pandas as pd
 
 from aivc.errors import AivcError, SqlError
 from aivc.store import artifacts
+from aivc.store.measurements import RNA
 from aivc.store.access import AccessConfig, Principal, resolve_principal, visible_datasets
 from aivc.store.catalog import Catalog, DatasetVersion
 from aivc.store.lake import Lake
@@ -148,6 +153,7 @@ def _define_views(con: Any, catalog: Catalog, versions: list[DatasetVersion], cu
         con.execute(f"CREATE VIEW {view} AS SELECT * FROM {src}")
         files += read
     files += _define_feature_views(con, lake, versions)
+    files += _define_qc_views(con, lake, versions)
     con.execute(
         "CREATE VIEW genes AS SELECT d.organism_name, g.gene_id, any_value(g.feature_name) AS feature_name, "
         "any_value(g.gene_soma_joinid) AS soma_joinid, "
@@ -220,6 +226,33 @@ def _define_feature_views(con: Any, lake: Lake, versions: list[DatasetVersion]) 
         "CREATE VIEW dataset_genes AS SELECT dataset_id, version, feature_id AS gene_id, feature_name, soma_joinid AS gene_soma_joinid "
         "FROM dataset_features WHERE measurement = 'RNA'"
     )
+    return files
+
+
+def _define_qc_views(con: Any, lake: Lake, versions: list[DatasetVersion]) -> list[str]:
+    """``qc_adt``, ``qc_atac``, …: the per-cell QC of each further measurement (RNA's is in
+    ``cells``), one row per cell of every version that holds it; returns the files read."""
+    import pyarrow as pa
+
+    from aivc.store import measurements
+
+    files: list[str] = []
+    for name in measurements.names():
+        if name == RNA.name:
+            continue
+        spec = measurements.get(name)
+        held = [v for v in versions if name in v.measured() and lake.storage.exists(artifacts.artifact_key(v, artifacts.qc_file(spec)))]
+        view = f"qc_{name.lower()}"
+        if not held:
+            con.execute(f"CREATE VIEW {view} AS SELECT NULL::VARCHAR AS dataset_id, NULL::INTEGER AS version, NULL::VARCHAR AS obs_id WHERE false")
+            continue
+        paths = [str(lake.storage.local_file(artifacts.artifact_key(v, artifacts.qc_file(spec)))) for v in held]
+        register_arrow(con, f"_qc_files_{name}", pa.table({"filename": paths, "dataset_id": [v.dataset_id for v in held], "version": pa.array([v.version for v in held], pa.int32())}))
+        con.execute(
+            f"CREATE VIEW {view} AS SELECT f.dataset_id, f.version, q.* EXCLUDE (filename) "
+            f"FROM read_parquet({sql_list(paths)}, filename=true, union_by_name=true) q JOIN _qc_files_{name} f USING (filename)"
+        )
+        files += paths
     return files
 
 

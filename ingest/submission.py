@@ -384,10 +384,10 @@ def _write_artifacts(w: VersionWriter, prepared: Prepared, obs: pd.DataFrame, ob
     w.copy_manifest(prepared.report.manifest_path)
 
 
-def _write_measurement(w: VersionWriter, checked: Any, uri: str, ts: int, obs: pd.DataFrame, obs_joinids: np.ndarray, chunk_rows: int, progress: Progress) -> dict[str, Any]:
+def _write_measurement(w: VersionWriter, checked: Any, plan: soma_io.MeasurementPlan, uri: str, ts: int, obs: pd.DataFrame, obs_joinids: np.ndarray, chunk_rows: int, progress: Progress) -> dict[str, Any]:
     """Append one further measurement (same cells, same timestamp) and stage its tables."""
     spec = checked.spec
-    res = soma_io.append_measurement(uri, obs_joinids, checked.var, checked.data.iter_chunks(chunk_rows), timestamp=ts, measurement=spec, progress=progress.advance)
+    res = soma_io.append_measurement(uri, plan, obs_joinids, checked.data.iter_chunks(chunk_rows), timestamp=ts, progress=progress.advance)
     features = checked.features.copy()
     features.insert(1, "soma_joinid", res.var_joinids)
     w.write_features(features, measurement=spec)
@@ -489,12 +489,13 @@ def _write_version(
         for start, chunk in data.iter_chunks(prepared.chunk_rows):
             yield start, chunk[:, keep]
 
+    plans = {name: soma_io.plan_measurement(uri, checked.var, timestamp=ts, measurement=checked.spec) for name, checked in prepared.others.items()}
     progress.phase("writing to the lake", total=data.n_obs)
     result = soma_io.append_dataset(uri, obs, var, chunks(), timestamp=ts, progress=progress.advance)
     measured = {RNA.name: Measured(len(genes.gene_ids), int(data.n_obs), int(result.nnz), RNA.layers).to_record()}
     for name, checked in prepared.others.items():
         progress.phase(f"writing {name} to the lake", total=data.n_obs)
-        measured[name] = _write_measurement(w, checked, uri, ts, obs, result.obs_joinids, prepared.chunk_rows, progress)
+        measured[name] = _write_measurement(w, checked, plans[name], uri, ts, obs, result.obs_joinids, prepared.chunk_rows, progress)
     _fault("after_soma_write")
     _write_artifacts(w, prepared, obs, result.obs_joinids, var, result.var_joinids)
     _fault("after_artifacts")

@@ -188,69 +188,95 @@ def append_dataset(
     return AppendResult(obs_j, var_j, timestamp, nnz)
 
 
+@dataclass(frozen=True)
+class MeasurementPlan:
+    """Where a further measurement's features go: their joinids, the rows ``var`` lacks."""
+
+    measurement: MeasurementSpec
+    var_joinids: np.ndarray
+    new_var: pd.DataFrame  # rows to add: soma_joinid + feature_id + var_columns
+    exists: bool  # ms/<name> was already in the experiment
+
+
+def plan_measurement(uri: str, var: pd.DataFrame, *, timestamp: int, measurement: MeasurementSpec) -> MeasurementPlan:
+    """Give a further measurement's features their joinids (a feature another dataset measured
+    keeps its own) and grow ``ms/<name>/var`` for the new ones, at ``timestamp``.
+
+    Call it *before* :func:`append_dataset` appends the cells: that append's registration
+    grows every measurement's ``X`` to the new cells and to ``var``'s size, in one schema
+    change per array at the same timestamp (two changes of one array at one timestamp are
+    not ordered, so this function never resizes an ``X``).
+    """
+    import tiledbsoma
+
+    fid = measurement.feature_id
+    frame = var.reset_index()
+    frame[fid] = frame[fid].astype(str)
+    have = None
+    if exists(uri):
+        with tiledbsoma.Experiment.open(uri, "r", context=_context(None, uri)) as exp:
+            if measurement.name in exp.ms:
+                have = exp.ms[measurement.name].var.read(column_names=["soma_joinid", fid]).concat().to_pandas()
+    known = dict(zip(have[fid].astype(str), have["soma_joinid"].astype(np.int64), strict=True)) if have is not None else {}
+    nxt = int(have["soma_joinid"].max()) + 1 if have is not None and len(have) else 0
+    new = [f for f in frame[fid] if f not in known]
+    known.update({f: nxt + i for i, f in enumerate(new)})
+    rows = frame.set_index(fid).loc[new].reset_index()
+    rows.insert(0, "soma_joinid", np.asarray([known[f] for f in new], dtype=np.int64))
+    if have is not None and new:
+        with tiledbsoma.Experiment.open(uri, "w", context=_context(timestamp, uri)) as exp:
+            v = exp.ms[measurement.name].var
+            if nxt + len(new) > int(v.domain[0][1]) + 1:
+                v.tiledbsoma_resize_soma_joinid_shape(nxt + len(new))
+    return MeasurementPlan(measurement, np.asarray([known[f] for f in frame[fid]], dtype=np.int64), rows, have is not None)
+
+
 def append_measurement(
     uri: str,
+    plan: MeasurementPlan,
     obs_joinids: np.ndarray,
-    var: pd.DataFrame,
     chunks: Iterable[tuple[int, sp.csr_matrix]],
     *,
     timestamp: int,
-    measurement: MeasurementSpec,
     progress: Callable[[int], None] | None = None,
 ) -> AppendResult:
-    """Add a further measurement of cells already in the experiment (appended by
-    :func:`append_dataset` at the same ``timestamp``), e.g. the ADT counts of CITE-seq cells.
+    """Write a further measurement of cells just appended by :func:`append_dataset` at the
+    same ``timestamp`` (e.g. the ADT counts of CITE-seq cells), planned by
+    :func:`plan_measurement` before that append.
 
     tiledbsoma's registration cannot add a second measurement for existing obs ids, so this
-    writes the measurement itself: it creates ``ms/<name>`` (``var`` and ``X/<raw layer>``) on
-    first use, gives features not seen before the next ``soma_joinid`` (a feature another
-    dataset measured keeps its joinid), grows the shapes and writes the values.
+    writes it itself: it creates ``ms/<name>`` (``var`` and ``X/<raw layer>``) on first use,
+    adds the new features to ``var`` and writes the values.
 
     Parameters
     ----------
     obs_joinids
         The cells' obs joinids, in the row order of the chunks.
-    var
-        Indexed by the measurement's ``feature_id``, columns its ``var_columns``.
     """
     import pyarrow as pa
     import tiledbsoma
 
+    measurement = plan.measurement
     ctx = _context(timestamp, uri)
-    fid = measurement.feature_id
-    cols = [fid, *measurement.var_columns]
-    frame = var.reset_index()
-    frame[fid] = frame[fid].astype(str)
-    with tiledbsoma.Experiment.open(uri, "r", context=_context(None, uri)) as exp:
-        n_obs = int(exp.obs.domain[0][1]) + 1
-        have = exp.ms[measurement.name].var.read(column_names=["soma_joinid", fid]).concat().to_pandas() if measurement.name in exp.ms else None
-    with tiledbsoma.Experiment.open(uri, "w", context=ctx) as exp:
-        if have is None:
+    cols = [measurement.feature_id, *measurement.var_columns]
+    if not plan.exists:
+        with tiledbsoma.Experiment.open(uri, "r", context=ctx) as exp:
+            n_obs = int(exp.obs.domain[0][1]) + 1
+        n_var = max(len(plan.new_var), 1)
+        with tiledbsoma.Experiment.open(uri, "w", context=ctx) as exp:
             ms = exp.ms.add_new_collection(measurement.name, tiledbsoma.Measurement)
             schema = pa.schema([(c, pa.large_string()) for c in cols])
-            ms.add_new_dataframe("var", schema=schema, index_column_names=["soma_joinid"], domain=[(0, max(len(frame), 1) - 1)])
-            ms.add_new_collection("X").add_new_sparse_ndarray(measurement.raw_layer, type=pa.float32(), shape=(n_obs, max(len(frame), 1)))
-            have = pd.DataFrame({"soma_joinid": pd.Series([], dtype=np.int64), fid: pd.Series([], dtype=object)})
-        ms = exp.ms[measurement.name]
-        known = dict(zip(have[fid].astype(str), have["soma_joinid"].astype(np.int64), strict=True))
-        nxt = int(have["soma_joinid"].max()) + 1 if len(have) else 0
-        new = [f for f in frame[fid] if f not in known]
-        known.update({f: nxt + i for i, f in enumerate(new)})
-        var_j = np.asarray([known[f] for f in frame[fid]], dtype=np.int64)
-        n_var = max(nxt + len(new), 1)
-    # grown as registration grows them (at the write's timestamp), then written through fresh handles
-    import tiledbsoma.io as sio
-
-    sio.resize_experiment(uri, nobs=n_obs, nvars={measurement.name: n_var}, context=ctx)
+            ms.add_new_dataframe("var", schema=schema, index_column_names=["soma_joinid"], domain=[(0, n_var - 1)])
+            ms.add_new_collection("X").add_new_sparse_ndarray(measurement.raw_layer, type=pa.float32(), shape=(n_obs, n_var))
     with tiledbsoma.Experiment.open(uri, "w", context=ctx) as exp:
         ms = exp.ms[measurement.name]
-        if new:
-            rows = frame.set_index(fid).loc[new].reset_index()
-            table = {"soma_joinid": pa.array([known[f] for f in new], pa.int64())}
-            table |= {c: pa.array(rows[c].astype(str).tolist(), pa.large_string()) for c in cols}
+        if len(plan.new_var):
+            table = {"soma_joinid": pa.array(plan.new_var["soma_joinid"].to_numpy(dtype=np.int64))}
+            table |= {c: pa.array(plan.new_var[c].astype(str).tolist(), pa.large_string()) for c in cols}
             ms.var.write(pa.table(table))
         X = ms.X[measurement.raw_layer]
         obs_j = np.asarray(obs_joinids, dtype=np.int64)
+        var_j = plan.var_joinids
         nnz = 0
         for start, chunk in chunks:
             chunk = chunk.tocsr()

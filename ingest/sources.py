@@ -202,6 +202,8 @@ def open_submission(path: str | Path, manifest: Manifest) -> tuple[SubmittedData
 
 def _from_anndata(data: SubmittedData, name: str, m: MeasurementSource) -> MeasurementData:
     store, where_file = data._store, str(data.path)
+    if m.mod is not None:
+        raise SourceError("MEASUREMENT_SOURCE_UNSUPPORTED", f"an AnnData file has no modalities; {name} source {m.source!r} needs a MuData .h5mu or a 10x .h5 (here: obsm:<key>, X, raw or layer:<name>)", f"{where_file}: measurements/{name}/source")
     if m.source.startswith("obsm:"):
         key = m.source.split(":", 1)[1]
         if "obsm" not in store or key not in store["obsm"]:

@@ -263,6 +263,8 @@ def export(
             _console().print(f"exported {res['dataset_id']}@{res['version']}: {res['n_cells']} cells x {res['n_genes']} {what} -> {res['path']}{kind}")
             if "fragments" in res:
                 _console().print(f"fragments: {res['fragments']} (+ .tbi)")
+            if "fragments_warning" in res:
+                _console().print(f"warning: {res['fragments_warning']}")
         return 0
 
     run_command(json_, debug, body)

@@ -48,6 +48,7 @@ class CheckedMeasurement:
     summary: dict[str, Any] = field(default_factory=dict)
     fragments: Any = None  # aivc.ingest.fragments.FragmentReport of a chromatin measurement
     fragments_path: Path | None = None
+    gene_activity: Any = None  # (var, csr cells x genes) derived from the fragments, or None
 
     @property
     def valid(self) -> bool:
@@ -62,8 +63,16 @@ def check_measurement(
     manifest_dir: Path,
     chunk_rows: int,
     advance: Callable[[int], None] | None = None,
+    rna_var: pd.DataFrame | None = None,
+    rna_gene_ids: list[str] | None = None,
+    rna_keep: np.ndarray | None = None,
 ) -> CheckedMeasurement:
-    """Validate one further measurement of a submission (nothing is written)."""
+    """Validate one further measurement of a submission (nothing is written).
+
+    ``rna_var``, ``rna_keep`` and ``rna_gene_ids`` (the RNA features, the committed columns
+    and their reference ids) give a chromatin measurement its gene coordinates (a var
+    ``interval`` column, as Cell Ranger ARC writes) for TSS enrichment and gene activity.
+    """
     spec = get_measurement(data.name)
     findings = data.align(rna_cells)
     if spec.modality == "protein":
@@ -89,14 +98,20 @@ def check_measurement(
     h.update("\x00".join(map(str, var.index)).encode())
     qc = qc_acc.frame(rna_cells) if qc_acc is not None else pd.DataFrame(index=rna_cells)
     if spec.modality == "chromatin":
-        qc, frag_hash = _fragments(out, manifest, manifest_dir, rna_cells, qc)
+        genes = _gene_intervals(rna_var, rna_keep, rna_gene_ids)
+        qc, frag_hash = _fragments(out, manifest, manifest_dir, rna_cells, qc, genes)
         h.update(frag_hash.encode())
     out.qc = qc
     out.content_hash = h.hexdigest()
     if not any(f.code.startswith("MATRIX_") for f in out.findings if f.severity == "error") and len(qc.columns):
         from aivc.ingest.qc import run_expectations
 
-        qc_findings, results = run_expectations(qc, suites=spec.qc_suites, parameters={"n_features_total": int(len(var))})
+        if spec.modality == "chromatin":
+            from aivc.ingest.atac_qc import run_atac_expectations
+
+            qc_findings, results = run_atac_expectations(qc)
+        else:
+            qc_findings, results = run_expectations(qc, suites=spec.qc_suites)
         out.findings.extend(qc_findings)
         out.summary["expectations"] = results
     out.summary.update({"n_features": int(len(var)), "nnz": out.nnz, "where": data.where})
@@ -197,8 +212,20 @@ def _peak_features(data: MeasurementData, manifest: Manifest):  # noqa: ANN202 -
     return var, features, findings, [], keep
 
 
-def _fragments(out: CheckedMeasurement, manifest: Manifest, manifest_dir: Path, cells: pd.Index, qc: pd.DataFrame) -> tuple[pd.DataFrame, str]:
-    """Check the fragments file (if any) and add the per-cell ATAC QC it gives."""
+def _gene_intervals(rna_var: pd.DataFrame | None, keep: np.ndarray | None, gene_ids: list[str] | None) -> tuple[Any, list[str]] | None:
+    """The committed RNA genes' coordinates (var ``interval``), when the submission has them."""
+    if rna_var is None or keep is None or gene_ids is None or "interval" not in rna_var.columns:
+        return None
+    from aivc.ingest.intervals import parse_intervals
+
+    iv = parse_intervals(list(rna_var["interval"].astype(str).to_numpy()[keep]))
+    if not iv.ok.any():
+        return None
+    return iv, list(gene_ids)
+
+
+def _fragments(out: CheckedMeasurement, manifest: Manifest, manifest_dir: Path, cells: pd.Index, qc: pd.DataFrame, genes: tuple[Any, list[str]] | None) -> tuple[pd.DataFrame, str]:
+    """Check the fragments file (if any) and add the per-cell ATAC QC and gene activity it gives."""
     src = out.data.source
     if src.fragments is None:
         out.summary["fragments"] = "none given: fragment QC (fragments per cell, FRiP, TSS enrichment) not computed"
@@ -208,14 +235,22 @@ def _fragments(out: CheckedMeasurement, manifest: Manifest, manifest_dir: Path, 
     if not path.is_file():
         out.findings.append(Finding("FRAGMENTS_NOT_FOUND", f"measurements/ATAC/fragments {src.fragments!r}", f"the fragments file {path} does not exist (relative paths are relative to the manifest)"))
         return qc, ""
-    from aivc.ingest.atac_qc import atac_qc_frame
-    from aivc.ingest.fragments import check_fragments
-    from aivc.ingest.intervals import genome
+    from aivc.ingest.atac_qc import compute_atac_qc
+    from aivc.ingest.intervals import genome, parse_intervals
 
     g = genome(src.genome or DEFAULT_GENOME[manifest.organism_name])
-    report = check_fragments(path, g, cells, where=str(path))
+    peaks = parse_intervals(list(out.var.index))
+    gene_iv, gene_ids = genes if genes is not None else (None, None)
+    report, atac = compute_atac_qc(path, g, cells, peaks=peaks, genes=gene_iv, gene_names=gene_ids, where=f"measurements/ATAC/fragments {path.name}")
     out.findings.extend(report.findings)
     out.fragments, out.fragments_path = report, path
-    out.summary["fragments"] = report.summary() if hasattr(report, "summary") else {}
-    frame = atac_qc_frame(report, out.var, cells)
-    return pd.concat([qc, frame], axis=1), getattr(report, "content_hash", "")
+    out.summary["fragments"] = report.to_dict() | {"pooled_tss_enrichment": atac.pooled_tss_enrichment}
+    if gene_iv is not None and report.ok:
+        out.gene_activity = (pd.Index(gene_ids, name="gene_id"), atac.gene_activity)
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:  # the file as submitted is part of the version's content
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    frame = atac.qc.copy()
+    frame.index = cells
+    return pd.concat([qc, frame], axis=1), h.hexdigest()

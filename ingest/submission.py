@@ -28,10 +28,11 @@ from aivc.ingest.matrix import MatrixChecker
 from aivc.ingest.readers import SubmittedData, UnreadableDataError
 from aivc.progress import NullProgress, Progress
 from aivc.store import soma_io
+from aivc.store import artifacts
 from aivc.store.artifacts import VersionWriter, submission_dir
 from aivc.store.catalog import Catalog, DatasetVersion, Measured
 from aivc.store.lake import Lake, utcnow
-from aivc.store.measurements import RNA
+from aivc.store.measurements import GENE_ACTIVITY, RNA
 from aivc.store.recovery import recover
 
 DEFAULT_CHUNK_ROWS = 4096
@@ -245,7 +246,10 @@ def validate_submission(
 
             for name, m in opened.items():
                 progress.phase(f"checking {name}", total=data.n_obs)
-                checked = check_measurement(m, manifest, data.obs.index.astype(str), manifest_dir=Path(manifest_path).resolve().parent, chunk_rows=chunk_rows, advance=progress.advance)
+                checked = check_measurement(
+                    m, manifest, data.obs.index.astype(str), manifest_dir=Path(manifest_path).resolve().parent, chunk_rows=chunk_rows,
+                    advance=progress.advance, rna_var=data.var, rna_keep=genes.keep_cols, rna_gene_ids=list(genes.gene_ids),
+                )
                 prepared.others[name] = checked
                 report.extend(checked.findings)
                 report.decisions.extend(checked.decisions)
@@ -402,10 +406,32 @@ def _write_measurement(w: VersionWriter, checked: Any, plan: soma_io.Measurement
         folder = w.scratch("fragments")
         folder.mkdir(exist_ok=True)
         dest = folder / "fragments.tsv.gz"
-        write_cell_fragments(checked.fragments_path, dest, list(obs["barcode"]))
+        written = write_cell_fragments(checked.fragments_path, dest, list(obs["barcode"]))
         w.add_files(folder, "fragments")
-        record["fragments"] = "fragments/fragments.tsv.gz"
+        record["fragments"] = artifacts.FRAGMENTS
+        record["n_fragments"] = int(written.n_fragments)
+        record["n_cells_with_fragments"] = int(checked.fragments.n_cells_with_fragments)
     return record
+
+
+def _gene_activity(prepared: Prepared) -> tuple[pd.DataFrame, Any] | None:
+    """The gene-activity derived measurement of a chromatin measurement with fragments: lake
+    var (the RNA genes, by reference id) and the cells x genes fragment counts."""
+    atac = prepared.others.get("ATAC")
+    if atac is None or atac.gene_activity is None or prepared.genes is None:
+        return None
+    var = _lake_var(prepared)[["feature_name"]]
+    gene_ids, matrix = atac.gene_activity
+    if list(gene_ids) != list(var.index):
+        return None
+    return var, matrix
+
+
+def _write_gene_activity(w: VersionWriter, activity: tuple[pd.DataFrame, Any], plan: soma_io.MeasurementPlan, uri: str, ts: int, obs: pd.DataFrame, obs_joinids: np.ndarray) -> dict[str, Any]:
+    var, matrix = activity
+    res = soma_io.append_measurement(uri, plan, obs_joinids, [(0, matrix.tocsr().astype(np.float32))], timestamp=ts)
+    w.write_features(pd.DataFrame({"gene_id": var.index.to_numpy(dtype=object), "soma_joinid": res.var_joinids, "feature_name": var["feature_name"].to_numpy()}), measurement=GENE_ACTIVITY)
+    return Measured(len(var), len(obs), int(res.nnz), GENE_ACTIVITY.layers).to_record() | {"derived_from": "ATAC fragments overlapping each gene +/- 2 kb (ingest/atac_qc.py)"}
 
 
 def submit(
@@ -490,12 +516,17 @@ def _write_version(
             yield start, chunk[:, keep]
 
     plans = {name: soma_io.plan_measurement(uri, checked.var, timestamp=ts, measurement=checked.spec) for name, checked in prepared.others.items()}
+    activity = _gene_activity(prepared)
+    if activity is not None:
+        plans[GENE_ACTIVITY.name] = soma_io.plan_measurement(uri, activity[0], timestamp=ts, measurement=GENE_ACTIVITY)
     progress.phase("writing to the lake", total=data.n_obs)
     result = soma_io.append_dataset(uri, obs, var, chunks(), timestamp=ts, progress=progress.advance)
     measured = {RNA.name: Measured(len(genes.gene_ids), int(data.n_obs), int(result.nnz), RNA.layers).to_record()}
     for name, checked in prepared.others.items():
         progress.phase(f"writing {name} to the lake", total=data.n_obs)
         measured[name] = _write_measurement(w, checked, plans[name], uri, ts, obs, result.obs_joinids, prepared.chunk_rows, progress)
+    if activity is not None:
+        measured[GENE_ACTIVITY.name] = _write_gene_activity(w, activity, plans[GENE_ACTIVITY.name], uri, ts, obs, result.obs_joinids)
     _fault("after_soma_write")
     _write_artifacts(w, prepared, obs, result.obs_joinids, var, result.var_joinids)
     _fault("after_artifacts")

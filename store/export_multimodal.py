@@ -81,4 +81,12 @@ def export_fragments(lake: Lake, v: DatasetVersion, out: str | Path) -> dict[str
     for suffix in ("", ".tbi"):
         src = lake.storage.local_file(artifacts.artifact_key(v, artifacts.FRAGMENTS + suffix))
         _replace_into(Path(f"{dest}{suffix}"), lambda tmp, src=src: shutil.copyfile(src, tmp))
-    return {"fragments": str(dest), "fragments_index": f"{dest}.tbi"}
+    out_info = {"fragments": str(dest), "fragments_index": f"{dest}.tbi"}
+    atac = v.measurements["ATAC"]
+    with_fragments = int(atac.get("n_cells_with_fragments", v.n_cells))
+    if with_fragments < v.n_cells:
+        out_info["fragments_warning"] = (
+            f"{v.n_cells - with_fragments} of {v.n_cells} cells have no fragment, so the fragments' barcodes are not the h5ad's cells: "
+            "cellxgene-schema process-fragment requires every cell to have fragments"
+        )
+    return out_info

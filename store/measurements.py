@@ -28,7 +28,7 @@ from typing import Literal
 
 from aivc.errors import NotFoundError, UsageError
 
-__all__ = ["ADT", "ATAC", "RNA", "MeasurementSpec", "get", "names", "register"]
+__all__ = ["ADT", "ATAC", "GENE_ACTIVITY", "RNA", "MeasurementSpec", "get", "names", "register"]
 
 Modality = Literal["rna", "protein", "chromatin", "spatial", "image"]
 ValueType = Literal["count", "float"]
@@ -126,7 +126,23 @@ ATAC = MeasurementSpec(
     target_sum=None,
 )
 
-_REGISTRY: dict[str, MeasurementSpec] = {RNA.name: RNA, ADT.name: ADT, ATAC.name: ATAC}
+#: Derived from ATAC fragments at submission: per cell and RNA gene, the fragments that overlap
+#: the gene +/- 2 kb (ingest/atac_qc.py). Counts, but not a submitted measurement.
+GENE_ACTIVITY = MeasurementSpec(
+    name="GENE_ACTIVITY",
+    modality="chromatin",
+    feature_reference="Ensembl gene ids (the RNA genes of the dataset)",
+    feature_id="gene_id",
+    value_type="count",
+    layers=("counts",),
+    var_columns=("feature_name",),
+    qc_suites=(),
+    target_sum=1e4,
+)
+
+_REGISTRY: dict[str, MeasurementSpec] = {RNA.name: RNA, ADT.name: ADT, ATAC.name: ATAC, GENE_ACTIVITY.name: GENE_ACTIVITY}
+#: The measurements a submission names (the rest are derived).
+SUBMITTED = (RNA.name, ADT.name, ATAC.name)
 _LOCK = threading.Lock()
 
 
@@ -148,7 +164,7 @@ def register(spec: MeasurementSpec) -> MeasurementSpec:
 
 def unregister(name: str) -> None:
     """Remove a registered spec (tests); the built-in ones cannot be removed."""
-    if name in (RNA.name, ADT.name, ATAC.name):
+    if name in (RNA.name, ADT.name, ATAC.name, GENE_ACTIVITY.name):
         raise UsageError(f"the built-in {name} measurement cannot be unregistered", where="measurement")
     with _LOCK:
         _REGISTRY.pop(name, None)

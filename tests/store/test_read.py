@@ -107,7 +107,7 @@ def test_a_second_measurement_is_only_a_spec(tmp_path):
         measurements.MeasurementSpec(name="HTO", modality="protein", feature_reference="TotalSeq-B panel", feature_id="feature_id", var_columns=("feature_name",))
     )
     try:
-        assert measurements.get("HTO") is adt and measurements.names() == ["RNA", "ADT", "ATAC", "HTO"]
+        assert measurements.get("HTO") is adt and measurements.names() == ["RNA", "ADT", "ATAC", "GENE_ACTIVITY", "HTO"]
         assert measurements.register(adt) is adt  # the same spec again is a no-op
         with pytest.raises(UsageError, match="already registered"):
             measurements.register(measurements.MeasurementSpec(name="HTO", modality="protein", feature_reference="other", feature_id="feature_id"))
@@ -130,7 +130,7 @@ def test_a_second_measurement_is_only_a_spec(tmp_path):
             assert set(exp.ms.keys()) == {"HTO"}
     finally:
         measurements.unregister("HTO")
-    assert measurements.names() == ["RNA", "ADT", "ATAC"]
+    assert measurements.names() == ["RNA", "ADT", "ATAC", "GENE_ACTIVITY"]
     with pytest.raises(UsageError, match="built-in ADT"):
         measurements.unregister("ADT")
     with pytest.raises(UsageError, match="must be a letter"):

@@ -134,10 +134,11 @@ def simulate(path: Path, n: int, seed: int = 0) -> dict[str, Any]:
 
 AIVC_CHECK = """
 import json, sys, time
-t = time.perf_counter()
+import pyarrow.csv, pyarrow.compute, pysam
 from aivc.ingest.fragments import check_fragments
 from aivc.ingest.intervals import genome
 side = json.load(open(sys.argv[1] + ".json"))
+t = time.perf_counter()
 r = check_fragments(sys.argv[1], genome("homo_sapiens"), side["cells"])
 print(json.dumps({"n": r.n_fragments, "cells": r.n_fragments_cells, "ok": r.ok, "codes": [f.code for f in r.findings], "call_s": time.perf_counter() - t}))
 """
@@ -151,17 +152,18 @@ print(json.dumps({"n": None, "cells": None, "call_s": time.perf_counter() - t}))
 """
 AIVC_QC = """
 import json, sys, time
-t = time.perf_counter()
+import pyarrow.csv, pyarrow.compute, pysam, scipy.sparse
 from aivc.ingest.atac_qc import compute_atac_qc
 from aivc.ingest.intervals import parse_intervals
 side = json.load(open(sys.argv[1] + ".json"))
+t = time.perf_counter()
 r, qc = compute_atac_qc(sys.argv[1], "homo_sapiens", side["cells"], peaks=parse_intervals(side["peaks"]), genes=parse_intervals(side["genes"]))
 print(json.dumps({"n": r.n_fragments, "cells": r.n_fragments_cells, "ok": r.ok, "median_frip": float(qc.qc["frip"].median()), "nnz": int(qc.gene_activity.nnz), "call_s": time.perf_counter() - t}))
 """
 PYSAM = """
 import json, sys, time, pysam
-t = time.perf_counter()
 cells = set(json.load(open(sys.argv[1] + ".json"))["cells"])
+t = time.perf_counter()
 counts, n = {}, 0
 with pysam.TabixFile(sys.argv[1]) as tabix:
     for row in tabix.fetch(parser=pysam.asTuple()):
@@ -174,8 +176,8 @@ print(json.dumps({"n": n, "cells": sum(counts.values()), "call_s": time.perf_cou
 PANDAS = """
 import json, sys, time
 import pandas as pd
-t = time.perf_counter()
 cells = json.load(open(sys.argv[1] + ".json"))["cells"]
+t = time.perf_counter()
 df = pd.read_csv(sys.argv[1], sep="\\t", header=None, names=["chrom", "start", "end", "barcode", "count"])
 vc = df["barcode"].value_counts()
 print(json.dumps({"n": len(df), "cells": int(vc.reindex(cells, fill_value=0).sum()), "call_s": time.perf_counter() - t}))
@@ -183,8 +185,8 @@ print(json.dumps({"n": len(df), "cells": int(vc.reindex(cells, fill_value=0).sum
 SNAPATAC2 = """
 import json, sys, time
 import snapatac2 as snap
-t = time.perf_counter()
 side = json.load(open(sys.argv[1] + ".json"))
+t = time.perf_counter()
 sizes = {"chr1": 248956422, "chr2": 242193529, "chr3": 198295559, "chr4": 190214555, "chr5": 181538259, "chr6": 170805979, "chr7": 159345973, "chr8": 145138636, "chr9": 138394717, "chr10": 133797422, "chr11": 135086622, "chr12": 133275309, "chr13": 114364328, "chr14": 107043718, "chr15": 101991189, "chr16": 90338345, "chr17": 83257441, "chr18": 80373285, "chr19": 58617616, "chr20": 64444167, "chr21": 46709983, "chr22": 50818468, "chrX": 156040895}
 a = snap.pp.import_fragments(sys.argv[1], chrom_sizes=sizes, whitelist=side["cells"], sorted_by_barcode=False, min_num_fragments=0, n_jobs=2)
 print(json.dumps({"n": None, "cells": int(a.obs["n_fragment"].sum()), "call_s": time.perf_counter() - t}))
@@ -246,7 +248,7 @@ def main() -> int:
             if "error" not in best and name != "baseline":
                 row["per_s_wall"], row["per_s_cpu"] = m / best["wall_s"], m / best["cpu_s"]
                 row["per_s_call"] = m / best["result"]["call_s"]
-            elif name != "snapatac2":
+            elif "error" in best and name != "snapatac2":  # snapatac2 is optional
                 failed = True
             rows.append(row)
             if not args.json:
@@ -282,7 +284,7 @@ def _summary(rows: list[dict[str, Any]], sizes: list[int]) -> dict[str, Any]:
         peers = ", ".join(f"{t} {a['per_s_wall'] / ok[(t, n)]['per_s_wall']:.2f}x" for t in ("pysam", "pandas", "snapatac2") if (t, n) in ok)
         calls = ", ".join(f"{t} {a['per_s_call'] / ok[(t, n)]['per_s_call']:.2f}x" for t in ("pysam", "pandas", "snapatac2") if (t, n) in ok)
         lines.append(f"  {n:>10,}: aivc check {a['per_s_wall'] / 1e6:.2f} M/s (target >= {TARGET / 1e6:.1f} M/s: {verdict}); {peers}")
-        lines.append(f"  {'':>10}  the calls alone (without interpreter start and imports): aivc check {a['per_s_call'] / 1e6:.2f} M/s; {calls}")
+        lines.append(f"  {'':>10}  the calls alone (after imports and reading the inputs): aivc check {a['per_s_call'] / 1e6:.2f} M/s; {calls}")
         if ("aivc qc", n) in ok:
             lines.append(f"  {'':>10}  aivc qc (checks + FRiP + TSS + gene activity) {ok[('aivc qc', n)]['per_s_wall'] / 1e6:.2f} M/s")
     lo, hi = min(sizes), max(sizes)

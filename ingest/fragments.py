@@ -28,7 +28,7 @@ and whose message says how many more lines offend:
 ``FRAGMENTS_CELLS_WITHOUT_FRAGMENTS``  warning: cells without a valid fragment, the first few named
 
 A missing ``.tbi`` is no finding (a sorted BGZF file can always be indexed, and the lake's
-copy, :func:`write_cell_fragments`, gets its own), nor are the fragments of barcodes that
+copy, :func:`aivc.ingest.fragments_write.write_cell_fragments`, gets its own), nor are the fragments of barcodes that
 are not cells (background droplets, which Cell Ranger keeps): they are counted in the
 report and left out of the lake's copy.
 
@@ -46,7 +46,7 @@ import gzip
 import os
 import queue
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -57,7 +57,7 @@ import pandas as pd
 from aivc.errors import Finding, UsageError, and_more
 from aivc.ingest.intervals import Genome, genome as _genome
 
-__all__ = ["COLUMNS", "FragmentObserver", "FragmentReport", "WrittenFragments", "check_fragments", "compression_of", "write_cell_fragments"]
+__all__ = ["COLUMNS", "FragmentObserver", "FragmentReport", "check_fragments", "compression_of"]
 
 #: the five columns of a fragments file, in order
 COLUMNS = ("chrom", "start", "end", "barcode", "count")
@@ -144,16 +144,6 @@ class FragmentReport:
         return out
 
 
-@dataclass(frozen=True)
-class WrittenFragments:
-    """The lake's copy of a fragments file: BGZF, tabix-indexed, the cells' fragments only."""
-
-    path: Path
-    index: Path
-    n_fragments: int
-    n_cells: int
-
-
 def compression_of(path: str | os.PathLike[str]) -> Compression:
     """``"bgzf"`` for blocked gzip (the ``BC`` extra field of SAM spec 4.1), ``"gzip"`` or ``"none"``."""
     with open(path, "rb") as fh:
@@ -198,14 +188,14 @@ def check_fragments(
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"no fragments file at {path}", where="fragments")
-    cells = _cell_index(cell_barcodes)
+    cells = cell_index(cell_barcodes)
     name = where or path.name
     compression = compression_of(path)
     scan = _Scan(g, cells, name, list(observers))
     n_header = 0
     try:
-        n_header, has_data = _head(path, compression)
-        for batch, invalid in _batches(path, compression, n_header, chunk_bytes) if has_data else ():
+        n_header, has_data = header_lines(path, compression)
+        for batch, invalid in fragment_batches(path, compression, n_header, chunk_bytes) if has_data else ():
             scan.invalid_rows(invalid)
             scan.add(batch)
     except (OSError, EOFError, ValueError) as exc:  # pyarrow.ArrowInvalid is a ValueError
@@ -228,7 +218,7 @@ def check_fragments(
     return scan.report(str(path), compression, indexed, n_header, findings)
 
 
-def _cell_index(cell_barcodes: Sequence[str] | pd.Index | np.ndarray) -> pd.Index:
+def cell_index(cell_barcodes: Sequence[str] | pd.Index | np.ndarray) -> pd.Index:
     cells = pd.Index(np.asarray(cell_barcodes, dtype=object).astype(str), dtype=object)
     if not cells.is_unique:
         dup = cells[cells.duplicated()].unique()[:N_EXAMPLES].tolist()
@@ -236,7 +226,7 @@ def _cell_index(cell_barcodes: Sequence[str] | pd.Index | np.ndarray) -> pd.Inde
     return cells
 
 
-def _head(path: Path, compression: Compression) -> tuple[int, bool]:
+def header_lines(path: Path, compression: Compression) -> tuple[int, bool]:
     """The number of leading ``#`` lines, and whether any line follows them."""
     n = 0
     with (open(path, "rb") if compression == "none" else gzip.open(path, "rb")) as fh:
@@ -253,7 +243,7 @@ def _has_bgzf_eof(path: Path) -> bool:
         return size >= len(BGZF_EOF) and fh.seek(size - len(BGZF_EOF)) >= 0 and fh.read() == BGZF_EOF
 
 
-def _batches(path: Path, compression: Compression, skip: int, chunk_bytes: int) -> Iterator[tuple[Any, list[tuple[int, int, str]]]]:
+def fragment_batches(path: Path, compression: Compression, skip: int, chunk_bytes: int) -> Iterator[tuple[Any, list[tuple[int, int, str]]]]:
     """Arrow record batches of the five columns as text (contig and barcode dictionary-encoded),
     each with the lines that did not have five columns: (line number, columns, text)."""
     import pyarrow as pa
@@ -623,74 +613,3 @@ def _check_index(path: Path, contigs: Sequence[str], name: str) -> tuple[bool, l
         extra = sorted(set(listed) ^ set(contigs))
         return False, [Finding("FRAGMENTS_INDEX_INVALID", tbi.name, f"the tabix index is not this file's: its contigs differ ({', '.join(map(repr, extra[:5]))}); it is ignored, and the lake's copy gets a new one; remake it with `tabix -f -p bed {path.name}`", "warning")]
     return True, []
-
-
-def write_cell_fragments(
-    src: str | os.PathLike[str],
-    dest: str | os.PathLike[str],
-    cell_barcodes: Sequence[str] | pd.Index | np.ndarray,
-    rename: Mapping[str, str] | None = None,
-    *,
-    chunk_bytes: int = 1 << 22,
-) -> WrittenFragments:
-    """Write the cells' fragment lines of a checked file as BGZF with a tabix index, streaming.
-
-    Each kept line is written as it was (only its barcode renamed) and in its order, so the
-    copy of a file that passed :func:`check_fragments` is sorted too; header lines and the
-    fragments of other barcodes are left out. Both files are written under temporary names
-    beside ``dest`` and renamed into place once complete.
-
-    Parameters
-    ----------
-    src
-        A fragments file that passed :func:`check_fragments` (any compression).
-    dest
-        Where to write (conventionally ``....tsv.gz``; its index is ``dest + ".tbi"``).
-    cell_barcodes
-        The cells' barcodes as ``src`` writes them.
-    rename
-        Barcode in ``src`` -> barcode to write (e.g. the cell table's index); cells not in
-        it keep theirs. No two cells may end up with the same barcode.
-
-    Raises
-    ------
-    UsageError
-        ``rename`` merges cells, or ``src`` has a line without 5 columns.
-    """
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pysam
-    from pyarrow import csv
-
-    src, dest = Path(src), Path(dest)
-    cells = _cell_index(cell_barcodes)
-    names = cells.to_numpy(dtype=object) if rename is None else np.array([rename.get(c, c) for c in cells], dtype=object)
-    if len(set(names)) != len(names):
-        raise UsageError("rename gives two cells the same barcode; each cell needs its own", where="rename")
-    compression = compression_of(src)
-    n_header, has_data = _head(src, compression)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    options = csv.WriteOptions(include_header=False, delimiter="\t", quoting_style="none")
-    n_written = 0
-    try:
-        with pysam.BGZFile(str(tmp), "wb") as out:
-            for batch, invalid in _batches(src, compression, n_header, chunk_bytes) if has_data else ():
-                if invalid:
-                    raise UsageError(f"line {invalid[0][0]} has {invalid[0][1]} columns; check the file with check_fragments first", where=str(src))
-                bc = batch.column(3)
-                cell = cells.get_indexer(bc.dictionary.to_numpy(zero_copy_only=False))[bc.indices.to_numpy(zero_copy_only=False)]
-                keep = cell >= 0
-                if keep.any():
-                    columns = [pc.filter(batch.column(i), pa.array(keep)).cast(pa.string()) for i in range(5)]
-                    columns[3] = pa.array(names[cell[keep]], type=pa.string())
-                    sink = pa.BufferOutputStream()
-                    csv.write_csv(pa.table(columns, names=list(COLUMNS)), sink, options)
-                    out.write(sink.getvalue().to_pybytes())
-                    n_written += int(keep.sum())
-        pysam.tabix_index(str(tmp), preset="bed", force=True, index=f"{tmp}.tbi")
-        os.replace(f"{tmp}.tbi", f"{dest}.tbi")
-        os.replace(tmp, dest)
-    finally:
-        for leftover in (tmp, Path(f"{tmp}.tbi")):
-            leftover.unlink(missing_ok=True)
-    return WrittenFragments(dest, Path(f"{dest}.tbi"), n_written, len(cells))

@@ -401,7 +401,7 @@ def _write_measurement(w: VersionWriter, checked: Any, plan: soma_io.Measurement
         qc.insert(0, "obs_id", obs.index.to_numpy(dtype=object))
         w.write_qc(qc, measurement=spec)
     if checked.fragments_path is not None:
-        from aivc.ingest.fragments import write_cell_fragments
+        from aivc.ingest.fragments_write import write_cell_fragments
 
         folder = w.scratch("fragments")
         folder.mkdir(exist_ok=True)

@@ -4,7 +4,6 @@ and leaves the lake byte-for-byte unchanged."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np

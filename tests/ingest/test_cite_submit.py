@@ -14,7 +14,6 @@ from typing import Any
 
 import anndata as ad
 import numpy as np
-import pytest
 import scipy.io
 import scipy.sparse as sp
 import yaml

@@ -14,7 +14,8 @@ import pysam
 import pytest
 
 from aivc.errors import UsageError
-from aivc.ingest.fragments import BGZF_EOF, check_fragments, compression_of, write_cell_fragments
+from aivc.ingest.fragments import BGZF_EOF, check_fragments, compression_of
+from aivc.ingest.fragments_write import write_cell_fragments
 from aivc.ingest.intervals import genome
 
 #: derived from the real 10x Multiome PBMC subset by data/build_multiome_subset.py (provenance there and in multiome_PROVENANCE.md)

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import pytest
 import scipy.sparse as sp
 
 from aivc.ingest.submission import submit, validate_submission
 from aivc.store.catalog import Catalog
 from aivc.store.export import load_version_anndata
 from aivc.store.sql import query
-from tests.conftest import base_manifest, lake_snapshot
+from tests.conftest import lake_snapshot
 
 
 def test_pbmc_submission_commits_with_harmonized_labels(lake, pbmc_files):

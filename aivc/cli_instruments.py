@@ -85,6 +85,49 @@ def train_celltype(
     run_command(json_, debug, body)
 
 
+@train_app.command("protein")
+def train_protein_cmd(
+    embedding: Annotated[str, typer.Option("--embedding", help="Cell embedding version to read, CELL:NAME@VERSION, e.g. cell:pca@1.")],
+    datasets: Annotated[Optional[str], typer.Option("--datasets", help="Comma-separated datasets with ADT whose cells train it (default: every dataset of the embedding with ADT).")] = None,
+    alpha: Annotated[float, typer.Option("--alpha", help="Intervals hold the measured abundance with probability about 1 - alpha.")] = 0.1,
+    name: Annotated[str, typer.Option("--name", help="Instrument name.")] = "protein",
+    target: Annotated[str, typer.Option("--target", help="What is predicted: log1p or clr of the antibody counts.")] = "log1p",
+    hidden: Annotated[Optional[int], typer.Option("--hidden", help="Hidden units (0: linear); default chosen by cross-validation.")] = None,
+    weight_decay: Annotated[Optional[float], typer.Option("--weight-decay", help="L2 strength; default chosen by cross-validation.")] = None,
+    folds: Annotated[int, typer.Option("--folds", help="Cross-fitting folds (model choice and intervals).")] = 5,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the folds and the optimiser.")] = 0,
+    lake: LakeOpt = None,
+    json_: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Train a cross-modal protein decoder (UR -> ADT abundance with per-protein intervals) and register it."""
+
+    def body() -> int:
+        from aivc.instruments.crossmodal import CrossModalConfig
+        from aivc.instruments.protein import train_protein
+        from aivc.progress import make_progress
+        from aivc.store.lake import Lake
+
+        cfg = CrossModalConfig(alpha=alpha, hidden=hidden, weight_decay=weight_decay, folds=folds, target=target, seed=seed)  # type: ignore[arg-type]
+        progress = make_progress(json_)
+        try:
+            rec = train_protein(Lake.open(lake), embedding, datasets=_csv(datasets), name=name, config=cfg, progress=progress)
+        finally:
+            progress.close()
+        oof = rec.metrics["out_of_fold"]
+        if json_:
+            _print_json({"status": "registered", **_summary(rec), "proteins": rec.outputs["proteins"], "metrics": rec.metrics, "lineage": rec.lineage.to_record()})
+            return 0
+        _console().print(
+            f"registered {rec.ref}: {len(rec.outputs['proteins'])} proteins from {rec.metrics['n_train']} cells of {rec.reads}; out-of-fold mean Pearson "
+            f"{oof['mean_pearson']:.3f}, Spearman {oof['mean_spearman']:.3f}, interval coverage {oof['mean_coverage']:.3f} at alpha={alpha:g}",
+            highlight=False,
+        )
+        return 0
+
+    run_command(json_, debug, body)
+
+
 @instruments_app.command("list")
 def list_(lake: LakeOpt = None, json_: JsonOpt = False, debug: DebugOpt = False) -> None:
     """List registered instrument versions."""

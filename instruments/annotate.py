@@ -404,7 +404,12 @@ def annotate(
             from aivc.instruments.report import build_report
 
             progress.phase("building the report")
-            built = build_report(lake, staging, rec, rollup=rollup_spec)
+            if rec.type == "protein-abundance":
+                from aivc.instruments.protein import build_protein_report
+
+                built = build_protein_report(lake, staging, rec)
+            else:
+                built = build_report(lake, staging, rec, rollup=rollup_spec)
 
         def make(version: int) -> PredictionVersion:
             return PredictionVersion(

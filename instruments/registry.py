@@ -133,6 +133,7 @@ Loader = Callable[[Lake, InstrumentRecord, Mapping[str, np.ndarray]], Any]
 _LOADERS: dict[tuple[str, str], str | Loader] = {
     ("decoder", "celltype"): "aivc.instruments.celltype_model:CellTypeDecoder.load",
     ("manipulator", "perturbation"): "aivc.instruments.manipulator:PerturbationManipulator.load",
+    ("decoder", "protein-abundance"): "aivc.instruments.crossmodal:CrossModalDecoder.load",
 }
 
 

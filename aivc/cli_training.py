@@ -1,5 +1,5 @@
-"""CLI for training and the model registry: ``aivc train cell-vae|cell-transformer`` and
-``aivc models list|show``."""
+"""CLI for training and the model registry: ``aivc train cell-vae|cell-transformer|cell-multimodal-vae``
+and ``aivc models list|show``."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def _fmt(v: Any) -> str:
 def _epoch_printer(total: int, model_type: str) -> Any:
     def show(m: dict[str, Any]) -> None:
         val = f" validation_loss={_fmt(m['validation_loss'])}" if m.get("validation_loss") is not None else ""
-        parts = f" (reconstruction {_fmt(m['train_reconstruction'])}, kl {_fmt(m['train_kl'])})" if model_type == "cell-vae" else ""
+        parts = f" (reconstruction {_fmt(m['train_reconstruction'])}, kl {_fmt(m['train_kl'])})" if model_type in ("cell-vae", "cell-multimodal-vae") else ""
         wait = f", data wait {m['data_wait_fraction']:.0%}" if m.get("data_wait_fraction") is not None else ""
         sys.stderr.write(f"epoch {m['epoch']}/{total} train_loss={_fmt(m['train_loss'])}{parts}{val} [{m['seconds']:.1f}s{wait}]\n")
         sys.stderr.flush()
@@ -105,6 +105,23 @@ def cell_transformer(
 ) -> None:
     """Train the cell-transformer (tokens = gene URs, needs --set gene_ur=gene:NAME@VERSION) and register it."""
     _train("cell-transformer", config, set_, workers, ray_address, run_id, lake, json_, debug)
+
+
+@train_app.command("cell-multimodal-vae")
+def cell_multimodal_vae(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    workers: WorkersOpt = 1,
+    ray_address: RayAddressOpt = None,
+    run_id: RunIdOpt = None,
+    lake: LakeOpt = None,
+    json_: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Train the multimodal cell model (RNA + ADT/ATAC, product of experts; cells without a
+    measurement have it masked) and register it. Choose measurements with e.g.
+    --set "measurements=[{name: ADT, n_top: 20}]"."""
+    _train("cell-multimodal-vae", config, set_, workers, ray_address, run_id, lake, json_, debug)
 
 
 def _summary(r: Any) -> dict[str, Any]:

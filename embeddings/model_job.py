@@ -27,6 +27,13 @@
    feature store's :class:`~aivc.store.features.EmbeddingWriter`, so memory is bounded by
    the chunks in flight, and publishes ``cell:<name>@N`` with lineage to the model.
 
+A multimodal model (``cell-multimodal-vae``) also reads, for each cell, every other
+measurement it was trained on that the cell's dataset holds (ADT, ATAC; features aligned to
+the model's, :mod:`aivc.embeddings.model_measurements`); a dataset without one (RNA only)
+has it flagged absent, so the model embeds its cells from RNA alone, never from zeros. Which
+measurements each dataset contributed is recorded in the version's lineage and metrics
+(``measurements``).
+
 The vectors equal ``load_model(...)[0].embed(batch)`` applied directly to the same cells
 (``tests/embeddings/test_model_job.py`` checks this).
 """
@@ -64,6 +71,7 @@ class ApplyPlan:
     col_joinids: np.ndarray  # per column: SOMA var joinid, -1 when no chosen dataset measured it
     gene_ids: tuple[str, ...]  # per column
     gene_table: np.ndarray | None  # gene-token models: per column gene UR
+    measurements: tuple[Any, ...] = ()  # multimodal models: MeasurementInputs besides RNA
 
 
 def _select(lake: Lake, organism: str | None, datasets: list[str] | None) -> list[DatasetVersion]:
@@ -150,6 +158,12 @@ def build_apply_plan(
     code_of = {ds: (trained.index(ds) if ds in trained else -1) for ds in order}
     batch = np.array([code_of[ds] for ds in order], dtype=np.int64)[group]
     notes = {**overlap_notes, "gene_overlap": overlap, "batch_encoding": {ds: ("own" if code_of[ds] >= 0 else "average") for ds in order}}
+    extra: tuple[Any, ...] = ()
+    if any(k.startswith("features:") for k in rec.encodings):  # a multimodal model: every other measurement a dataset holds
+        from aivc.embeddings.model_measurements import plan_measurements
+
+        extra, mnotes = plan_measurements(lake, rec, versions, min_overlap=min_gene_overlap)
+        notes.update(mnotes)
     plan = ApplyPlan(
         soma_uri=lake.soma_uri(org),
         high_water=int(hw),
@@ -160,13 +174,15 @@ def build_apply_plan(
         col_joinids=col_joinids,
         gene_ids=gene_ids,
         gene_table=table,
+        measurements=extra,
     )
     return plan, cells, notes
 
 
 class _ChunkReader:
     """Counts of ``plan``'s cells over its columns (0 where no chosen dataset measured the
-    gene), through one :class:`~aivc.store.soma_io.DenseReader` kept open."""
+    gene), through one :class:`~aivc.store.soma_io.DenseReader` kept open (and one per other
+    measurement of a multimodal model)."""
 
     def __init__(self, plan: ApplyPlan) -> None:
         from aivc.store.soma_io import DenseReader
@@ -174,9 +190,23 @@ class _ChunkReader:
         self.plan = plan
         self.valid = np.flatnonzero(plan.col_joinids >= 0)
         self.reader = DenseReader(plan.soma_uri, plan.high_water, plan.col_joinids[self.valid])
+        self.others: list[Any] = []
+        if plan.measurements:
+            from aivc.embeddings.model_measurements import MeasurementReader
+
+            self.others = [MeasurementReader(plan.soma_uri, plan.high_water, m) for m in plan.measurements]
 
     def close(self) -> None:
         self.reader.close()
+        for r in self.others:
+            r.close()
+
+    def measurements(self, lo: int, hi: int) -> dict[str, np.ndarray]:
+        """``x_M``, ``mask_M``, ``present_M`` of cells ``lo:hi`` for every other measurement."""
+        out: dict[str, np.ndarray] = {}
+        for r in self.others:
+            out.update(r.read(self.plan.joinids[lo:hi], self.plan.group[lo:hi]))
+        return out
 
     def counts(self, lo: int, hi: int) -> np.ndarray:
         """Dense float32 counts of cells ``lo:hi`` over the plan's columns."""
@@ -200,13 +230,15 @@ def read_inputs(plan: ApplyPlan, lo: int, hi: int, reader: _ChunkReader | None =
     rd = _ChunkReader(plan) if reader is None else reader
     try:
         x = rd.counts(lo, hi)
+        others = rd.measurements(lo, hi)
     finally:
         if own:
             rd.close()
     mask = plan.masks[plan.group[lo:hi]]
     x *= mask
     xt = torch.from_numpy(x)
-    return {"x": xt, "mask": torch.from_numpy(mask), "batch": torch.from_numpy(plan.batch[lo:hi]), "library": xt.sum(dim=1, keepdim=True)}
+    out = {"x": xt, "mask": torch.from_numpy(mask), "batch": torch.from_numpy(plan.batch[lo:hi]), "library": xt.sum(dim=1, keepdim=True)}
+    return out | {k: torch.from_numpy(v) for k, v in others.items()}
 
 
 def embed_inputs(module: Any, inputs: dict[str, Any], batch_size: int) -> np.ndarray:
@@ -345,7 +377,10 @@ def embed_model(
                     progress.advance(len(pos))
                 if writer is None:
                     raise UsageError("no cells to embed in the chosen datasets", where="--datasets")
-                return writer.commit(metrics={"n_cells": int(n), "actors": int(n_actors), "batch_size": int(batch_size)})
+                metrics: dict[str, Any] = {"n_cells": int(n), "actors": int(n_actors), "batch_size": int(batch_size)}
+                if "measurements" in notes:  # which measurements each dataset's cells were embedded from
+                    metrics["measurements"] = notes["measurements"]
+                return writer.commit(metrics=metrics)
             except BaseException:
                 if writer is not None:
                     writer.abort()

@@ -2,7 +2,8 @@
 
 A config file is YAML with ``schema_name: aivc.training_config`` and ``schema_version: 1``
 (both optional in a user's file, checked when present) and a ``model_type`` that selects
-the config class (:data:`CONFIG_CLASSES`: ``cell-vae``, ``cell-transformer``). Every
+the config class (:data:`CONFIG_CLASSES`: ``cell-vae``, ``cell-transformer``,
+``cell-multimodal-vae``, the last defined in :mod:`aivc.training.multimodal`). Every
 section is a pydantic model with ``extra="forbid"``, so a misspelt key is an error that
 names it. ``--set key=value`` overrides use dotted paths (``optim.lr=3e-4``,
 ``data.validation.by=donor``); values are parsed as YAML scalars and type-checked by the
@@ -175,12 +176,18 @@ class CellTransformerConfig(_RunConfig):
         return self
 
 
-TrainingConfig = CellVaeConfig | CellTransformerConfig
+# the multimodal model's config lives beside its module and builds on the sections above;
+# imported here, after them, so that every model type is known to config_class (the package
+# imports this module before aivc.training.multimodal, which then finds these names defined)
+from aivc.training.multimodal import CellMultimodalVaeConfig  # noqa: E402
+
+TrainingConfig = CellVaeConfig | CellTransformerConfig | CellMultimodalVaeConfig
+_ConfigClass = type[CellVaeConfig] | type[CellTransformerConfig] | type[CellMultimodalVaeConfig]
 #: the config class of each model type
-CONFIG_CLASSES: dict[str, type[CellVaeConfig] | type[CellTransformerConfig]] = {"cell-vae": CellVaeConfig, "cell-transformer": CellTransformerConfig}
+CONFIG_CLASSES: dict[str, _ConfigClass] = {"cell-vae": CellVaeConfig, "cell-transformer": CellTransformerConfig, "cell-multimodal-vae": CellMultimodalVaeConfig}
 
 
-def config_class(model_type: str) -> type[CellVaeConfig] | type[CellTransformerConfig]:
+def config_class(model_type: str) -> _ConfigClass:
     """The config class of ``model_type`` (a :class:`UsageError` naming the known ones otherwise)."""
     try:
         return CONFIG_CLASSES[model_type]

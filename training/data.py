@@ -338,6 +338,7 @@ class CellDataset(torch.utils.data.IterableDataset):
             uniq, inverse = np.unique(joins, return_inverse=True)
             dense = reader.read(uniq)[inverse]
             batch = self._batch[chunk]
+            extra = self._chunk_extra(joins, batch)
             for b0 in range(0, len(chunk), self.batch_size):
                 sl = slice(b0, b0 + self.batch_size)
                 x = torch.from_numpy(np.ascontiguousarray(dense[sl]))
@@ -348,7 +349,13 @@ class CellDataset(torch.utils.data.IterableDataset):
                     "library": x.sum(dim=1, keepdim=True),
                     "mask": masks[bt],
                     "index": torch.from_numpy(joins[sl]),
+                    **{k: torch.from_numpy(np.ascontiguousarray(v[sl])) for k, v in extra.items()},
                 }
+
+    def _chunk_extra(self, joins: np.ndarray, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Further per-cell arrays of one read (rows aligned with ``joins``), sliced into its
+        batches under their keys; none here (a subclass adds other measurements)."""
+        return {}
 
 
 class Prefetcher:

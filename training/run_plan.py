@@ -7,7 +7,8 @@ read with :func:`~aivc.store.features.gene_table`). The driver resolves ``cfg.ge
 exact version (:func:`build_run_plan`), keeps only the genes that have a vector in it, records
 the version in the run and in the registered model's ``lineage.gene_ur``, reads the vectors in
 plan gene order (:func:`run_gene_table`) and hands them to every worker, which sets them as the
-model's (non-persistent) gene table.
+model's (non-persistent) gene table. A ``cell-multimodal-vae`` run's plan adds its other
+measurements (:mod:`aivc.training.multimodal_data`), saved beside the RNA plan.
 """
 
 from __future__ import annotations
@@ -39,6 +40,12 @@ def build_run_plan(lake: Lake, cfg: TrainingConfig) -> tuple[Any, str | None]:
     from aivc.training.data import build_plan, top_genes
     from aivc.training.models import model_class
 
+    from aivc.training.multimodal import MODEL_TYPE
+
+    if cfg.model_type == MODEL_TYPE:  # RNA plus the other measurements, saved together
+        from aivc.training.multimodal_data import build_multimodal_plan
+
+        return build_multimodal_plan(lake, cfg), None  # type: ignore[arg-type]
     if not getattr(model_class(cfg.model_type), "gene_tokens", False):
         return build_plan(lake, cfg.data, cfg.seed), None
     assert cfg.gene_ur is not None  # the config requires it
@@ -62,8 +69,22 @@ def build_run_plan(lake: Lake, cfg: TrainingConfig) -> tuple[Any, str | None]:
     return plan, table.ref
 
 
-def model_init(cfg: TrainingConfig, plan: Any, table: GeneTable | None) -> dict[str, Any]:
-    """The JSON-able constructor arguments of the run's model (registered as ``init``)."""
+def model_init(cfg: TrainingConfig, plan: Any, table: GeneTable | None, plan_dir: Path | None = None) -> dict[str, Any]:
+    """The JSON-able constructor arguments of the run's model (registered as ``init``).
+
+    A ``cell-multimodal-vae`` run's come from the measurement plan saved in ``plan_dir``
+    (feature counts per measurement and the starting biases of its training cells).
+    """
+    from aivc.training.multimodal import MODEL_TYPE, CellMultimodalVaeConfig
+
+    if isinstance(cfg, CellMultimodalVaeConfig) and cfg.model_type == MODEL_TYPE:
+        from aivc.training import multimodal
+        from aivc.training.multimodal_data import load_measurements
+
+        if plan_dir is None:
+            raise TrainingError(f"{MODEL_TYPE} needs the run's plan folder to read its measurement plan")
+        mm = load_measurements(plan_dir, plan)
+        return multimodal.model_init(cfg, mm.n_features(), plan.n_batches, mm.init_stats)
     if table is None:
         return {"n_genes": plan.n_genes, "n_batches": plan.n_batches, **cfg.model.model_dump()}
     return {"gene_dim": table.dim, **cfg.model.model_dump()}

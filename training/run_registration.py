@@ -2,7 +2,11 @@
 
 :func:`register_run` registers the model (weights, init, genes, encodings, metrics, history and
 lineage, see :mod:`aivc.training.registry`) and records ``status: registered`` with the model
-ref in the run's ``run.json``; it returns the :class:`TrainResult` of the run.
+ref in the run's ``run.json``; it returns the :class:`TrainResult` of the run. A
+``cell-multimodal-vae`` model records its RNA genes as ``gene_ids`` and every other
+measurement's features under ``encodings["features:<M>"]``
+(:func:`aivc.training.multimodal.record_fields`), and its lineage names the dataset versions
+each measurement came from.
 """
 
 from __future__ import annotations
@@ -44,6 +48,15 @@ def register_run(lake: Lake, cfg: TrainingConfig, rdir: Path, run_id: str, resul
     unmeasured = {ds: [g for g, m in zip(plan.gene_ids, plan.masks[b], strict=True) if not m] for b, ds in enumerate(plan.batch_categories)}
     base = plan.lineage()
     notes = {"validation": plan.validation, "genes_mode": plan.genes_mode, "unmeasured_genes": {k: v for k, v in unmeasured.items() if v}}
+    fields: dict[str, Any] = {"gene_ids": plan.gene_ids, "encodings": {"batch": list(plan.batch_categories)}}
+    from aivc.training.multimodal import MODEL_TYPE, record_fields
+
+    if cfg.model_type == MODEL_TYPE:  # per-measurement feature lists; which versions gave each measurement
+        from aivc.training.multimodal_data import load_measurements
+
+        mm = load_measurements(rdir / "plan", plan)
+        fields = record_fields(mm.features(), plan.batch_categories)
+        notes["measurements"] = mm.lineage_notes()
     lineage = replace(base, gene_ur=gene_ur, extra=base.extra | notes)  # gene_ur: the exact version whose vectors are the gene tokens
     rec = register_model(
         lake,
@@ -52,8 +65,8 @@ def register_run(lake: Lake, cfg: TrainingConfig, rdir: Path, run_id: str, resul
         state_dict=state["model"],
         init=init,
         config=cfg.model_dump(mode="json"),
-        gene_ids=plan.gene_ids,
-        encodings={"batch": list(plan.batch_categories)},
+        gene_ids=fields["gene_ids"],
+        encodings=fields["encodings"],
         metrics={k: v for k, v in final.items() if k not in ("seconds",)},
         lineage=lineage,
         history=history,

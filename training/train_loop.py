@@ -81,7 +81,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
 
     The model is ``model_class(cfg.model_type)(**loop_config["init"])``; a model with
     ``gene_tokens`` gets ``loop_config["gene_vectors"]`` (the URs of ``loop_config["gene_ur"]``,
-    in plan gene order, read by the driver) as its gene table.
+    in plan gene order, read by the driver) as its gene table. A ``cell-multimodal-vae`` run
+    streams :class:`~aivc.training.multimodal_data.MultimodalCellDataset` batches (its other
+    measurements read from the run's plan folder); every other type ``CellDataset``'s.
     """
     import numpy as np
     import ray.train
@@ -89,6 +91,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from aivc.training.data import CellDataset, TrainingPlan, make_loader
+    from aivc.training.multimodal_data import dataset_maker
     from aivc.training.models import model_class
 
     ctx = ray.train.get_context()
@@ -119,8 +122,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     core = model.module if hasattr(model, "module") else model
 
     bs, chunk = cfg.optim.batch_size, cfg.data.chunk_rows
-    train_ds = CellDataset(plan, "train", batch_size=bs, seed=cfg.seed, rank=rank, world_size=world, chunk_rows=chunk, pad=True, shuffle_block=cfg.data.shuffle_block)
-    val_ds = CellDataset(plan, "validation", batch_size=bs, shuffle=False, rank=rank, world_size=world, chunk_rows=chunk)
+    dataset = dataset_maker(cfg.model_type, plan, rdir / "plan")  # CellDataset, or one that adds other measurements
+    train_ds = dataset(plan, "train", batch_size=bs, seed=cfg.seed, rank=rank, world_size=world, chunk_rows=chunk, pad=True, shuffle_block=cfg.data.shuffle_block)
+    val_ds = dataset(plan, "validation", batch_size=bs, shuffle=False, rank=rank, world_size=world, chunk_rows=chunk)
     def loader(ds: CellDataset) -> Any:
         return make_loader(ds, cfg.data.loader_workers)
 

@@ -117,7 +117,7 @@ def _train_locked(
     rdir, resumed, gene_ur = prepare_run(lake, cfg, run_id)
     plan = TrainingPlan.load(rdir / "plan", lake)
     table = run_gene_table(lake, plan, gene_ur, rdir)
-    init = model_init(cfg, plan, table)
+    init = model_init(cfg, plan, table, rdir / "plan")
     if on_start is not None:
         counts = plan.cells["split"].value_counts()
         on_start(

@@ -4,14 +4,16 @@ Every model type registered here has ``embed(batch) -> Tensor`` (one UR per cell
 mode, no gradients) and a class attribute ``gene_tokens``: ``False`` when its input is a
 fixed gene vector (the registered ``gene_ids``, in order), ``True`` when it reads genes
 as tokens through a gene table that can be replaced at apply time
-(``set_gene_table(vectors)``), so data with genes it never saw still embeds.
+(``set_gene_table(vectors)``), so data with genes it never saw still embeds. ``cell-multimodal-vae``
+(:class:`aivc.training.multimodal_nets.MultimodalVAE`) is a fixed-input model over RNA and
+the other measurements it was trained on (``x_<M>``, ``mask_<M>``, ``present_<M>``).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-MODEL_TYPES: tuple[str, ...] = ("cell-vae", "cell-transformer")
+MODEL_TYPES: tuple[str, ...] = ("cell-vae", "cell-transformer", "cell-multimodal-vae")
 
 
 def model_class(model_type: str) -> Any:
@@ -24,6 +26,10 @@ def model_class(model_type: str) -> Any:
         from aivc.training.models.cell_transformer import CellTransformer
 
         return CellTransformer
+    if model_type == "cell-multimodal-vae":
+        from aivc.training.multimodal_nets import MultimodalVAE
+
+        return MultimodalVAE
     raise KeyError(model_type)
 
 

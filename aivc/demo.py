@@ -174,6 +174,9 @@ def run_demo(lake_path: str | None, *, workdir: str | None = None, json_mode: bo
     summary["embeddings"] = _demo_embeddings(lake, con, json_mode)
     summary["models"] = _demo_models(lake, con, json_mode)
     summary["reannotation"] = _demo_reannotation(lake, con, summary["models"]["embedding"], json_mode)
+    from aivc.demo_multimodal import run_crossmodal
+
+    summary["multimodal"] = run_crossmodal(lake, con, work, json_mode)
     return summary
 
 

@@ -31,6 +31,12 @@ def test_demo_end_to_end(tmp_path, ray_session):  # noqa: ANN001
     assert rea["agreement"]["exact"] + rea["agreement"]["ancestor"] + rea["agreement"]["descendant"] >= 0.7 * 350
     assert sum(r["n_cells"] for r in rea["part2"]) == 350
     assert Path(rea["report"]).is_file() and "<img" in Path(rea["report"]).read_text()
+    # then real CITE-seq: protein predicted from RNA on held-out cells, next to a ridge baseline
+    mm = out["multimodal"]
+    assert [s["status"] for s in mm["submissions"]] == ["committed", "committed"]
+    assert [s["measurements"]["ADT"] for s in mm["submissions"]] == [14, 29]
+    assert mm["instrument"] == "protein@1" and mm["held_out"]["n_cells"] == 200 and mm["held_out"]["measured_proteins"] == 14
+    assert mm["held_out"]["mean_pearson"] > 0.3 and mm["baseline_ridge"]["n_cells"] == 200 and mm["baseline_ridge"]["mean_pearson"] is not None
 
 
 class _Stop(Exception):

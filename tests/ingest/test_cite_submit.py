@@ -39,20 +39,10 @@ OBS = {
 
 
 def cite_manifest(dataset_id: str, **over: Any) -> dict[str, Any]:
-    m: dict[str, Any] = {
-        "dataset_id": dataset_id,
-        "title": f"{dataset_id} (real 10x PBMC with TotalSeq-B antibodies)",
-        "license": "CC-BY-4.0",
-        "access": "public",
-        "organism": "NCBITaxon:9606",
-        "counts": "X",
-        "genes": {"id_type": "symbol"},
-        "measurements": {"ADT": {"modality": "protein", "source": "obsm:protein_expression", "features": "uns:protein_names"}},
-        "qc": {"min_mapped_fraction": 0.8},
-        "obs": OBS,
-    }
-    m.update(over)
-    return m
+    """The demo's CITE-seq manifest (RNA top-level, ADT from obsm), with keys replaced by ``over``."""
+    from aivc.demo_multimodal import cite_manifest as demo_manifest
+
+    return {**demo_manifest(dataset_id), **over}
 
 
 def write_manifest(path: Path, data: dict[str, Any]) -> Path:

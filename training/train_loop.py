@@ -91,6 +91,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from aivc.training.data import CellDataset, TrainingPlan, make_loader
+    from aivc.training.multimodal import MODEL_TYPE as MULTIMODAL
     from aivc.training.multimodal_data import dataset_maker
     from aivc.training.models import model_class
 
@@ -118,7 +119,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, history = int(state["epoch"]), list(state["history"])
-    model = ray.train.torch.prepare_model(model)
+    # a multimodal batch may hold no cell of some measurement: its expert and decoder then get
+    # no gradient in that step, which DDP must be told to expect
+    ddp_kwargs = {"find_unused_parameters": True} if cfg.model_type == MULTIMODAL else None
+    model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs=ddp_kwargs)
     core = model.module if hasattr(model, "module") else model
 
     bs, chunk = cfg.optim.batch_size, cfg.data.chunk_rows

@@ -44,12 +44,14 @@ def _allreduce_sum(values: list[float]) -> list[float]:
     return t.tolist()
 
 
-def _run_epoch(model: Any, loader: Any, *, optimizer: Any = None, kl_weight: float = 1.0) -> list[float]:
+def _run_epoch(model: Any, loader: Any, *, optimizer: Any = None, kl_weight: float = 1.0, parts: tuple[str, ...] = ()) -> list[float]:
     """Summed (loss, reconstruction, kl) times cells, cells, and seconds spent waiting for
-    batches (``iter`` and ``next`` of the loader) and in all, over one pass."""
+    batches (``iter`` and ``next`` of the loader) and in all, over one pass; then, for each
+    name in ``parts``, that measurement's reconstruction (a multimodal loss's ``by_modality``)
+    times cells."""
     import torch
 
-    sums = [0.0] * 6
+    sums = [0.0] * (6 + len(parts))
     start = time.perf_counter()
     it = iter(loader)
     sums[4] += time.perf_counter() - start
@@ -72,6 +74,9 @@ def _run_epoch(model: Any, loader: Any, *, optimizer: Any = None, kl_weight: flo
         sums[1] += float(out.reconstruction.detach()) * n
         sums[2] += float(out.kl.detach()) * n
         sums[3] += n
+        by = getattr(out, "by_modality", {})
+        for i, m in enumerate(parts):
+            sums[6 + i] += float(by[m].detach()) * n if m in by else 0.0
     sums[5] = time.perf_counter() - start
     return sums
 
@@ -126,6 +131,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     core = model.module if hasattr(model, "module") else model
 
     bs, chunk = cfg.optim.batch_size, cfg.data.chunk_rows
+    parts = tuple(getattr(core, "modalities", ())) if cfg.model_type == MULTIMODAL else ()
     dataset = dataset_maker(cfg.model_type, plan, rdir / "plan")  # CellDataset, or one that adds other measurements
     train_ds = dataset(plan, "train", batch_size=bs, seed=cfg.seed, rank=rank, world_size=world, chunk_rows=chunk, pad=True, shuffle_block=cfg.data.shuffle_block)
     val_ds = dataset(plan, "validation", batch_size=bs, shuffle=False, rank=rank, world_size=world, chunk_rows=chunk)
@@ -139,9 +145,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
         kl_weight = min(1.0, epoch / warm) if warm else 1.0
         train_ds.set_epoch(epoch)
         model.train()
-        tr = _allreduce_sum(_run_epoch(model, loader(train_ds), optimizer=optimizer, kl_weight=kl_weight))
+        tr = _allreduce_sum(_run_epoch(model, loader(train_ds), optimizer=optimizer, kl_weight=kl_weight, parts=parts))
         core.eval()
-        va = _allreduce_sum(_run_epoch(core, loader(val_ds), kl_weight=1.0))
+        va = _allreduce_sum(_run_epoch(core, loader(val_ds), kl_weight=1.0, parts=parts))
         metrics: dict[str, Any] = {
             "epoch": epoch + 1,
             "train_loss": tr[0] / max(tr[3], 1.0),
@@ -155,6 +161,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
             "seconds": round(time.perf_counter() - t0, 4),
             "resumed_from_epoch": start_epoch,
         }
+        for i, m in enumerate(parts):  # a multimodal model: each measurement's share of the reconstruction
+            metrics[f"train_reconstruction_{m}"] = tr[6 + i] / max(tr[3], 1.0)
+            metrics[f"validation_reconstruction_{m}"] = va[6 + i] / va[3] if va[3] else None
         history.append(metrics)
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None

@@ -150,6 +150,8 @@ def test_multimodal_model_trained_through_ray_embeds_an_rna_only_dataset(cite_la
     losses = [h["train_loss"] for h in rec.history]
     assert len(losses) == 8 and losses[-1] < 0.9 * losses[0], losses
     assert all(np.isfinite(h["validation_loss"]) for h in rec.history)
+    for h in rec.history:  # the reconstruction is the sum of each measurement's
+        assert h["train_reconstruction_ADT"] > 0 and h["train_reconstruction"] == pytest.approx(h["train_reconstruction_RNA"] + h["train_reconstruction_ADT"], rel=1e-6)
 
     v = embed_model(cite_lake, rec.ref, chunk_rows=64, batch_size=32, actors=1)
     assert v.n_rows == 400 and v.dim == 6 and v.lineage.model == rec.ref

@@ -279,7 +279,11 @@ def annotate(
             f"in {job['seconds']:.2f}s on the {job['engine']} engine ({job.get('engine_reason', '')}) (SQL view {pv.view_name})"
         )
         _console().print(line, highlight=False)
-        if s:
+        if s and pv.instrument_type == "protein-abundance":
+            held = "n/a" if s.get("held_out_mean_pearson") is None else f"{s['held_out_mean_pearson']:.3f}"
+            sys.stdout.write(f"  {len(s.get('proteins', []))} proteins per cell (abundance, std, lower, upper); mean Pearson with the measured proteins of held-out cells: {held}\n")
+            sys.stdout.write(f"  report: {res['report']}\n")
+        elif s:
             from aivc.instruments.report import rollup_headline
 
             agree = "n/a" if s.get("agree_fraction") is None else f"{s['agree_fraction']:.1%}"

@@ -4,8 +4,9 @@ A ``cell-multimodal-vae`` model records the features of every measurement it was
 (``encodings["features:ADT"]``, see :func:`aivc.training.multimodal.features_of`). When it
 is applied, each chosen dataset version contributes every one of those measurements that it
 holds: the model's features are aligned to the version's
-(:func:`aivc.training.multimodal.align_features`; a feature the version lacks is masked, and
-a version with fewer than ``min_overlap`` of them stops the job), and its cells are flagged
+(:func:`aivc.training.multimodal.align_features`; a feature the version lacks is masked, as
+in training, where the model saw each dataset's panel within the union; a version sharing none
+of them stops the job), and its cells are flagged
 present. A version without the measurement (an RNA-only dataset) flags its cells absent: the
 model leaves that expert out of the cell's product of experts, so the cell is embedded from
 the measurements it has, never from zeros in place of the missing ones.
@@ -67,7 +68,9 @@ def plan_measurements(lake: Lake, rec: Any, versions: list[DatasetVersion], *, m
             if m not in v.measured():
                 continue
             df = version_features(lake, v, [spec.feature_id, "soma_joinid"], spec)
-            cols = align_features(model_feats, df[spec.feature_id].astype(str).tolist(), m, min_overlap=min_overlap, where=v.ref)
+            # panels differ between datasets and the model trained on their union with per-dataset
+            # masks, so any overlap is a valid input (--min-gene-overlap is about the RNA genes)
+            cols = align_features(model_feats, df[spec.feature_id].astype(str).tolist(), m, min_overlap=0.0, where=v.ref)
             ok = cols >= 0
             joins = df["soma_joinid"].to_numpy(np.int64)[cols[ok]]
             clash = (col[ok] >= 0) & (col[ok] != joins)

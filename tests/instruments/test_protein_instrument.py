@@ -107,3 +107,6 @@ def test_cli_trains_and_predicts(cite_lake: Lake, tmp_path: Path) -> None:
     done = subprocess.run([*aivc, "annotate", "--instrument", "adt@1", "--datasets", "rna-5k", "--lake", lake, "--json"], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     assert json.loads(done.stdout)["n_rows"] == 200
+    done = subprocess.run([*aivc, "annotate", "--instrument", "adt@1", "--datasets", "cite-5k", "--lake", lake], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "14 proteins per cell" in done.stdout and "mean Pearson with the measured proteins of held-out cells: 0." in done.stdout

@@ -132,7 +132,9 @@ def conformal_quantile(scores: np.ndarray, alpha: float) -> float:
 def prediction_sets(probs: np.ndarray, qhat: float, score: Score) -> np.ndarray:
     """Boolean ``(n, K)`` membership of each class in each cell's conformal set."""
     if score == "lac":
-        return probs >= np.float32(1.0 - qhat) if math.isfinite(qhat) else np.ones(probs.shape, bool)
+        # in score space, computed as conformal_scores computes it: a class whose score is the
+        # calibration quantile is in the set (1 - qhat rounded to float32 could drop it)
+        return (1.0 - probs) <= qhat if math.isfinite(qhat) else np.ones(probs.shape, bool)
     if score == "aps":
         order = np.argsort(-probs, axis=1, kind="stable")
         sorted_p = np.take_along_axis(probs, order, axis=1)

@@ -58,6 +58,8 @@ class MeasurementSpec:
         Further string columns of ``var``, in order.
     qc_suites
         Names of the expectation suites (``schemas/expectations/<name>.json``) that apply.
+    qc_columns
+        The per-cell QC columns of a further measurement (its ``qc_<name>`` SQL view).
     target_sum
         Library size of the standard log-normalization (``log1p(x / total * target_sum)``),
         or ``None`` when the values are not normalized that way.
@@ -72,6 +74,7 @@ class MeasurementSpec:
     var_columns: tuple[str, ...] = ()
     qc_suites: tuple[str, ...] = ()
     target_sum: float | None = 1e4
+    qc_columns: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -112,6 +115,7 @@ ADT = MeasurementSpec(
     var_columns=("feature_name", "target_gene_id", "target_symbol", "is_isotype"),
     qc_suites=("protein_qc",),
     target_sum=None,
+    qc_columns=("n_protein_counts", "n_proteins_detected", "isotype_counts", "pct_isotype"),
 )
 
 ATAC = MeasurementSpec(
@@ -124,6 +128,7 @@ ATAC = MeasurementSpec(
     var_columns=("feature_name", "chrom", "start", "end", "genome"),
     qc_suites=("atac_qc",),
     target_sum=None,
+    qc_columns=("n_fragments", "n_fragments_in_peaks", "frip", "n_tss_insertions", "n_flank_insertions", "tss_enrichment"),
 )
 
 #: Derived from ATAC fragments at submission: per cell and RNA gene, the fragments that overlap

@@ -244,7 +244,8 @@ def _define_qc_views(con: Any, lake: Lake, versions: list[DatasetVersion]) -> li
         held = [v for v in versions if name in v.measured() and lake.storage.exists(artifacts.artifact_key(v, artifacts.qc_file(spec)))]
         view = f"qc_{name.lower()}"
         if not held:
-            con.execute(f"CREATE VIEW {view} AS SELECT NULL::VARCHAR AS dataset_id, NULL::INTEGER AS version, NULL::VARCHAR AS obs_id WHERE false")
+            metrics = "".join(f", NULL::DOUBLE AS {c}" for c in spec.qc_columns)
+            con.execute(f"CREATE VIEW {view} AS SELECT NULL::VARCHAR AS dataset_id, NULL::INTEGER AS version, NULL::VARCHAR AS obs_id{metrics} WHERE false")
             continue
         paths = [str(lake.storage.local_file(artifacts.artifact_key(v, artifacts.qc_file(spec)))) for v in held]
         register_arrow(con, f"_qc_files_{name}", pa.table({"filename": paths, "dataset_id": [v.dataset_id for v in held], "version": pa.array([v.version for v in held], pa.int32())}))

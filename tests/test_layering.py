@@ -83,8 +83,8 @@ def _within(name: str, package: str) -> bool:
 
 
 def _is_top(name: str) -> bool:
-    """The CLI and demo modules of ``aivc/`` (``aivc.cli``, ``aivc.cli_*``, ``aivc.demo``)."""
-    return _within(name, "aivc.cli") or _within(name, "aivc.demo") or name.startswith("aivc.cli_")
+    """The CLI and demo modules of ``aivc/`` (``aivc.cli``, ``aivc.cli_*``, ``aivc.demo``, ``aivc.demo_*``)."""
+    return _within(name, "aivc.cli") or _within(name, "aivc.demo") or name.startswith(("aivc.cli_", "aivc.demo_"))
 
 
 def violations() -> list[tuple[str, str]]:

@@ -118,13 +118,14 @@ def install(ph: Phases) -> None:
     import aivc.ingest.qc as qc
     import aivc.ingest.readers as readers
     import aivc.ingest.report as report
+    import aivc.ingest.sources as sources
     import aivc.ingest.submission as sub
     import aivc.store.catalog as catalog
     import aivc.store.soma_io as soma_io
 
     ph.wrap(sub, "validate_submission", peak=True)
     ph.wrap(sub, "_commit", peak=True)
-    ph.wrap(sub, "open_anndata", "validate: open h5ad (obs/var)")
+    ph.wrap(sources, "open_submission", "validate: open data (obs/var)")
     ph.wrap(sub, "map_genes", "validate: map genes")
     ph.wrap(obs_fields, "harmonize_obs", "validate: harmonize obs (ontologies)")
     ph.wrap(sub, "_obsm_findings", "validate: obsm checks")

@@ -87,7 +87,7 @@ def _html_beside(json_path: str | Path) -> str:
 
 @app.command()
 def validate(
-    data: Annotated[str, typer.Argument(help="AnnData .h5ad or .zarr file.")],
+    data: Annotated[str, typer.Argument(help="AnnData .h5ad / .zarr, MuData .h5mu, a 10x .h5 or matrix folder, or a Space Ranger output folder.")],
     manifest: Annotated[str, typer.Option("--manifest", "-m", help="Manifest YAML.")],
     report_dir: Annotated[Optional[str], typer.Option("--report-dir", help="Where to write report.json/html (default ./aivc-reports/<submission>).")] = None,
     chunk_rows: Annotated[int, typer.Option("--chunk-rows", help="Rows of X read at a time.")] = 4096,
@@ -135,9 +135,16 @@ def validate(
     run_command(json_, debug, body)
 
 
+def _spatial_note(spatial: dict) -> str:
+    if not spatial:
+        return ""
+    images = f", images {', '.join(spatial['images'])}" if spatial.get("images") else ""
+    return f"; {spatial['technology']}: {spatial['n_located']} located{images}"
+
+
 @app.command()
 def submit(
-    data: Annotated[str, typer.Argument(help="AnnData .h5ad or .zarr file.")],
+    data: Annotated[str, typer.Argument(help="AnnData .h5ad / .zarr, MuData .h5mu, a 10x .h5 or matrix folder, or a Space Ranger output folder.")],
     manifest: Annotated[str, typer.Option("--manifest", "-m", help="Manifest YAML.")],
     report_dir: Annotated[Optional[str], typer.Option("--report-dir", help="Where a rejected submission's report goes (default ./aivc-reports/<submission>).")] = None,
     wait: Annotated[float, typer.Option("--wait", help="Seconds to wait for another writer to finish.")] = 600.0,
@@ -170,7 +177,7 @@ def submit(
                 who = result.dataset_id or f"submission {result.submission_id}"
                 _console().print(styled(("rejected", "red"), f" {who}: {_errors(len(result.errors))}; nothing was written to the lake; {_reports(result.report)}"))
             else:
-                _console().print(styled((result.status, "green"), f" {result.dataset_id}@{result.version}: {result.n_cells} cells x {result.n_genes} genes{''.join(f' + {n} {k} features' for n, k in result.measurements.items())}; {_reports(result.report)}"))
+                _console().print(styled((result.status, "green"), f" {result.dataset_id}@{result.version}: {result.n_cells} cells x {result.n_genes} genes{''.join(f' + {n} {k} features' for n, k in result.measurements.items())}{_spatial_note(result.spatial)}; {_reports(result.report)}"))
         return 1 if result.status == "rejected" else 0
 
     run_command(json_, debug, body)
@@ -227,7 +234,7 @@ def datasets(
 @app.command()
 def export(
     dataset: Annotated[str, typer.Argument(help="DATASET or DATASET@VERSION.")],
-    out: Annotated[str, typer.Option("-o", "--out", help="Output path: .h5ad (CELLxGENE RNA file, plus .fragments.tsv.gz for ATAC) or .h5mu (every measurement).")],
+    out: Annotated[str, typer.Option("-o", "--out", help="Output path: .h5ad (CELLxGENE RNA file, plus .fragments.tsv.gz for ATAC), .h5mu (every measurement) or .zarr (SpatialData: images, labels, shapes and the table).")],
     for_analysis: Annotated[
         bool,
         typer.Option(
@@ -251,6 +258,10 @@ def export(
             from aivc.store.export_multimodal import export_h5mu
 
             res = export_h5mu(Lake.open(lake), dataset, out)
+        elif out.rstrip("/").endswith(".zarr"):
+            from aivc.store.export_spatial import export_spatialdata
+
+            res = export_spatialdata(Lake.open(lake), dataset, out)
         else:
             res = export_h5ad(Lake.open(lake), dataset, out, for_analysis=for_analysis, measurement=measurement)
         if json_:
@@ -258,6 +269,8 @@ def export(
         else:
             kind = " (analysis export: gene symbols and labels added; not for CELLxGENE submission)" if for_analysis else ""
             what = "genes" if res["measurement"] == "RNA" else f"{res['measurement']} features"
+            if "elements" in res:
+                what = "genes; SpatialData " + "; ".join(f"{k} {', '.join(v)}" for k, v in res["elements"].items())
             if "modalities" in res:
                 what = "genes; " + ", ".join(f"{m} {shape[1]} features" for m, shape in res["modalities"].items())
             _console().print(f"exported {res['dataset_id']}@{res['version']}: {res['n_cells']} cells x {res['n_genes']} {what} -> {res['path']}{kind}")

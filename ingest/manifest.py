@@ -151,6 +151,43 @@ class MeasurementSource(BaseModel):
         return self.source.split(":", 1)[1] if self.source.startswith("mod:") else None
 
 
+#: Spatial technologies (the manifest's ``spatial.technology``).
+SpatialTechnology = Literal["visium", "merfish", "xenium", "image"]
+
+
+class SpatialSpec(BaseModel):
+    """The manifest's ``spatial:`` block: where the cells are, and what that needs.
+
+    ``visium``: the data is a Space Ranger output folder; ``image``: the data is a cell x gene
+    table and ``image`` / ``labels`` name the microscopy image and its segmentation (relative
+    to the manifest); ``merfish`` / ``xenium``: the data is a SpatialData ``.zarr``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    technology: SpatialTechnology
+    is_single: StrictBool
+    library_id: StrictStr | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    image: StrictStr | None = Field(default=None, min_length=1)
+    labels: StrictStr | None = Field(default=None, min_length=1)
+    label_column: StrictStr | None = Field(default=None, min_length=1)
+    channels: tuple[StrictStr, ...] | None = Field(default=None, min_length=1)
+    pixel_size_um: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _keys_of_technology(self) -> SpatialSpec:
+        problems: list[tuple[str, str]] = []
+        if self.technology == "image":
+            for k in ("image", "labels", "channels", "pixel_size_um"):
+                if getattr(self, k) is None:
+                    problems.append((f"{k} {_MISSING}", f"technology 'image' needs {k!r}"))
+        if self.technology == "visium":
+            problems += [(k, f"{k!r} is not allowed here") for k in ("image", "labels", "label_column", "channels") if getattr(self, k) is not None]
+        if problems:
+            raise ManifestProblems(problems)
+        return self
+
+
 class QcSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -178,6 +215,7 @@ class Manifest(BaseModel):
     counts: StrictStr = Field(default="X", pattern=r"^(X|raw|layer:.+)$")
     genes: GeneSpec | None = None
     measurements: dict[StrictStr, MeasurementSource] = Field(default_factory=dict)
+    spatial: SpatialSpec | None = None
     obs: dict[str, FieldSpec]
     qc: QcSpec = QcSpec()
     contact: StrictStr | None = None
@@ -286,6 +324,7 @@ class Manifest(BaseModel):
         """Stable JSON of the manifest, used in the content hash."""
         # hashes from before schema_version and measurements existed stay valid
         exclude = {"schema_version"} | ({"measurements"} if not self.measurements else set()) | ({"genes"} if self.genes is None else set())
+        exclude |= {"spatial"} if self.spatial is None else set()
         fields = self.model_dump(mode="json", exclude=exclude)
         return json.dumps(fields, sort_keys=True, separators=(",", ":"))
 

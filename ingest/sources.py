@@ -52,11 +52,13 @@ class SourceError(UnreadableDataError):
 
 
 def data_format(path: str | Path) -> str:
-    """``"h5ad"``, ``"zarr"``, ``"h5mu"``, ``"10x_h5"`` or ``"10x_mtx"`` for a data path."""
+    """``"h5ad"``, ``"zarr"``, ``"h5mu"``, ``"10x_h5"``, ``"10x_mtx"`` or ``"spaceranger"`` for a data path."""
     p = Path(path)
     if p.is_dir():
         if (p / "matrix.mtx.gz").is_file() or (p / "matrix.mtx").is_file():
             return "10x_mtx"
+        if (p / "spatial").is_dir() and not (p / ".zattrs").is_file() and not (p / "zarr.json").is_file():
+            return "spaceranger"
         return "zarr"
     if p.suffix == ".h5mu":
         return "h5mu"
@@ -183,6 +185,13 @@ def open_submission(path: str | Path, manifest: Manifest) -> tuple[SubmittedData
     p = Path(path)
     fmt = data_format(p)
     rna = manifest.rna
+    if fmt == "spaceranger":  # a Space Ranger folder: its filtered matrix, RNA its Gene Expression features
+        matrix = p / "filtered_feature_bc_matrix.h5"
+        if not matrix.is_file():
+            raise SourceError("SPATIAL_FILE_MISSING", "the Space Ranger folder has no filtered_feature_bc_matrix.h5 (the spots x genes matrix)", str(matrix))
+        p, fmt = matrix, "10x_h5"
+        if rna.mod is None:
+            rna = rna.model_copy(update={"source": "mod:rna"})
     if fmt in ("h5ad", "zarr"):
         if rna.mod is not None:
             raise SourceError("MEASUREMENT_SOURCE_UNSUPPORTED", f"an AnnData file has no modalities; RNA source {rna.source!r} needs a MuData .h5mu or a 10x .h5", f"{p}: measurements/RNA/source")

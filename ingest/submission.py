@@ -64,6 +64,7 @@ class Prepared:
     content_hash: str | None = None
     chunk_rows: int = DEFAULT_CHUNK_ROWS
     others: dict[str, Any] = field(default_factory=dict)  # name -> modalities.CheckedMeasurement
+    spatial: Any = None  # spatial_checks.CheckedSpatial of a spatial submission
 
     def close(self) -> None:
         if self.data is not None:
@@ -84,10 +85,12 @@ class SubmitResult:
     warnings: list[Finding] = field(default_factory=list)
     submission_id: str | None = None
     measurements: dict[str, int] = field(default_factory=dict)  # further measurements: name -> features
+    spatial: dict[str, Any] = field(default_factory=dict)  # technology, n_located, images
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "measurements": {"RNA": self.n_genes, **self.measurements},
+            "spatial": self.spatial or None,
             "status": self.status,
             "dataset_id": self.dataset_id,
             "version": self.version,
@@ -212,6 +215,7 @@ def validate_submission(
     report.decisions.extend(obs_result.decisions)
     prepared.obs = obs_result.frame
     report.extend(_obsm_findings(data))
+    _spatial_part(prepared, data_path, manifest, Path(manifest_path).resolve().parent, progress)
 
     fatal = any(f.code in ("MATRIX_SHAPE_MISMATCH", "DATASET_EMPTY") for f in structural)
     if not fatal:
@@ -253,7 +257,8 @@ def validate_submission(
                 prepared.others[name] = checked
                 report.extend(checked.findings)
                 report.decisions.extend(checked.decisions)
-        prepared.content_hash = _content_hash(manifest, checker.content_hash, obs_result.frame, genes, data, [m.content_hash for m in prepared.others.values()])
+        parts = [m.content_hash for m in prepared.others.values()] + ([prepared.spatial.content_hash] if prepared.spatial is not None else [])
+        prepared.content_hash = _content_hash(manifest, checker.content_hash, obs_result.frame, genes, data, parts)
         report.summary.update(
             {
                 "nnz": int(checker.nnz),
@@ -283,7 +288,33 @@ def validate_submission(
             n: {k: v for k, v in m.summary.items() if k != "expectations"} for n, m in prepared.others.items()
         }
         report.expectations = list(report.expectations or []) + [r for m in prepared.others.values() for r in m.summary.get("expectations", [])]
+    if prepared.spatial is not None:
+        report.summary["spatial"] = prepared.spatial.summary
     return prepared
+
+
+def _spatial_part(prepared: Prepared, data_path: str | Path, manifest: Manifest, manifest_dir: Path, progress: Progress) -> None:
+    """Read and check where the cells are (``spatial:``); a Space Ranger folder needs the block."""
+    from aivc.ingest.sources import SourceError, data_format
+
+    report, data = prepared.report, prepared.data
+    assert data is not None
+    if manifest.spatial is None:
+        if data_format(data_path) == "spaceranger":
+            report.add(Finding("SPATIAL_BLOCK_MISSING", "manifest: spatial (missing)", "the data is a Space Ranger folder; declare it with spatial: {technology: visium, is_single: true|false}"))
+        return
+    from aivc.ingest.spatial_checks import check_spatial
+    from aivc.ingest.spatial_sources import open_spatial
+
+    progress.phase("checking locations and images")
+    try:
+        sp = open_spatial(data_path, manifest.spatial, manifest_dir=manifest_dir, cell_ids=data.obs.index.astype(str), obs=data.obs)
+    except SourceError as exc:
+        report.add(Finding(exc.code, exc.where, exc.message))
+        return
+    checked = check_spatial(sp, data.obs.index.astype(str), prepared.obs)
+    prepared.spatial = checked
+    report.extend(checked.findings)
 
 
 def _var_where(matrix_path: str) -> str:
@@ -414,6 +445,32 @@ def _write_measurement(w: VersionWriter, checked: Any, plan: soma_io.Measurement
     return record
 
 
+def _write_spatial(w: VersionWriter, prepared: Prepared, uri: str, ts: int, obs: pd.DataFrame, obs_joinids: np.ndarray, progress: Progress) -> dict[str, Any]:
+    """Stage the locations and images, write the SOMA Scene; the record's ``spatial`` entry."""
+    from aivc.store.soma_spatial import scene_name, write_scene
+    from aivc.store.spatial import SpatialRecord, StagedImage, stage_spatial
+
+    checked = prepared.spatial
+    sp = checked.input
+    located = checked.located
+    assert located is not None and prepared.manifest is not None
+    frame = located.reset_index(drop=True)
+    frame.insert(0, "obs_id", obs.index.to_numpy(dtype=object))
+    frame.insert(1, "dataset_id", prepared.manifest.dataset_id)
+    frame.insert(2, "version", np.int32(w.version))
+    frame.insert(3, "barcode", obs["barcode"].to_numpy(dtype=object))
+    for c in ("in_tissue", "array_row", "array_col", "label_id"):
+        if c in frame.columns:
+            frame[c] = pd.to_numeric(frame[c], errors="coerce").astype("Int64")
+    staged = [StagedImage(n, img.array, img.scale, img.channel_names, img.pixel_size_um, sp.labels if n == "image" else None) for n, img in sp.images.items()]
+    progress.phase("writing images")
+    images = stage_spatial(w.folder, frame, staged)
+    name = scene_name(prepared.manifest.dataset_id, w.version, prepared.report.submission_id)
+    write_scene(uri, name, obs_joinids, obs.index.to_numpy(dtype=object), frame["x"].to_numpy(dtype=float), frame["y"].to_numpy(dtype=float), timestamp=ts, units=sp.units)
+    scalefactors = {k: v for k, v in sp.scalefactors.items() if isinstance(v, int | float)}
+    return SpatialRecord(sp.technology, sp.spec.is_single, sp.units, int(np.isfinite(frame["x"].to_numpy(dtype=float)).sum()), sp.library_id, name, scalefactors, images).to_record()
+
+
 def _gene_activity(prepared: Prepared) -> tuple[pd.DataFrame, Any] | None:
     """The gene-activity derived measurement of a chromatin measurement with fragments: lake
     var (the RNA genes, by reference id) and the cells x genes fragment counts."""
@@ -475,7 +532,8 @@ def submit(
             record = _commit(lake, catalog, prepared, version, progress)
         rep = f"{submission_dir(lake, record.submission_id)}/report.json"
         further = {n: int(m["n_features"]) for n, m in (record.measurements or {}).items() if n != RNA.name}
-        return SubmitResult("committed", record.dataset_id, record.version, record.n_cells, record.n_genes, str(rep), [], report.warnings, record.submission_id, further)
+        where = {k: record.spatial[k] for k in ("technology", "is_single", "n_located")} | {"images": sorted(record.spatial["images"])} if record.spatial else {}
+        return SubmitResult("committed", record.dataset_id, record.version, record.n_cells, record.n_genes, str(rep), [], report.warnings, record.submission_id, further, where)
     finally:
         prepared.close()
 
@@ -527,6 +585,7 @@ def _write_version(
         measured[name] = _write_measurement(w, checked, plans[name], uri, ts, obs, result.obs_joinids, prepared.chunk_rows, progress)
     if activity is not None:
         measured[GENE_ACTIVITY.name] = _write_gene_activity(w, activity, plans[GENE_ACTIVITY.name], uri, ts, obs, result.obs_joinids)
+    spatial = _write_spatial(w, prepared, uri, ts, obs, result.obs_joinids, progress) if prepared.spatial is not None else {}
     _fault("after_soma_write")
     _write_artifacts(w, prepared, obs, result.obs_joinids, var, result.var_joinids)
     _fault("after_artifacts")
@@ -556,6 +615,7 @@ def _write_version(
         obsm_keys=tuple(data.obsm_keys),
         extra={"contact": manifest.contact, "citation": manifest.citation, "n_genes_submitted": data.n_vars},
         measurements=measured,
+        spatial=spatial,
     )
     _fault("before_record")
     w.commit(record, fault="after_tables_published", fault_exit=97)

@@ -73,6 +73,8 @@ class DatasetVersion:
     extra: dict[str, Any] = field(default_factory=dict)
     #: per measurement it holds: ``{"RNA": {"n_features", "n_cells", "nnz", "layers"}}``
     measurements: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: a spatial version's locations and images (:class:`aivc.store.spatial.SpatialRecord`); empty otherwise
+    spatial: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ref(self) -> str:

@@ -144,6 +144,10 @@ def export_h5ad(lake: Lake, ref: str, out: str | Path, *, for_analysis: bool = F
     """
     adata, v = load_version_anndata(lake, ref, for_analysis=for_analysis, measurement=measurement)
     spec = get_measurement(measurement)
+    if spec.name == RNA.name and v.spatial:
+        from aivc.store.export_spatial import add_cellxgene_spatial
+
+        add_cellxgene_spatial(lake, v, adata)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")

@@ -353,6 +353,12 @@ def rollback_uncommitted(uri: str, high_water: int | None) -> list[str]:
         if not inside and array:
             fs.delete_dir(f"{root}/{array}")
             removed.append(array)
+    for marker in [p for p in left if p.rsplit("/", 1)[-1] == "__tiledb_group.tdb"]:
+        group = marker.rsplit("/", 1)[0] if "/" in marker else ""
+        inside = [p for p in left if (p.startswith(f"{group}/__group/") or p.startswith(f"{group}/__meta/")) and _FRAGMENT_NAME.match(p.rsplit("/", 1)[-1])]
+        if not inside and group and not any(group.startswith(r + "/") or group == r for r in removed):
+            fs.delete_dir(f"{root}/{group}")  # a group (e.g. a spatial Scene) created after high_water
+            removed.append(group)
     return removed
 
 

@@ -18,6 +18,10 @@ Views
 ``dataset_features``
     The same for every measurement a version holds (``dataset_id, version, measurement,
     feature_id, feature_name, soma_joinid``): genes for RNA, antibodies for ADT, ….
+``spatial_cells``, ``spatial_cells_all_versions``, ``spatial_datasets``, ``spatial_images``
+    Where the spots / cells of spatial versions are, and their images; the table macros
+    ``cells_within``, ``cells_within_in``, ``cells_near``, ``cells_in_box`` query them
+    (see :mod:`aivc.store.sql_spatial`).
 ``qc_adt``, ``qc_atac``
     The per-cell QC of each further measurement (``dataset_id, version, obs_id`` and one
     column per metric: protein library size and isotype share; ATAC fragments per cell,
@@ -154,6 +158,9 @@ def _define_views(con: Any, catalog: Catalog, versions: list[DatasetVersion], cu
         files += read
     files += _define_feature_views(con, lake, versions)
     files += _define_qc_views(con, lake, versions)
+    from aivc.store.sql_spatial import define_spatial_views
+
+    files += define_spatial_views(con, lake, versions, current, _scan)
     con.execute(
         "CREATE VIEW genes AS SELECT d.organism_name, g.gene_id, any_value(g.feature_name) AS feature_name, "
         "any_value(g.gene_soma_joinid) AS soma_joinid, "

@@ -173,6 +173,11 @@ class SpatialSpec(BaseModel):
     label_column: StrictStr | None = Field(default=None, min_length=1)
     channels: tuple[StrictStr, ...] | None = Field(default=None, min_length=1)
     pixel_size_um: float | None = Field(default=None, gt=0)
+    table: StrictStr | None = Field(default=None, min_length=1)
+    transcripts: StrictStr | None = Field(default=None, min_length=1)
+    cell_boundaries: StrictStr | None = Field(default=None, min_length=1)
+    nucleus_boundaries: StrictStr | None = Field(default=None, min_length=1)
+    transcript_nucleus_column: StrictStr | None = Field(default=None, min_length=1)
 
     @model_validator(mode="after")
     def _keys_of_technology(self) -> SpatialSpec:
@@ -181,8 +186,11 @@ class SpatialSpec(BaseModel):
             for k in ("image", "labels", "channels", "pixel_size_um"):
                 if getattr(self, k) is None:
                     problems.append((f"{k} {_MISSING}", f"technology 'image' needs {k!r}"))
+        imaging = ("table", "transcripts", "cell_boundaries", "nucleus_boundaries", "transcript_nucleus_column")
         if self.technology == "visium":
-            problems += [(k, f"{k!r} is not allowed here") for k in ("image", "labels", "label_column", "channels") if getattr(self, k) is not None]
+            problems += [(k, f"{k!r} is not allowed here") for k in ("image", "labels", "label_column", "channels", *imaging) if getattr(self, k) is not None]
+        if self.technology == "image":
+            problems += [(k, f"{k!r} is not allowed here") for k in imaging if getattr(self, k) is not None]
         if problems:
             raise ManifestProblems(problems)
         return self

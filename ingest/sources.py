@@ -192,6 +192,11 @@ def open_submission(path: str | Path, manifest: Manifest) -> tuple[SubmittedData
         p, fmt = matrix, "10x_h5"
         if rna.mod is None:
             rna = rna.model_copy(update={"source": "mod:rna"})
+    if manifest.spatial is not None and manifest.spatial.technology in ("merfish", "xenium"):  # a SpatialData store: RNA is its table
+        from aivc.ingest.spatialdata_sources import spatialdata_table_group
+
+        kind, layer = counts_location(rna.source)
+        return open_anndata(p, kind, layer, group=spatialdata_table_group(p, manifest.spatial)), {}
     if fmt in ("h5ad", "zarr"):
         if rna.mod is not None:
             raise SourceError("MEASUREMENT_SOURCE_UNSUPPORTED", f"an AnnData file has no modalities; RNA source {rna.source!r} needs a MuData .h5mu or a 10x .h5", f"{p}: measurements/RNA/source")

@@ -33,6 +33,8 @@ store. The codes:
     the primary data).
 ``SPATIAL_OUT_OF_TISSUE_CELL_TYPE``
     a whole-slide spot outside the tissue (``in_tissue`` 0) with a cell type other than unknown.
+
+MERFISH / Xenium transcripts and polygons have theirs in :mod:`aivc.ingest.spatial_imaging_checks`.
 """
 
 from __future__ import annotations
@@ -75,6 +77,11 @@ class CheckedSpatial:
             h.update(np.ascontiguousarray(img.array).tobytes())
         if self.input.labels is not None:
             h.update(np.ascontiguousarray(self.input.labels).tobytes())
+        if self.input.transcripts is not None:
+            h.update(pd.util.hash_pandas_object(self.input.transcripts, index=False).to_numpy().tobytes())
+        for kind, frame in sorted(self.input.shapes.items()):
+            h.update(kind.encode())
+            h.update("\x00".join(g.wkt for g in frame["geometry"]).encode())
         return h.hexdigest()
 
 
@@ -84,8 +91,8 @@ def _first(values: pd.Index | list[str], n: int = 3) -> str:
     return ", ".join(repr(str(v)) for v in vals[:n]) + more
 
 
-def check_spatial(sp: SpatialInput, cell_ids: pd.Index, obs: pd.DataFrame | None) -> CheckedSpatial:
-    """Check ``sp`` against the matrix's ``cell_ids`` and the harmonized ``obs`` (index: cell ids)."""
+def check_spatial(sp: SpatialInput, cell_ids: pd.Index, obs: pd.DataFrame | None, var_names: pd.Index | None = None) -> CheckedSpatial:
+    """Check ``sp`` against the matrix's ``cell_ids`` (and gene ``var_names``) and the harmonized ``obs`` (index: cell ids)."""
     out = CheckedSpatial(sp)
     f = out.findings
     cells = pd.Index(cell_ids.astype(str))
@@ -94,7 +101,9 @@ def check_spatial(sp: SpatialInput, cell_ids: pd.Index, obs: pd.DataFrame | None
     if dup.any():
         f.append(Finding("SPATIAL_DUPLICATE_LOCATION", f"{sp.where} barcode {loc.index[dup][0]!r}", f"{int(dup.sum())} barcodes are listed more than once; each spot has one location"))
         loc = loc[~dup]
-    missing = cells[~cells.isin(loc.index)]
+    missing = cells[~cells.isin(loc.index)] if sp.technology == "visium" else cells[loc.reindex(cells)["x"].isna().to_numpy()]
+    if sp.technology == "image":
+        missing = missing[:0]  # a cell without pixels: SPATIAL_CELL_UNLABELLED, found with the labels
     if len(missing):
         f.append(Finding("SPATIAL_LOCATION_MISSING", f"{sp.where} barcode {missing[0]!r}", f"{len(missing)} cells of the matrix have no location ({_first(missing)}); every spot or cell needs one"))
     if sp.technology == "visium":
@@ -103,8 +112,12 @@ def check_spatial(sp: SpatialInput, cell_ids: pd.Index, obs: pd.DataFrame | None
     _check_coordinates(out, located)
     if sp.technology == "visium":
         _check_visium(out, located, obs)
-    else:
+    elif sp.technology == "image":
         _check_declared_images(out)
+    else:
+        from aivc.ingest.spatial_imaging_checks import check_imaging
+
+        out.findings.extend(check_imaging(sp, var_names))
     _check_obs(out, located, obs)
     out.located = located[[c for c in ("x", "y", "in_tissue", "array_row", "array_col", "label_id") if c in located.columns]].copy()
     out.summary |= {
@@ -114,6 +127,11 @@ def check_spatial(sp: SpatialInput, cell_ids: pd.Index, obs: pd.DataFrame | None
         "units": sp.units,
         "images": {n: {"shape": list(i.array.shape), "scale": i.scale} for n, i in sp.images.items()},
     }
+    if sp.transcripts is not None:
+        out.summary["n_transcripts"] = int(len(sp.transcripts))
+        out.summary["n_transcripts_in_cells"] = int((sp.transcripts["cell"] != "").sum())
+    if sp.shapes:
+        out.summary["shapes"] = {k: int(len(v)) for k, v in sp.shapes.items()}
     if sp.labels is not None:
         out.summary["n_labels"] = int(len(np.unique(sp.labels[sp.labels > 0]))) if np.issubdtype(sp.labels.dtype, np.integer) else 0
     return out
@@ -146,8 +164,8 @@ def _check_coordinates(out: CheckedSpatial, located: pd.DataFrame) -> None:
     if sp.technology == "image":
         present = located["label_id"].notna().to_numpy()
     bad = present & ~np.isfinite(xy).all(axis=1)
-    if sp.technology == "image":
-        bad &= False  # a cell without pixels is SPATIAL_CELL_UNLABELLED, found with the labels
+    if sp.technology != "visium":
+        bad &= False  # derived locations: a cell without pixels / polygon has its own finding
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         out.findings.append(Finding("SPATIAL_COORDINATE_NOT_FINITE", f"{sp.where} barcode {located.index[i]!r}", f"{int(bad.sum())} locations are NaN or infinite; coordinates must be finite numbers"))

@@ -14,6 +14,9 @@ holds the checks, each with its code.
   ``pxl_row_in_fullres`` (scanpy's ``obsm['spatial']`` order).
 - ``image``: the image and label files the manifest names (relative to the manifest); a
   cell's location is the centroid of its label, in pixels.
+- ``merfish`` / ``xenium``: a SpatialData ``.zarr`` (:mod:`aivc.ingest.spatialdata_sources`):
+  transcripts as points, cell and nucleus polygons; a cell's location is its polygon's
+  centroid, in micrometres.
 
 A file that is missing or unreadable raises :class:`~aivc.ingest.sources.SourceError`
 (``SPATIAL_FILE_MISSING``, ``SPATIAL_FILE_UNREADABLE``), which the submission reports as
@@ -83,6 +86,10 @@ class SpatialInput:
     labels: np.ndarray | None = None  # image technology: the label image (y, x)
     labels_where: str = ""
     library_id: str = ""
+    transcripts: pd.DataFrame | None = None  # merfish / xenium: x, y, gene, cell ('' unassigned), [z, nucleus]
+    transcripts_where: str = ""
+    shapes: dict[str, pd.DataFrame] = field(default_factory=dict)  # "cell" / "nucleus" -> polygons by shape id
+    shape_of_cell: pd.Series | None = None  # cell id -> its shape id
 
     @property
     def technology(self) -> str:
@@ -101,7 +108,9 @@ def open_spatial(data_path: str | Path, spec: SpatialSpec, *, manifest_dir: Path
         return _open_visium(Path(data_path), spec)
     if spec.technology == "image":
         return _open_image(spec, manifest_dir, cell_ids, obs)
-    raise SourceError("SPATIAL_TECHNOLOGY_UNSUPPORTED", f"technology {spec.technology!r} is read from a SpatialData .zarr, which this version does not ingest yet; use visium or image", "spatial/technology")
+    from aivc.ingest.spatialdata_sources import open_spatialdata
+
+    return open_spatialdata(Path(data_path), spec, cell_ids=cell_ids, obs=obs)
 
 
 # -- Visium -----------------------------------------------------------------------------------

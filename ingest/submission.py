@@ -215,7 +215,9 @@ def validate_submission(
     report.decisions.extend(obs_result.decisions)
     prepared.obs = obs_result.frame
     report.extend(_obsm_findings(data))
-    _spatial_part(prepared, data_path, manifest, Path(manifest_path).resolve().parent, progress)
+    from aivc.ingest.spatial_submit import spatial_part
+
+    spatial_part(prepared, data_path, manifest, Path(manifest_path).resolve().parent, progress)
 
     fatal = any(f.code in ("MATRIX_SHAPE_MISMATCH", "DATASET_EMPTY") for f in structural)
     if not fatal:
@@ -230,8 +232,12 @@ def validate_submission(
         for start, chunk in data.iter_chunks(chunk_rows):
             checker.update(start, chunk)
             progress.advance(chunk.shape[0])
-        report.extend(checker.findings())
         qc = checker.qc_frame()
+        from aivc.ingest.spatial_submit import out_of_tissue
+
+        outside = out_of_tissue(prepared)  # a whole Visium slide's spots outside the tissue may be empty
+        empty_outside = outside is not None and bool((qc["n_counts"].to_numpy() == 0)[~outside].sum() == 0)
+        report.extend(f for f in checker.findings() if not (empty_outside and f.code == "MATRIX_EMPTY_CELLS"))
         report.qc = qc
         if not any(f.code.startswith("MATRIX_") and f.code != "MATRIX_EMPTY_CELLS" for f in report.errors):
             from aivc.ingest.qc import run_expectations
@@ -240,6 +246,8 @@ def validate_submission(
             # Values harmonization refused are missing here: each has its finding already.
             meta = obs_result.accepted_frame().reindex(qc.index)
             frame = pd.concat([qc, meta], axis=1)
+            if outside is not None:  # QC is about the tissue: out-of-tissue spots are background
+                frame = frame[~outside]
             qc_findings, results = run_expectations(
                 frame, n_genes_total=data.n_vars, max_pct_mito=manifest.qc.max_pct_mito
             )
@@ -291,30 +299,6 @@ def validate_submission(
     if prepared.spatial is not None:
         report.summary["spatial"] = prepared.spatial.summary
     return prepared
-
-
-def _spatial_part(prepared: Prepared, data_path: str | Path, manifest: Manifest, manifest_dir: Path, progress: Progress) -> None:
-    """Read and check where the cells are (``spatial:``); a Space Ranger folder needs the block."""
-    from aivc.ingest.sources import SourceError, data_format
-
-    report, data = prepared.report, prepared.data
-    assert data is not None
-    if manifest.spatial is None:
-        if data_format(data_path) == "spaceranger":
-            report.add(Finding("SPATIAL_BLOCK_MISSING", "manifest: spatial (missing)", "the data is a Space Ranger folder; declare it with spatial: {technology: visium, is_single: true|false}"))
-        return
-    from aivc.ingest.spatial_checks import check_spatial
-    from aivc.ingest.spatial_sources import open_spatial
-
-    progress.phase("checking locations and images")
-    try:
-        sp = open_spatial(data_path, manifest.spatial, manifest_dir=manifest_dir, cell_ids=data.obs.index.astype(str), obs=data.obs)
-    except SourceError as exc:
-        report.add(Finding(exc.code, exc.where, exc.message))
-        return
-    checked = check_spatial(sp, data.obs.index.astype(str), prepared.obs)
-    prepared.spatial = checked
-    report.extend(checked.findings)
 
 
 def _var_where(matrix_path: str) -> str:
@@ -445,32 +429,6 @@ def _write_measurement(w: VersionWriter, checked: Any, plan: soma_io.Measurement
     return record
 
 
-def _write_spatial(w: VersionWriter, prepared: Prepared, uri: str, ts: int, obs: pd.DataFrame, obs_joinids: np.ndarray, progress: Progress) -> dict[str, Any]:
-    """Stage the locations and images, write the SOMA Scene; the record's ``spatial`` entry."""
-    from aivc.store.soma_spatial import scene_name, write_scene
-    from aivc.store.spatial import SpatialRecord, StagedImage, stage_spatial
-
-    checked = prepared.spatial
-    sp = checked.input
-    located = checked.located
-    assert located is not None and prepared.manifest is not None
-    frame = located.reset_index(drop=True)
-    frame.insert(0, "obs_id", obs.index.to_numpy(dtype=object))
-    frame.insert(1, "dataset_id", prepared.manifest.dataset_id)
-    frame.insert(2, "version", np.int32(w.version))
-    frame.insert(3, "barcode", obs["barcode"].to_numpy(dtype=object))
-    for c in ("in_tissue", "array_row", "array_col", "label_id"):
-        if c in frame.columns:
-            frame[c] = pd.to_numeric(frame[c], errors="coerce").astype("Int64")
-    staged = [StagedImage(n, img.array, img.scale, img.channel_names, img.pixel_size_um, sp.labels if n == "image" else None) for n, img in sp.images.items()]
-    progress.phase("writing images")
-    images = stage_spatial(w.folder, frame, staged)
-    name = scene_name(prepared.manifest.dataset_id, w.version, prepared.report.submission_id)
-    write_scene(uri, name, obs_joinids, obs.index.to_numpy(dtype=object), frame["x"].to_numpy(dtype=float), frame["y"].to_numpy(dtype=float), timestamp=ts, units=sp.units)
-    scalefactors = {k: v for k, v in sp.scalefactors.items() if isinstance(v, int | float)}
-    return SpatialRecord(sp.technology, sp.spec.is_single, sp.units, int(np.isfinite(frame["x"].to_numpy(dtype=float)).sum()), sp.library_id, name, scalefactors, images).to_record()
-
-
 def _gene_activity(prepared: Prepared) -> tuple[pd.DataFrame, Any] | None:
     """The gene-activity derived measurement of a chromatin measurement with fragments: lake
     var (the RNA genes, by reference id) and the cells x genes fragment counts."""
@@ -585,7 +543,9 @@ def _write_version(
         measured[name] = _write_measurement(w, checked, plans[name], uri, ts, obs, result.obs_joinids, prepared.chunk_rows, progress)
     if activity is not None:
         measured[GENE_ACTIVITY.name] = _write_gene_activity(w, activity, plans[GENE_ACTIVITY.name], uri, ts, obs, result.obs_joinids)
-    spatial = _write_spatial(w, prepared, uri, ts, obs, result.obs_joinids, progress) if prepared.spatial is not None else {}
+    from aivc.ingest.spatial_submit import write_spatial
+
+    spatial = write_spatial(w, prepared, uri, ts, obs, result.obs_joinids, progress) if prepared.spatial is not None else {}
     _fault("after_soma_write")
     _write_artifacts(w, prepared, obs, result.obs_joinids, var, result.var_joinids)
     _fault("after_artifacts")

@@ -13,6 +13,15 @@ reader sees all of it or none):
     each image as an OME-Zarr multiscale pyramid (:mod:`aivc.store.images`); the
     segmentation of an image submission is its NGFF label image ``labels/cells``, whose ids
     are the ``label_id`` of the locations table (so a label links to its cell's ``obs_id``).
+``spatial/transcripts.parquet``
+    imaging-based technologies: one row per transcript, ``obs_id`` of the cell it is
+    assigned to (null: none), ``dataset_id``, ``version``, ``x``, ``y`` (µm), ``gene`` (as
+    submitted), ``feature_id`` (the gene's reference id; null for controls and unmapped
+    names), ``in_nucleus``, [``z``], ``tile``: Hilbert-sorted like the locations.
+``spatial/shapes.parquet``
+    GeoParquet (``geo`` metadata, WKB ``geometry``): one row per cell or nucleus polygon,
+    ``kind`` (``cell`` / ``nucleus``), ``shape_id`` as submitted, ``obs_id`` (a nucleus: the
+    cell whose polygon holds its centroid), ``area``, ``x_min`` .. ``y_max``.
 ``spatial/images.parquet``
     one row per image level: ``image``, ``level``, ``height``, ``width``, ``channels``,
     ``scale`` (image pixel = location x scale, at that level), ``pixel_size_um``, ``path``.
@@ -34,9 +43,11 @@ from aivc.errors import LakeError
 from aivc.store.catalog import DatasetVersion
 from aivc.store.lake import Lake
 
-__all__ = ["IMAGES", "LOCATIONS", "IMAGE_LEVELS", "SpatialRecord", "StagedImage", "image_path", "read_locations", "spatial_record", "stage_spatial"]
+__all__ = ["IMAGES", "IMAGE_LEVELS", "LOCATIONS", "SHAPES", "TRANSCRIPTS", "SpatialRecord", "StagedImage", "image_path", "read_locations", "read_shapes", "read_transcripts", "spatial_record", "stage_spatial"]
 
 LOCATIONS = "spatial/locations.parquet"
+TRANSCRIPTS = "spatial/transcripts.parquet"
+SHAPES = "spatial/shapes.parquet"
 IMAGE_LEVELS = "spatial/images.parquet"
 IMAGES = "images"
 LABELS = "cells"  # the NGFF label image of a segmentation
@@ -66,6 +77,8 @@ class SpatialRecord:
     scene: str = ""
     scalefactors: dict[str, Any] = field(default_factory=dict)
     images: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {path, scale, shape, levels, labels}
+    n_transcripts: int = 0
+    shapes: dict[str, int] = field(default_factory=dict)  # kind -> polygons
 
     def to_record(self) -> dict[str, Any]:
         return asdict(self)
@@ -75,12 +88,13 @@ class SpatialRecord:
         return cls(**d)
 
 
-def stage_spatial(folder: Path, locations: pd.DataFrame, images: list[StagedImage], *, progress: Any = None) -> dict[str, dict[str, Any]]:
+def stage_spatial(folder: Path, locations: pd.DataFrame, images: list[StagedImage], *, transcripts: pd.DataFrame | None = None, shapes: pd.DataFrame | None = None, progress: Any = None) -> dict[str, dict[str, Any]]:
     """Write the locations table and the images into a version's staging ``folder``.
 
     ``locations``: ``obs_id``, ``dataset_id``, ``version``, ``barcode``, ``x``, ``y`` and any
     technology columns, one row per cell (cells without a location have NaN ``x``/``y`` and
-    are left out). Returns the record's ``images`` entry.
+    are left out). ``transcripts`` and ``shapes`` are the tables of the same names (see the
+    module docstring; ``shapes`` with shapely ``geometry``). Returns the record's ``images`` entry.
     """
     from aivc.store.images import write_ome_zarr
     from aivc.store.spatial_index import locations_table, write_locations
@@ -88,6 +102,10 @@ def stage_spatial(folder: Path, locations: pd.DataFrame, images: list[StagedImag
     (folder / "spatial").mkdir(parents=True, exist_ok=True)
     located = locations[np.isfinite(locations["x"].to_numpy(dtype=float)) & np.isfinite(locations["y"].to_numpy(dtype=float))]
     write_locations(locations_table(located.reset_index(drop=True)), folder / LOCATIONS)
+    if transcripts is not None:
+        write_locations(locations_table(transcripts.reset_index(drop=True)), folder / TRANSCRIPTS, row_group_size=65536)
+    if shapes is not None:
+        _write_shapes(shapes, folder / SHAPES)
     out: dict[str, dict[str, Any]] = {}
     levels: list[dict[str, Any]] = []
     for img in images:
@@ -102,6 +120,32 @@ def stage_spatial(folder: Path, locations: pd.DataFrame, images: list[StagedImag
     frame["pixel_size_um"] = frame["pixel_size_um"].astype(float)
     frame.to_parquet(folder / IMAGE_LEVELS, index=False)
     return out
+
+
+def _write_shapes(shapes: pd.DataFrame, path: Path) -> None:
+    """Polygons as GeoParquet (WKB geometry and the ``geo`` metadata; geopandas reads it)."""
+    import geopandas as gpd
+
+    geo = gpd.GeoDataFrame(shapes.drop(columns=["geometry"]).reset_index(drop=True), geometry=list(shapes["geometry"]), crs=None)
+    bounds = geo.geometry.bounds
+    geo["area"] = geo.geometry.area.to_numpy(dtype=float)
+    for c in ("minx", "miny", "maxx", "maxy"):
+        geo[{"minx": "x_min", "miny": "y_min", "maxx": "x_max", "maxy": "y_max"}[c]] = bounds[c].to_numpy(dtype=float)
+    geo.to_parquet(path, index=False, schema_version="1.0.0")
+
+
+def read_shapes(lake: Lake, v: DatasetVersion) -> Any:
+    """The polygons of an imaging-based version (a GeoDataFrame; see the module docstring)."""
+    import geopandas as gpd
+
+    _require(v)
+    return gpd.read_parquet(lake.storage.local_file(f"{v.artifacts}/{SHAPES}"))
+
+
+def read_transcripts(lake: Lake, v: DatasetVersion, columns: list[str] | None = None) -> pd.DataFrame:
+    """The transcripts of an imaging-based version."""
+    _require(v)
+    return lake.storage.read_parquet(f"{v.artifacts}/{TRANSCRIPTS}", columns=columns).to_pandas()
 
 
 def spatial_record(v: DatasetVersion) -> SpatialRecord | None:

@@ -56,14 +56,19 @@ def write_positions(folder: Path, frame: pd.DataFrame) -> None:
 
 def whole_slide(dest: Path, seed: int = 0) -> Path:
     """The sample as a whole slide: all 4,992 spots of the capture area in the matrix, the
-    100 real spots with their real counts, the others with Poisson counts at the real genes'
-    mean (made up: no real whole slide ships offline)."""
+    100 real spots with their real counts, the other in-tissue spots with Poisson counts at
+    four times the real genes' mean (at least one count each), the spots outside the tissue mostly empty
+    (sparse ambient counts), as in Space Ranger's raw matrix (made up: no real whole slide ships offline)."""
     folder = copy_sample(dest)
     x, barcodes, feats = read_matrix(folder / "filtered_feature_bc_matrix.h5")
     pos = positions(folder)
     rest = [b for b in pos["barcode"] if b not in set(barcodes)]
     rng = np.random.default_rng(seed)
     mean = np.asarray(x.mean(axis=0)).ravel()
-    fake = sp.csr_matrix(rng.poisson(np.maximum(mean, 0.01), size=(len(rest), x.shape[1])))
+    fake = rng.poisson(4 * np.maximum(mean, 0.05), size=(len(rest), x.shape[1]))  # dense enough that no two spots are identical (CELLxGENE refuses duplicate rows)
+    inside = pos.set_index("barcode").loc[rest, "in_tissue"].to_numpy() == 1
+    fake[inside & (fake.sum(axis=1) == 0), 0] = 1
+    fake[~inside] = rng.poisson(0.05 * np.maximum(mean, 0.05), size=(int((~inside).sum()), x.shape[1]))  # ambient RNA: most empty
+    fake = sp.csr_matrix(fake)
     write_matrix(folder / "filtered_feature_bc_matrix.h5", sp.vstack([x, fake]).tocsr(), barcodes + rest, feats)
     return folder

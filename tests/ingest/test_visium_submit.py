@@ -150,5 +150,7 @@ def test_visium_whole_slide_export_carries_the_cellxgene_library(tmp_path: Path)
     assert lib["scalefactors"] == {"spot_diameter_fullres": pytest.approx(89.42751063343188), "tissue_hires_scalef": pytest.approx(0.150015)}
     pos = _positions().loc[a.obs_names]
     assert (a.obs["array_col"].to_numpy() == pos["array_col"].to_numpy()).all() and int(a.obs["in_tissue"].sum()) == 4235
+    empty = np.asarray(a.X.sum(axis=1)).ravel() == 0
+    assert empty[a.obs["in_tissue"].to_numpy() == 0].sum() > 100 and not empty[a.obs["in_tissue"].to_numpy() == 1].any()  # empty out-of-tissue spots are kept
     proc = subprocess.run([str(CXG), "validate", str(out)], capture_output=True, text=True, timeout=900)
     assert "is_valid=True" in proc.stdout + proc.stderr, (proc.stdout + proc.stderr)[-3000:]

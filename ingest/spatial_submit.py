@@ -87,7 +87,7 @@ def write_spatial(w: VersionWriter, prepared: Prepared, uri: str, ts: int, obs: 
     scalefactors = {k: v for k, v in sp.scalefactors.items() if isinstance(v, int | float)}
     n_located = int(np.isfinite(frame["x"].to_numpy(dtype=float)).sum())
     kinds = {k: int(v) for k, v in shapes["kind"].value_counts().items()} if shapes is not None else {}
-    return SpatialRecord(sp.technology, sp.spec.is_single, sp.units, n_located, sp.library_id, name, scalefactors, images, len(transcripts) if transcripts is not None else 0, kinds).to_record()
+    return SpatialRecord(sp.technology, sp.spec.is_single, sp.units, n_located, sp.library_id, name, scalefactors, images, len(transcripts) if transcripts is not None else 0, kinds, sp.spec.pixel_size_um).to_record()
 
 
 def _imaging_tables(prepared: Prepared, obs: pd.DataFrame, version: int) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:

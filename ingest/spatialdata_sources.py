@@ -6,8 +6,8 @@ brackets): the cells x genes ``table`` [``table``], whose ``spatialdata_attrs`` 
 shapes it annotates and by which ``instance_key``; the ``transcripts`` points [``transcripts``]
 (``x``, ``y``, the points' ``feature_key`` gene and ``instance_key`` cell); the
 ``cell_boundaries`` polygons [the table's region] and optionally ``nucleus_boundaries`` and
-the transcripts' ``transcript_nucleus_column``. Coordinates are micrometres in the
-elements' ``global`` frame. A cell's location is the centroid of its polygon.
+the transcripts' ``transcript_nucleus_column``. Coordinates are the elements' ``global``
+frame: micrometres, or pixels when the manifest gives ``pixel_size_um``. A cell's location is the centroid of its polygon.
 
 :func:`spatialdata_table_group` tells the RNA reader where the table's AnnData is inside the
 store; :func:`open_spatialdata` reads the rest as a
@@ -83,11 +83,12 @@ def open_spatialdata(path: Path, spec: SpatialSpec, *, cell_ids: pd.Index, obs: 
         shapes["nucleus"] = _shape_frame(_element(sdata, "shapes", spec.nucleus_boundaries, "nucleus_boundaries", path), f"{path}: shapes/{spec.nucleus_boundaries}")
     cent = shapes["cell"]["geometry"]
     located = pd.DataFrame({"shape_id": shape_of_cell.to_numpy()}, index=cell_ids)
-    geom = cent.reindex(located["shape_id"].to_numpy())
-    ok = geom.notna().to_numpy()
-    located["x"] = np.where(ok, [g.centroid.x if g is not None else np.nan for g in geom], np.nan)
-    located["y"] = np.where(ok, [g.centroid.y if g is not None else np.nan for g in geom], np.nan)
-    sp_in = SpatialInput(spec, located, f"{path}: shapes/{cells_name}", "micrometre", library_id=spec.library_id or "")
+    geom = cent.reindex(located["shape_id"].to_numpy()).to_numpy(dtype=object)
+    points = [g.centroid if g is not None and not isinstance(g, float) and not g.is_empty else None for g in geom]
+    located["x"] = [p.x if p is not None else np.nan for p in points]
+    located["y"] = [p.y if p is not None else np.nan for p in points]
+    units = "micrometre" if spec.pixel_size_um is None else "pixel"  # pixel_size_um: the frame is pixels of that size
+    sp_in = SpatialInput(spec, located, f"{path}: shapes/{cells_name}", units, library_id=spec.library_id or "")
     sp_in.shapes = shapes
     sp_in.shape_of_cell = shape_of_cell
     points_name = spec.transcripts or "transcripts"

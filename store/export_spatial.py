@@ -114,7 +114,7 @@ def _build(lake: Lake, v: DatasetVersion) -> Any:
     adata, _ = load_version_anndata(lake, v.ref)
     loc = read_locations(lake, v).set_index("barcode").reindex(adata.obs.index.astype(str))
     base = _safe(v.dataset_id)
-    images, labels, shapes = {}, {}, {}
+    images, labels, shapes, points = {}, {}, {}, {}
     for name, meta in rec.images.items():
         path = image_path(lake, v, name)
         info = image_info(path)
@@ -133,6 +133,9 @@ def _build(lake: Lake, v: DatasetVersion) -> Any:
         instance = np.arange(adata.n_obs, dtype=np.int64)
         geo = gpd.GeoDataFrame({"radius": np.full(adata.n_obs, radius)}, geometry=[Point(x, y) for x, y in loc[["x", "y"]].to_numpy(dtype=float)], index=pd.Index(instance))
         shapes[region] = ShapesModel.parse(geo, transformations={"global": Identity()})
+    elif rec.shapes:
+        region = _imaging_elements(lake, v, base, shapes, points, loc)
+        instance = np.arange(adata.n_obs, dtype=np.int64)
     elif labels:
         region = f"{base}_{LABELS}"
         instance = loc["label_id"].to_numpy(dtype=np.int64)
@@ -144,4 +147,30 @@ def _build(lake: Lake, v: DatasetVersion) -> Any:
     table.obsm["spatial"] = loc[["x", "y"]].to_numpy(dtype=np.float64)
     table.uns = {k: val for k, val in table.uns.items() if k in ("title", "aivc")}
     table = TableModel.parse(table, region=region, region_key="region", instance_key="instance_id")
-    return sd.SpatialData(images=images, labels=labels, shapes=shapes, tables={"table": table})
+    return sd.SpatialData(images=images, labels=labels, shapes=shapes, points=points, tables={"table": table})
+
+
+def _imaging_elements(lake: Lake, v: DatasetVersion, base: str, shapes: dict[str, Any], points: dict[str, Any], loc: pd.DataFrame) -> str:
+    """Cell / nucleus polygons and the transcripts of a MERFISH / Xenium version; returns the
+    region the table annotates (the cell polygons, indexed by the table's row number)."""
+    import dask.dataframe as dd
+    import geopandas as gpd
+    from spatialdata.models import PointsModel, ShapesModel
+    from spatialdata.transformations import Identity
+
+    from aivc.store.spatial import read_shapes, read_transcripts
+
+    polys = read_shapes(lake, v)
+    row_of = pd.Series(np.arange(len(loc)), index=loc["obs_id"].to_numpy())
+    cells = polys[polys["kind"] == "cell"]
+    region = f"{base}_cell_boundaries"
+    shapes[region] = ShapesModel.parse(gpd.GeoDataFrame({"obs_id": cells["obs_id"].to_numpy()}, geometry=list(cells.geometry), index=pd.Index(row_of.reindex(cells["obs_id"]).to_numpy(dtype=np.int64))), transformations={"global": Identity()})
+    nuclei = polys[polys["kind"] == "nucleus"]
+    if len(nuclei):
+        shapes[f"{base}_nucleus_boundaries"] = ShapesModel.parse(gpd.GeoDataFrame({"obs_id": nuclei["obs_id"].to_numpy()}, geometry=list(nuclei.geometry), index=pd.RangeIndex(len(nuclei))), transformations={"global": Identity()})
+    if v.spatial.get("n_transcripts"):
+        t = read_transcripts(lake, v, columns=["x", "y", "gene", "obs_id"])
+        t["cell"] = pd.array(row_of.reindex(t["obs_id"]).to_numpy(), dtype="Int64")
+        t["gene"] = pd.Categorical(t["gene"])
+        points[f"{base}_transcripts"] = PointsModel.parse(dd.from_pandas(t.drop(columns=["obs_id"]), npartitions=1, sort=False), coordinates={"x": "x", "y": "y"}, feature_key="gene", instance_key="cell", transformations={"global": Identity()})
+    return region

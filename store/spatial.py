@@ -79,6 +79,7 @@ class SpatialRecord:
     images: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {path, scale, shape, levels, labels}
     n_transcripts: int = 0
     shapes: dict[str, int] = field(default_factory=dict)  # kind -> polygons
+    pixel_size_um: float | None = None  # the size of one coordinate unit when units is "pixel" (if known)
 
     def to_record(self) -> dict[str, Any]:
         return asdict(self)

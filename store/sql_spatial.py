@@ -11,6 +11,17 @@
 ``spatial_datasets``
     One row per spatial version: technology, ``is_single``, library id, units, cells located,
     the SOMA Scene name.
+``transcripts``
+    Imaging-based versions (MERFISH, Xenium): one row per transcript of every current
+    version, ``obs_id`` of its cell (null: unassigned), ``dataset_id``, ``version``, ``x``,
+    ``y`` (µm), ``gene`` as submitted, ``feature_id`` (reference id; null for blank
+    controls), ``in_nucleus``, ``tile``.
+``transcripts_per_cell``
+    ``dataset_id, version, obs_id, gene, feature_id, n_transcripts``: the transcripts of each
+    cell per gene (what the cell x gene table counts).
+``cell_shapes``
+    One row per cell or nucleus polygon: ``dataset_id, version, kind, shape_id, obs_id,
+    area, x_min, y_min, x_max, y_max, geometry`` (WKB).
 ``spatial_images``
     One row per level of every image: ``image``, ``level``, ``height``, ``width``,
     ``channels``, ``scale`` (image pixel = ``x`` x scale at that level), ``pixel_size_um``,
@@ -32,7 +43,7 @@ import pyarrow as pa
 
 from aivc.store.catalog import DatasetVersion
 from aivc.store.lake import Lake
-from aivc.store.spatial import IMAGE_LEVELS, LOCATIONS, spatial_record
+from aivc.store.spatial import IMAGE_LEVELS, LOCATIONS, SHAPES, TRANSCRIPTS, spatial_record
 from aivc.store.spatial_index import spatial_macros
 
 __all__ = ["define_spatial_views"]
@@ -41,6 +52,8 @@ _CELL_STUB = (
     ("obs_id", "VARCHAR"), ("dataset_id", "VARCHAR"), ("version", "INTEGER"), ("barcode", "VARCHAR"), ("x", "DOUBLE"), ("y", "DOUBLE"),
     ("in_tissue", "BIGINT"), ("array_row", "BIGINT"), ("array_col", "BIGINT"), ("label_id", "BIGINT"), ("tile", "BIGINT"),
 )
+_TRANSCRIPT_STUB = (("obs_id", "VARCHAR"), ("dataset_id", "VARCHAR"), ("version", "INTEGER"), ("x", "DOUBLE"), ("y", "DOUBLE"), ("tile", "BIGINT"), ("gene", "VARCHAR"), ("feature_id", "VARCHAR"), ("in_nucleus", "BOOLEAN"))
+_SHAPE_STUB = (("dataset_id", "VARCHAR"), ("version", "INTEGER"), ("kind", "VARCHAR"), ("shape_id", "VARCHAR"), ("obs_id", "VARCHAR"), ("area", "DOUBLE"), ("x_min", "DOUBLE"), ("y_min", "DOUBLE"), ("x_max", "DOUBLE"), ("y_max", "DOUBLE"), ("geometry", "BLOB"))
 _IMAGE_STUB = (("image", "VARCHAR"), ("level", "BIGINT"), ("height", "BIGINT"), ("width", "BIGINT"), ("channels", "BIGINT"), ("scale", "DOUBLE"), ("pixel_size_um", "DOUBLE"), ("path", "VARCHAR"))
 
 
@@ -94,6 +107,37 @@ def define_spatial_views(con: Any, lake: Lake, versions: list[DatasetVersion], c
         files += paths
     else:
         con.execute("CREATE VIEW spatial_images AS SELECT NULL::VARCHAR AS dataset_id, NULL::INTEGER AS version, * FROM (" + _stub(_IMAGE_STUB) + ")")
+    files += _imaging_views(con, lake, [v for v in spatial if v.ref in refs], scan)
     for statement in spatial_macros("spatial_cells"):
         con.execute(statement)
+    return files
+
+
+def _imaging_views(con: Any, lake: Lake, current: list[DatasetVersion], scan: Any) -> list[str]:
+    """``transcripts``, ``transcripts_per_cell``, ``cell_shapes`` over the current imaging-based versions."""
+    from aivc.store.sql import register_arrow, sql_list
+
+    files: list[str] = []
+    with_t = [v for v in current if spatial_record(v).n_transcripts]  # type: ignore[union-attr]
+    if with_t:
+        src, read = scan(con, lake, "_transcripts", [f"{v.artifacts}/{TRANSCRIPTS}" for v in with_t])
+        con.execute(f"CREATE VIEW transcripts AS SELECT * FROM {src}")
+        files += read
+    else:
+        con.execute(f"CREATE VIEW transcripts AS {_stub(_TRANSCRIPT_STUB)}")
+    con.execute(
+        "CREATE VIEW transcripts_per_cell AS SELECT dataset_id, version, obs_id, gene, any_value(feature_id) AS feature_id, count(*) AS n_transcripts "
+        "FROM transcripts WHERE obs_id IS NOT NULL GROUP BY dataset_id, version, obs_id, gene"
+    )
+    with_s = [v for v in current if spatial_record(v).shapes]  # type: ignore[union-attr]
+    if with_s:
+        paths = [str(lake.storage.local_file(f"{v.artifacts}/{SHAPES}")) for v in with_s]
+        register_arrow(con, "_shape_files", pa.table({"filename": paths, "dataset_id": [v.dataset_id for v in with_s], "version": pa.array([v.version for v in with_s], pa.int32())}))
+        con.execute(
+            "CREATE VIEW cell_shapes AS SELECT f.dataset_id, f.version, s.kind, s.shape_id, s.obs_id, s.area, s.x_min, s.y_min, s.x_max, s.y_max, s.geometry "
+            f"FROM read_parquet({sql_list(paths)}, filename=true) s JOIN _shape_files f USING (filename)"
+        )
+        files += paths
+    else:
+        con.execute(f"CREATE VIEW cell_shapes AS {_stub(_SHAPE_STUB)}")
     return files

@@ -20,6 +20,9 @@ On top of the lake's views (:mod:`aivc.store.sql`) a connection gets:
     visible. A version with nothing visible still has its view, empty, with these types.
 ``<entity>_<name>`` (``EmbeddingVersion.alias_name``, e.g. ``cell_pca``)
     The latest version of each embedding (skipped if that name is already a version view).
+``<niche view>_members`` (e.g. ``niche_visium_v1_members``, ``niche_visium_members``)
+    Each niche's member cells: ``niche_id`` (the centre cell's ``obs_id``), ``obs_id``,
+    ``distance`` (0 for the centre), as the version's graph says; join ``cells`` on ``obs_id``.
 ``<view>_neighbors(q, k := 10)``
     Table macro: the ``k`` rows most cosine-similar to the row whose id is ``q`` (itself
     excluded), as ``(<id column>, similarity)`` ordered by similarity; for every version
@@ -49,7 +52,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from aivc.store.features import EmbeddingVersion, latest_versions, list_versions, parquet_files
+from aivc.store.features import EmbeddingVersion, latest_versions, list_versions, member_files, parquet_files
 from aivc.store.access import Principal
 from aivc.store.lake import Lake
 from aivc.store.sql import Extend, QueryResult, create_udf, register_arrow, sql_list, sql_str
@@ -134,6 +137,17 @@ def _create_macros(con: Any, view: str, entity: str, dim: int, ref: str) -> None
     )
 
 
+def _members_view(con: Any, lake: Lake, view: str, v: EmbeddingVersion, visible: bool) -> list[str]:
+    """``<niche view>_members``: ``niche_id, obs_id, distance`` (the centre cell itself at
+    distance 0), readable exactly when the niche version's rows are."""
+    files = member_files(lake, v) if visible else []
+    if files:
+        con.execute(f'CREATE VIEW "{view}_members" AS SELECT niche_id, obs_id, distance FROM read_parquet({sql_list(files)})')
+    else:
+        con.execute(f'CREATE VIEW "{view}_members" AS SELECT NULL::VARCHAR AS niche_id, NULL::VARCHAR AS obs_id, NULL::DOUBLE AS distance WHERE false')
+    return [str(f) for f in files]
+
+
 def _versions_table(rows: list[dict[str, Any]]) -> Any:
     import pyarrow as pa
 
@@ -186,6 +200,8 @@ def embedding_views(lake: Lake) -> Extend:
             _create_macros(con, v.view_name, v.entity, v.dim, v.ref)
             names.add(v.view_name)
             allowed += [str(f) for f in files]
+            if v.entity == "niche":
+                allowed += _members_view(con, lake, v.view_name, v, bool(files))
             n_rows = sum(pq.read_metadata(f).num_rows for f in files)
             rows.append(_version_row(v, n_rows, visible, latest[(v.entity, v.name)].version == v.version))
         for v in latest.values():
@@ -193,6 +209,8 @@ def embedding_views(lake: Lake) -> Extend:
                 continue  # e.g. name "pca_v1" would shadow the view of pca version 1
             con.execute(f'CREATE VIEW "{v.alias_name}" AS SELECT * FROM "{v.view_name}"')
             _create_macros(con, v.alias_name, v.entity, v.dim, v.ref)
+            if v.entity == "niche":
+                con.execute(f'CREATE VIEW "{v.alias_name}_members" AS SELECT * FROM "{v.view_name}_members"')
         register_arrow(con, "embedding_versions", _versions_table(rows))
         return allowed
 

@@ -6,6 +6,7 @@ Layout::
         _version.json                      the record (schema_name aivc.embedding_version)
         dataset=<dataset_id>/part-00000.parquet   cell URs, one partition per dataset
         part-00000.parquet                 gene / niche URs (unpartitioned)
+        _members/part-00000.parquet        niche URs: each niche's member cells (niche_id, obs_id, distance)
 
 Rows: ``id`` (cell: the lake's ``obs_id``; gene: reference gene id), for cells also
 ``soma_joinid`` and ``dataset_id``, and ``vector`` as a fixed-size float32 list, readable
@@ -128,7 +129,7 @@ def get_version(lake: Lake, ref: str) -> EmbeddingVersion:
 def parquet_files(lake: Lake, v: EmbeddingVersion, datasets: set[str] | None = None) -> list[Path]:
     """The Parquet files of a version, optionally only those of some datasets."""
     root = version_dir(lake, v.entity, v.name, v.version)
-    files = sorted(root.rglob("*.parquet"))
+    files = sorted(f for f in root.rglob("*.parquet") if not any(p.startswith("_") for p in f.relative_to(root).parts[:-1]))  # _members/: not vectors
     if datasets is None or v.entity != "cell":
         return files
     keep = {f"dataset={d}" for d in datasets}
@@ -307,6 +308,15 @@ class EmbeddingWriter:
         except BaseException:
             self.abort()
             raise
+
+
+MEMBERS = "_members"
+
+
+def member_files(lake: Lake, v: EmbeddingVersion) -> list[Path]:
+    """The member tables of a niche version (which cells each niche holds)."""
+    root = version_dir(lake, v.entity, v.name, v.version) / MEMBERS
+    return sorted(root.glob("*.parquet")) if root.is_dir() else []
 
 
 def read_vectors(

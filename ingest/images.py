@@ -234,7 +234,7 @@ def _check_channels(img: ImageFile, declared: list[str], where: str) -> list[Fin
         return []
     if sorted(norm) == sorted(have):
         return [Finding("SPATIAL_IMAGE_CHANNELS", where, f"the channels are in another order in the file ({', '.join(img.channel_names)}) than in the manifest ({', '.join(declared)}); list them in the file's order")]
-    i = next(k for k, (a, b) in enumerate(zip(norm, have)) if a != b)
+    i = next(k for k, (a, b) in enumerate(zip(norm, have, strict=False)) if a != b)
     return [Finding("SPATIAL_IMAGE_CHANNELS", where, f"channel {i + 1} is named {img.channel_names[i]!r} in the file's OME metadata but {declared[i]!r} in the manifest; use the file's channel names (or fix the file)")]
 
 
@@ -304,7 +304,7 @@ def _check_ids(ids: np.ndarray, cell_label_ids: Mapping[str, int], where: str) -
                            severity="warning"))
     present = np.isin(claimed, ids)
     if not present.all():
-        missing = [(c, int(v)) for (c, v), ok in zip(cell_label_ids.items(), present) if not ok]
+        missing = [(c, int(v)) for (c, v), ok in zip(cell_label_ids.items(), present, strict=True) if not ok]
         cell, lab = missing[0]
         more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
         out.append(Finding("SPATIAL_CELL_UNLABELLED", where,

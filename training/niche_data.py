@@ -81,8 +81,7 @@ def niche_inputs(lake: Lake, cells: str, *, graph: dict[str, Any] | None = None,
     """The located cells of ``cells`` (a cell UR ref) and their graph (``graph``: a
     :class:`~aivc.training.niche_graph.NicheGraphSpec` as a dict; ``None``: the default)."""
     from aivc.store.features import get_version, read_vectors
-    from aivc.store.spatial import read_locations, spatial_record
-    from aivc.training.niche_graph import NicheGraphSpec, build_graph
+    from aivc.store.spatial import read_locations
 
     ur = get_version(lake, cells)
     if ur.entity != "cell":

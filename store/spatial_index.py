@@ -210,8 +210,8 @@ def locations_table(frame: pd.DataFrame, *, tile_size: float | None = None) -> p
     order = np.argsort(key, kind="stable")
     rest = [c for c in frame.columns if c not in LOCATION_COLUMNS]
     columns: dict[str, Any] = {
-        "obs_id": pa.array(frame["obs_id"].to_numpy()[order], pa.string()),
-        "dataset_id": pa.array(frame["dataset_id"].to_numpy()[order], pa.string()),
+        "obs_id": pa.array(frame["obs_id"].to_numpy()[order], pa.string(), from_pandas=True),  # null: e.g. an unassigned transcript
+        "dataset_id": pa.array(frame["dataset_id"].to_numpy()[order], pa.string(), from_pandas=True),
         "version": pa.array(frame["version"].to_numpy()[order], pa.int32()),
         "x": pa.array(x[order], pa.float64()),
         "y": pa.array(y[order], pa.float64()),

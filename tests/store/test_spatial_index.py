@@ -170,6 +170,8 @@ def test_bad_input():
         locations_table(f, tile_size=0)
     with pytest.raises(UsageError, match="locations_table"):
         write_locations(pa.table({"x": [1.0]}), "/dev/null")
+    unassigned = locations_table(f.assign(obs_id=[None, np.nan] + f.obs_id.tolist()[2:]))  # transcripts outside cells
+    assert unassigned["obs_id"].null_count == 2
     empty = locations_table(f.iloc[:0])
     assert empty.num_rows == 0 and LOCATION_TILE in empty.column_names
 

@@ -160,12 +160,9 @@ def _check_unmatched_spots(out: CheckedSpatial, loc: pd.DataFrame, cells: pd.Ind
 def _check_coordinates(out: CheckedSpatial, located: pd.DataFrame) -> None:
     sp = out.input
     xy = located[["x", "y"]].to_numpy(dtype=float)
+    # submitted coordinates only: a derived one (label / polygon centroid) that is missing has its own finding
     present = located["x"].notna().to_numpy() | located["y"].notna().to_numpy()
-    if sp.technology == "image":
-        present = located["label_id"].notna().to_numpy()
-    bad = present & ~np.isfinite(xy).all(axis=1)
-    if sp.technology != "visium":
-        bad &= False  # derived locations: a cell without pixels / polygon has its own finding
+    bad = present & ~np.isfinite(xy).all(axis=1) if sp.technology == "visium" else np.zeros(len(xy), dtype=bool)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         out.findings.append(Finding("SPATIAL_COORDINATE_NOT_FINITE", f"{sp.where} barcode {located.index[i]!r}", f"{int(bad.sum())} locations are NaN or infinite; coordinates must be finite numbers"))

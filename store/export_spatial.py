@@ -59,8 +59,6 @@ def add_cellxgene_spatial(lake: Lake, v: DatasetVersion, adata: Any) -> None:
 
 def export_spatialdata(lake: Lake, ref: str, out: str | Path) -> dict[str, Any]:
     """Write ``ref`` as a SpatialData zarr store at ``out`` (atomically: a folder renamed into place)."""
-    import spatialdata as sd
-
     v = Catalog(lake).get(ref)
     rec = spatial_record(v)
     if rec is None:
@@ -81,7 +79,6 @@ def export_spatialdata(lake: Lake, ref: str, out: str | Path) -> dict[str, Any]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    del sd
     return {
         "dataset_id": v.dataset_id,
         "version": v.version,

@@ -46,6 +46,15 @@ def lake_snapshot(root: Path) -> dict[str, str]:
     return snap
 
 
+def assert_refused(res: Any, code: str, where: str, message: str, case: str = "") -> None:
+    """A rejected submission whose first ``code`` finding is at ``where`` and says ``message``."""
+    assert res.status == "rejected", f"{case}: {res.status}"
+    hits = [e for e in res.errors if e.code == code]
+    assert hits, f"{case}: expected {code}, got {[str(e) for e in res.errors]}"
+    assert where in hits[0].where, str(hits[0])
+    assert message in hits[0].message, str(hits[0])
+
+
 def base_manifest(dataset_id: str = "synth-a", **over: Any) -> dict[str, Any]:
     m: dict[str, Any] = {
         "dataset_id": dataset_id,

@@ -22,7 +22,7 @@ from aivc.store.catalog import Catalog
 from aivc.store.lake import Lake
 from aivc.store.spatial import image_path, spatial_record
 from aivc.store.sql import query
-from tests.conftest import base_manifest, lake_snapshot, make_adata
+from tests.conftest import assert_refused, base_manifest, lake_snapshot, make_adata
 from tests.ingest.test_cite_submit import write_manifest
 
 IMAGES = Path(__file__).resolve().parent / "data" / "images"
@@ -131,8 +131,5 @@ def test_bad_image_submission_is_refused_and_changes_nothing(tmp_path: Path, hum
     before = lake_snapshot(tmp_path / "lake")
     data = write_image_submission(tmp_path / "sub", human_genes, **copy.deepcopy(kwargs))
     res = submit(lake, data, write_manifest(tmp_path / "m.yaml", image_manifest(tmp_path / "sub", **spatial)), report_dir=tmp_path / "r")
-    assert res.status == "rejected"
-    hits = [e for e in res.errors if e.code == code]
-    assert hits, f"{case}: expected {code}, got {[str(e) for e in res.errors]}"
-    assert where in hits[0].where and message in hits[0].message, str(hits[0])
+    assert_refused(res, code, where, message, case)
     assert lake_snapshot(tmp_path / "lake") == before

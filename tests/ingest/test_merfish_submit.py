@@ -209,14 +209,11 @@ BAD = [
 
 @pytest.mark.parametrize(("case", "change", "spatial", "code", "where", "message"), BAD, ids=[b[0] for b in BAD])
 def test_bad_merfish_input_is_refused_and_changes_nothing(tmp_path: Path, case: str, change: Any, spatial: dict[str, Any], code: str, where: str, message: str) -> None:
-    from tests.conftest import lake_snapshot
+    from tests.conftest import assert_refused, lake_snapshot
 
     lake = Lake.init(str(tmp_path / "lake"))
     before = lake_snapshot(tmp_path / "lake")
     data = _mutated(tmp_path, change)
     res = submit(lake, data, write_manifest(tmp_path / "m.yaml", copy.deepcopy(merfish_manifest(**spatial))), report_dir=tmp_path / "r")
-    assert res.status == "rejected"
-    hits = [e for e in res.errors if e.code == code]
-    assert hits, f"{case}: expected {code}, got {[str(e) for e in res.errors]}"
-    assert where in hits[0].where and message in hits[0].message, str(hits[0])
+    assert_refused(res, code, where, message, case)
     assert lake_snapshot(tmp_path / "lake") == before

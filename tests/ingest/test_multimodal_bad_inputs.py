@@ -20,7 +20,7 @@ import scipy.sparse as sp
 
 from aivc.ingest.submission import submit
 from aivc.store.lake import Lake
-from tests.conftest import lake_snapshot
+from tests.conftest import assert_refused, lake_snapshot
 from tests.ingest.test_cite_submit import EXAMPLES, OBS, cite_manifest, write_manifest
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -158,11 +158,7 @@ def test_bad_multimodal_input_is_refused_and_changes_nothing(filled_lake: Path, 
     mf = write_manifest(tmp_path / "m.yaml", copy.deepcopy(manifest) if manifest is not None else default)
     before = lake_snapshot(filled_lake)
     res = submit(Lake.open(str(filled_lake)), data, mf, report_dir=tmp_path / "report")
-    assert res.status == "rejected"
-    hits = [e for e in res.errors if e.code == code]
-    assert hits, f"{case}: expected {code}, got {[str(e) for e in res.errors]}"
-    assert where in hits[0].where, str(hits[0])
-    assert message in hits[0].message, str(hits[0])
+    assert_refused(res, code, where, message, case)
     assert lake_snapshot(filled_lake) == before
 
 

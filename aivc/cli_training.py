@@ -1,4 +1,4 @@
-"""CLI for training and the model registry: ``aivc train cell-vae|cell-transformer|cell-multimodal-vae``
+"""CLI for training and the model registry: ``aivc train cell-vae|cell-transformer|cell-multimodal-vae|niche-gnn``
 and ``aivc models list|show``."""
 
 from __future__ import annotations
@@ -122,6 +122,55 @@ def cell_multimodal_vae(
     measurement have it masked) and register it. Choose measurements with e.g.
     --set "measurements=[{name: ADT, n_top: 20}]"."""
     _train("cell-multimodal-vae", config, set_, workers, ray_address, run_id, lake, json_, debug)
+
+
+@train_app.command("niche-gnn")
+def niche_gnn(
+    cells: Annotated[str, typer.Option("--cells", help="Cell UR version the niches are built from, CELL:NAME@VERSION (its spatial datasets' located cells).")],
+    name: Annotated[str, typer.Option("--name", help="Model name (registered as NAME@VERSION).")] = "niche-gnn",
+    graph: Annotated[Optional[str], typer.Option("--graph", help="Neighbour rule: radius:R, knn:K, delaunay or delaunay:R (R in location units); default: Visium's 6 touching spots, else knn:8.")] = None,
+    datasets: Annotated[Optional[str], typer.Option("--datasets", help="Comma-separated spatial dataset ids to train on (default: every located dataset of --cells).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Model setting KEY=VALUE, e.g. --set epochs=50 or --set hops=1,2,4 (repeatable; see NicheModelConfig).")] = None,
+    workers: WorkersOpt = 1,
+    ray_address: RayAddressOpt = None,
+    run_id: Annotated[Optional[str], typer.Option("--run-id", help="Run id (default: NAME-<time>).")] = None,
+    lake: LakeOpt = None,
+    json_: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Train the niche model (a GNN over the spatial graph of cell URs, self-supervised by masked
+    neighbours and neighbour contrast) with Ray Train and register it; `aivc embed NAME@V` then
+    publishes niche:NAME@V."""
+
+    def body() -> int:
+        from aivc.store.lake import Lake
+        from aivc.training.niche_train import parse_graph, parse_settings, train_niche
+
+        cfg = parse_settings(set_)
+        spec = parse_graph(graph)
+
+        def started(s: dict[str, Any]) -> None:
+            g = s["graph"]
+            sys.stderr.write(
+                f"run {s['run_id']}: {s['n_cells']:,} located cells of {s['cells']} ({s['n_features']} dims) in {len(s['datasets'])} dataset(s); "
+                f"{g['rule']} graph, mean degree {g['mean_degree']:.1f}, {g['n_isolated']} isolated; {s['workers']} Ray Train worker(s)\n"
+            )
+
+        def epoch(m: dict[str, Any]) -> None:
+            sys.stderr.write(f"epoch {m['epoch']}/{cfg.epochs} loss={_fmt(m['loss'])} (contrastive {_fmt(m['contrastive'])}, reconstruction {_fmt(m['reconstruction'])}) [{m['seconds']:.1f}s]\n")
+
+        ds = [d.strip() for d in datasets.split(",") if d.strip()] if datasets else None
+        res = train_niche(
+            Lake.open(lake), cells, name=name, graph=spec, datasets=ds, config=cfg, workers=workers, ray_address=ray_address,
+            run_id=run_id, on_start=None if json_ else started, on_epoch=None if json_ else epoch,
+        )  # fmt: skip
+        if json_:
+            _print_json({"status": "registered", "model": res.model_ref, "run_id": res.run_id, "epochs": res.epochs, "metrics": res.metrics})
+        else:
+            _console().print(f"registered {res.model_ref} (run {res.run_id}, {res.epochs} epochs, loss {_fmt(res.metrics['loss'])}); publish its niche URs with: aivc embed {res.model_ref}")
+        return 0
+
+    run_command(json_, debug, body)
 
 
 def _summary(r: Any) -> dict[str, Any]:

@@ -314,6 +314,10 @@ def embed_model(
     if not 0.0 < min_gene_overlap <= 1.0:
         raise UsageError(f"--min-gene-overlap must be in (0, 1], got {min_gene_overlap}", where="--min-gene-overlap")
     rec = get_model(lake, model_ref)
+    if rec.model_type == "niche-gnn":  # niches, not cells: its own job
+        from aivc.embeddings.niche_job import embed_niches_job
+
+        return embed_niches_job(lake, rec.ref, name=name, datasets=datasets, progress=progress)
     try:
         cls = model_class(rec.model_type)
     except KeyError:

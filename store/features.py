@@ -252,7 +252,7 @@ class EmbeddingWriter:
     def _check_duplicates(self) -> None:
         import duckdb
 
-        files = [str(p) for p in sorted(self.staging.rglob("*.parquet"))]
+        files = [str(p) for p in sorted(self.staging.rglob("*.parquet")) if not p.relative_to(self.staging).parts[0].startswith("_")]  # _members/: not rows
         if not files:
             raise EmbeddingError("no rows were written; an embedding version cannot be empty")
         con = duckdb.connect()
@@ -270,7 +270,7 @@ class EmbeddingWriter:
         """Publish the version atomically; returns its record."""
         self._close_files()
         self._check_duplicates()
-        partitions = tuple(sorted(p.name for p in self.staging.iterdir() if p.is_dir()))
+        partitions = tuple(sorted(p.name for p in self.staging.iterdir() if p.is_dir() and not p.name.startswith("_")))
 
         def make(version: int) -> EmbeddingVersion:
             return EmbeddingVersion(

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -306,7 +307,14 @@ def _draw(n: int, targets: np.ndarray, indptr: np.ndarray, indices: np.ndarray, 
 
 
 def fit_niche_model(
-    x: np.ndarray, graph: Any, config: NicheModelConfig = NicheModelConfig(), *, progress: Progress | None = None
+    x: np.ndarray,
+    graph: Any,
+    config: NicheModelConfig = NicheModelConfig(),
+    *,
+    progress: Progress | None = None,
+    rank: int = 0,
+    wrap: Callable[[nn.Module], nn.Module] | None = None,
+    on_epoch: Callable[[dict[str, float], nn.Module], None] | None = None,
 ) -> tuple[Any, list[dict[str, float]]]:
     """Train a :class:`NicheGNN` on cell URs ``x`` (``n x d``) over ``graph``; deterministic given ``config.seed``.
 
@@ -315,10 +323,16 @@ def fit_niche_model(
     (``ceil(n / batch_nodes)`` steps per epoch), with the losses on the nodes whose whole
     ``max(hops)``-hop neighbourhood lies in the ball. Returns the model (eval mode) and the
     per-epoch means of ``loss``, ``reconstruction`` and ``contrastive``.
+
+    Data-parallel training (the Ray Train loop, :mod:`aivc.training.niche_train`): every
+    worker calls this with its ``rank`` (its masks, contrastive pairs and balls are drawn
+    from ``seed + rank``; the initial weights are the same on every rank) and ``wrap`` (e.g.
+    ``ray.train.torch.prepare_model``, which averages the gradients); ``on_epoch(metrics,
+    model)`` is called after every epoch with the unwrapped model.
     """
     x = _check_inputs(x, graph)
     progress = progress or NullProgress()
-    rng = np.random.default_rng(config.seed)
+    rng = np.random.default_rng([config.seed, rank] if rank else config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
     model = NicheGNN(
@@ -327,13 +341,14 @@ def fit_niche_model(
     )  # fmt: skip
     xt = torch.from_numpy(x)
     model.init_from_data(xt, gen)
-    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
+    net = wrap(model) if wrap is not None else model
+    opt = torch.optim.Adam(net.parameters(), lr=config.lr)
     n, full_degree = graph.n_nodes, graph.degree
     whole = n <= config.batch_nodes
     steps = 1 if whole else math.ceil(n / config.batch_nodes)
     history: list[dict[str, float]] = []
     progress.phase(f"niche model: {config.epochs} epochs x {steps} step(s) on {n:,} nodes", total=config.epochs)
-    model.train()
+    net.train()
     for epoch in range(config.epochs):
         sums = {"loss": 0.0, "reconstruction": 0.0, "contrastive": 0.0}
         for _ in range(steps):
@@ -349,13 +364,15 @@ def fit_niche_model(
                 "degree": torch.from_numpy(full_degree if nodes is None else full_degree[nodes]),
                 "targets": torch.from_numpy(targets), **{k: torch.from_numpy(v) for k, v in draw.items()},
             }  # fmt: skip
-            out = model(batch)
+            out = net(batch)
             opt.zero_grad()
             out.loss.backward()
             opt.step()
             for k in sums:
                 sums[k] += float(getattr(out, k).detach()) / steps
         history.append({"epoch": epoch, **sums})
+        if on_epoch is not None:
+            on_epoch(history[-1], model)
         progress.advance(1)
     model.eval()
     return model, history

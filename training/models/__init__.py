@@ -7,13 +7,16 @@ as tokens through a gene table that can be replaced at apply time
 (``set_gene_table(vectors)``), so data with genes it never saw still embeds. ``cell-multimodal-vae``
 (:class:`aivc.training.multimodal_nets.MultimodalVAE`) is a fixed-input model over RNA and
 the other measurements it was trained on (``x_<M>``, ``mask_<M>``, ``present_<M>``).
+``niche-gnn`` (:class:`aivc.training.niche_nets.NicheGNN`) reads cell URs over a spatial
+graph (``x``, ``indptr``, ``indices``) and embeds niches, not cells (``aivc embed`` publishes
+``niche:NAME@V``, :mod:`aivc.embeddings.niche_job`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-MODEL_TYPES: tuple[str, ...] = ("cell-vae", "cell-transformer", "cell-multimodal-vae")
+MODEL_TYPES: tuple[str, ...] = ("cell-vae", "cell-transformer", "cell-multimodal-vae", "niche-gnn")
 
 
 def model_class(model_type: str) -> Any:
@@ -30,6 +33,10 @@ def model_class(model_type: str) -> Any:
         from aivc.training.multimodal_nets import MultimodalVAE
 
         return MultimodalVAE
+    if model_type == "niche-gnn":
+        from aivc.training.niche_nets import NicheGNN
+
+        return NicheGNN
     raise KeyError(model_type)
 
 

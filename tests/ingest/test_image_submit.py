@@ -50,10 +50,10 @@ def write_image_submission(folder: Path, human_genes: pd.DataFrame, *, mask: np.
     return folder / "cells.h5ad"
 
 
-def test_image_with_segmentation_is_committed_linked_to_cells(tmp_path: Path, human_genes: pd.DataFrame) -> None:
+def test_image_with_segmentation_is_committed_linked_to_cells(lake_uri: str, tmp_path: Path, human_genes: pd.DataFrame) -> None:
     from scipy import ndimage
 
-    lake = Lake.init(str(tmp_path / "lake"))
+    lake = Lake.init(lake_uri)
     data = write_image_submission(tmp_path / "sub", human_genes)
     res = submit(lake, data, write_manifest(tmp_path / "m.yaml", image_manifest(tmp_path / "sub")), report_dir=tmp_path / "r")
     assert res.status == "committed", [str(e) for e in res.errors]

@@ -236,7 +236,8 @@ def show(
             "lineage": m.lineage.to_record(),
             "weights": f"{m.weights} (sha256 {m.weights_sha256})",
         }
-        print_record(f"{m.ref}: {m.model_type}, {len(m.gene_ids)} genes", fields, metrics=m.metrics, full=f"aivc models show {m.ref} --json")
+        reads = f"{m.init.get('n_features')}-dim cell URs of {m.lineage.embedding}" if m.model_type == "niche-gnn" else f"{len(m.gene_ids)} genes"
+        print_record(f"{m.ref}: {m.model_type}, {reads}", fields, metrics=m.metrics, full=f"aivc models show {m.ref} --json")
         return 0
 
     run_command(json_, debug, body)

@@ -154,3 +154,22 @@ def test_embedding_a_niche_model_over_other_width_cell_urs_is_refused(app, train
         embed_niches_job(visium_lake, "niche-gnn@1", cells="cell:pca5@1")
     assert e.value.where == "--cells" and "reads 10-dim" in str(e.value)
     assert [v.ref for v in list_versions(visium_lake, "niche")] == before
+
+
+def test_niche_model_and_members_on_an_s3_lake(s3_lake_uri: str, tmp_path, ray_session: None) -> None:  # noqa: ANN001
+    from aivc.embeddings.niche_job import embed_niches_job
+    from aivc.embeddings.pca import PcaParams, embed_pca
+    from aivc.embeddings.sql import query
+    from aivc.ingest.submission import submit
+    from aivc.training.niche_nets import NicheModelConfig
+    from aivc.training.niche_train import train_niche
+
+    lake = Lake.init(s3_lake_uri)
+    assert submit(lake, VISIUM_EXAMPLE, write_manifest(tmp_path / "m.yaml", visium_manifest()), report_dir=tmp_path / "r").status == "committed"
+    embed_pca(lake, params=PcaParams(n_components=6, n_top_genes=90))
+    res = train_niche(lake, "cell:pca@1", name="s3-niche", graph={"rule": "knn", "k": 4}, config=NicheModelConfig(epochs=2, n_states=6, anchors=32))
+    v = embed_niches_job(Lake.open(s3_lake_uri), res.model_ref)
+    assert (v.ref, v.n_rows, v.metrics["n_members"]) == ("niche:s3_niche@1", 100, 500)
+    back = Lake.open(s3_lake_uri)
+    assert query(back, "SELECT count(*), count(DISTINCT niche_id), sum((distance = 0)::INT) FROM niche_s3_niche_members").rows == [(500, 100, 100)]
+    assert query(back, "SELECT count(*) FROM niche_s3_niche n JOIN spatial_cells s ON s.obs_id = n.niche_id").rows == [(100,)]

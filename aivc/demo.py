@@ -177,6 +177,9 @@ def run_demo(lake_path: str | None, *, workdir: str | None = None, json_mode: bo
     from aivc.demo_multimodal import run_crossmodal
 
     summary["multimodal"] = run_crossmodal(lake, con, work, json_mode)
+    from aivc.demo_spatial import run_spatial
+
+    summary["spatial"] = run_spatial(lake, con, work / "spatial", json_mode)
     return summary
 
 

@@ -38,6 +38,12 @@ def test_demo_end_to_end(tmp_path, ray_session):  # noqa: ANN001
     assert mm["instrument"] == "protein@1" and mm["held_out"]["n_cells"] == 200 and mm["held_out"]["measured_proteins"] == 14
     assert mm["held_out"]["mean_pearson"] > 0.3 and mm["baseline_ridge"]["n_cells"] == 200 and mm["baseline_ridge"]["mean_pearson"] is not None
 
+    sp = out["spatial"]
+    assert sp["submission"]["status"] == "committed" and sp["submission"]["spatial"]["n_located"] == 100
+    assert sp["model"] == "visium-niche@1" and sp["niche"] == "niche:visium_niche@1" and sp["n_niches"] == 100
+    assert sp["graph"]["rule"] == "knn" and sp["mean_neighbours"] == 6.0 and sum(sp["domains"]["sizes"]) == 100
+    assert 0.0 < sp["domains"]["coherence_cell"] < 1.0 and 0.0 < sp["domains"]["coherence_niche"] <= 1.0
+
 
 class _Stop(Exception):
     pass

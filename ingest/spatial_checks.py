@@ -91,8 +91,9 @@ def _first(values: pd.Index | list[str], n: int = 3) -> str:
     return ", ".join(repr(str(v)) for v in vals[:n]) + more
 
 
-def check_spatial(sp: SpatialInput, cell_ids: pd.Index, obs: pd.DataFrame | None, var_names: pd.Index | None = None) -> CheckedSpatial:
-    """Check ``sp`` against the matrix's ``cell_ids`` (and gene ``var_names``) and the harmonized ``obs`` (index: cell ids)."""
+def check_spatial(sp: SpatialInput, cell_ids: pd.Index, obs: pd.DataFrame | None, var_names: pd.Index | None = None, counts: Any = None) -> CheckedSpatial:
+    """Check ``sp`` against the matrix's ``cell_ids`` (and gene ``var_names``, and its ``counts``
+    for the imaging technologies) and the harmonized ``obs`` (index: cell ids)."""
     out = CheckedSpatial(sp)
     f = out.findings
     cells = pd.Index(cell_ids.astype(str))
@@ -117,7 +118,7 @@ def check_spatial(sp: SpatialInput, cell_ids: pd.Index, obs: pd.DataFrame | None
     else:
         from aivc.ingest.spatial_imaging_checks import check_imaging
 
-        out.findings.extend(check_imaging(sp, var_names))
+        out.findings.extend(check_imaging(sp, var_names, counts, cells))
     _check_obs(out, located, obs)
     out.located = located[[c for c in ("x", "y", "in_tissue", "array_row", "array_col", "label_id") if c in located.columns]].copy()
     out.summary |= {

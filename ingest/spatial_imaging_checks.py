@@ -14,9 +14,16 @@ locations (:mod:`aivc.ingest.spatial_checks`); the codes here:
 ``SPATIAL_TRANSCRIPT_UNKNOWN_GENE``
     transcripts of a gene the table does not have: the table is the count of the
     transcripts per cell and gene, so each gene of the points is a column of the table.
+``SPATIAL_TABLE_TRANSCRIPT_MISMATCH`` (a warning)
+    cells whose count of a gene in the table is not the number of that gene's transcripts
+    assigned to the cell (the bento MERFISH sample agrees exactly; a Xenium table that
+    dropped low-quality transcripts does not, so this is reported, not refused), with the
+    first cell, gene and both counts.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -33,8 +40,33 @@ def _first(values: list[str] | np.ndarray, n: int = 3) -> str:
     return ", ".join(repr(v) for v in vals[:n]) + more
 
 
-def check_imaging(sp: SpatialInput, var_names: pd.Index | None) -> list[Finding]:
-    """The transcripts' and polygons' findings (see the module docstring)."""
+def _count_mismatch(t: pd.DataFrame, where: str, counts: Any, cell_ids: pd.Index, var_names: pd.Index) -> list[Finding]:
+    """Compare the table (``counts``, cells x genes in ``cell_ids`` x ``var_names`` order) with
+    the transcripts assigned to each cell, per gene."""
+    from scipy import sparse
+
+    ci = cell_ids.get_indexer(t["cell"].to_numpy(dtype=object))
+    gi = var_names.get_indexer(t["gene"].to_numpy(dtype=object))
+    keep = (ci >= 0) & (gi >= 0)
+    tx = sparse.csr_matrix((np.ones(int(keep.sum()), np.float64), (ci[keep], gi[keep])), shape=(len(cell_ids), len(var_names)))
+    table = sparse.csr_matrix(counts, dtype=np.float64)
+    diff = (table - tx).tocoo()
+    off = np.abs(diff.data) > 0.5
+    if not off.any():
+        return []
+    rows = np.unique(diff.row[off])
+    r, c = int(diff.row[off][0]), int(diff.col[off][0])
+    return [Finding(
+        "SPATIAL_TABLE_TRANSCRIPT_MISMATCH", f"{where} cell {cell_ids[r]!r} gene {var_names[c]!r}",
+        f"{rows.size} cells of the table do not count their assigned transcripts (cell {cell_ids[r]!r}: {table[r, c]:g} {var_names[c]} in the table, "
+        f"{tx[r, c]:g} transcripts); both are stored as given",
+        severity="warning",
+    )]  # fmt: skip
+
+
+def check_imaging(sp: SpatialInput, var_names: pd.Index | None, counts: Any = None, cell_ids: pd.Index | None = None) -> list[Finding]:
+    """The transcripts' and polygons' findings (see the module docstring); ``counts`` (the
+    table, cells x genes, rows ``cell_ids``) enables the count comparison."""
     out: list[Finding] = []
     cells = sp.shapes.get("cell")
     if cells is not None and sp.shape_of_cell is not None:
@@ -70,6 +102,8 @@ def check_imaging(sp: SpatialInput, var_names: pd.Index | None) -> list[Finding]
         if missing:
             first = int(np.flatnonzero(t["gene"].to_numpy(dtype=object) == missing[0])[0])
             out.append(Finding("SPATIAL_TRANSCRIPT_UNKNOWN_GENE", f"{where} row {first}", f"{len(missing)} genes of the transcripts are not columns of the table ({_first(missing)}); the table counts each cell's transcripts per gene"))
+        if counts is not None and cell_ids is not None and "cell" in t.columns:
+            out.extend(_count_mismatch(t, where, counts, pd.Index(cell_ids), pd.Index(var_names)))
     return out
 
 

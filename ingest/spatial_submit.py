@@ -56,7 +56,10 @@ def spatial_part(prepared: Prepared, data_path: str | Path, manifest: Manifest, 
     except SourceError as exc:
         report.add(Finding(exc.code, exc.where, exc.message))
         return
-    checked = check_spatial(sp, data.obs.index.astype(str), prepared.obs, pd.Index(data.var.index.astype(str)))
+    # the imaging technologies' table is compared with the transcripts it counts (a table of a
+    # few hundred genes: its rows fit in memory alongside the transcripts themselves)
+    counts = data.counts.rows(0, data.counts.shape[0]) if sp.transcripts is not None else None
+    checked = check_spatial(sp, data.obs.index.astype(str), prepared.obs, pd.Index(data.var.index.astype(str)), counts)
     prepared.spatial = checked
     report.extend(checked.findings)
 

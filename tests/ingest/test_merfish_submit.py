@@ -70,6 +70,7 @@ def test_merfish_transcripts_and_polygons_are_committed_and_queryable(lake_uri: 
     res = submit(lake, MERFISH, write_manifest(tmp_path / "m.yaml", merfish_manifest()), report_dir=tmp_path / "r")
     assert res.status == "committed", [str(e) for e in res.errors]
     assert res.n_cells == 15 and res.n_genes == 130  # 5 blank 'notarget' controls are not genes
+    assert not [w for w in res.warnings if w.code == "SPATIAL_TABLE_TRANSCRIPT_MISMATCH"]  # the table counts the transcripts exactly
     v = Catalog(Lake.open(lake_uri)).get("merfish-u2os")
     rec = spatial_record(v)
     assert rec is not None and (rec.technology, rec.units, rec.pixel_size_um, rec.n_located, rec.n_transcripts) == ("merfish", "pixel", 0.108, 15, 174827)
@@ -217,3 +218,15 @@ def test_bad_merfish_input_is_refused_and_changes_nothing(tmp_path: Path, case: 
     res = submit(lake, data, write_manifest(tmp_path / "m.yaml", copy.deepcopy(merfish_manifest(**spatial))), report_dir=tmp_path / "r")
     assert_refused(res, code, where, message, case)
     assert lake_snapshot(tmp_path / "lake") == before
+
+
+def test_table_that_does_not_count_its_transcripts_is_a_warning(tmp_path: Path) -> None:
+    """The sample's table is exactly its transcripts counted per cell and gene; one transcript
+    moved to another cell makes two cells disagree: reported, with both counts, and committed."""
+    lake = Lake.init(str(tmp_path / "lake"))
+    data = _mutated(tmp_path, _set_cell(0, "10-0"))  # row 0: a notarget001 transcript of cell 31-0
+    res = submit(lake, data, write_manifest(tmp_path / "m.yaml", merfish_manifest()), report_dir=tmp_path / "r")
+    assert res.status == "committed", [str(e) for e in res.errors]
+    hits = [w for w in res.warnings if w.code == "SPATIAL_TABLE_TRANSCRIPT_MISMATCH"]
+    assert len(hits) == 1 and hits[0].where.endswith("bad.zarr: points/transcripts cell '10-0' gene 'notarget001'"), hits
+    assert hits[0].message.startswith("2 cells of the table") and "(cell '10-0': 2 notarget001 in the table, 3 transcripts)" in hits[0].message

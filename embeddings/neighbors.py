@@ -39,7 +39,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from aivc.store.features import RECORD_NAME, EmbeddingVersion, get_version, parquet_files, parse_ref, version_dir
+from aivc.store.features import PER_DATASET, RECORD_NAME, EmbeddingVersion, get_version, parquet_files, parse_ref, version_dir
 from aivc.errors import NotFoundError, UsageError
 from aivc.store.lake import Lake
 
@@ -98,7 +98,7 @@ class LoadedVersion:
 
     @property
     def is_cell(self) -> bool:
-        return self.version.entity == "cell"
+        return self.version.entity in PER_DATASET
 
     def rows_of(self, ids: Iterable[str]) -> np.ndarray:
         """Row of each id (``-1`` where the version has no such id)."""
@@ -249,7 +249,7 @@ def _read_ids(v: EmbeddingVersion, files: tuple[Path, ...]) -> LoadedVersion:
         chunks.extend(col.chunks)
         bounds.append(bounds[-1] + len(col))
         part = f.parent.name
-        datasets.append(part.split("=", 1)[1] if v.entity == "cell" and part.startswith("dataset=") else None)
+        datasets.append(part.split("=", 1)[1] if v.entity in PER_DATASET and part.startswith("dataset=") else None)
     ids = pa.chunked_array(chunks, type=pa.string()).to_numpy(zero_copy_only=False) if chunks else np.zeros(0, dtype=object)
     if bounds[-1] != v.n_rows:
         raise NotFoundError(f"embedding {v.ref} records {v.n_rows} rows but its files hold {bounds[-1]}; the version is damaged", where=v.ref)

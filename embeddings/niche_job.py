@@ -6,9 +6,10 @@ e.g. newer datasets embedded with the same cell model) and builds their graph wi
 the model was trained with (a rule given at training is reused as is; the default rule is
 chosen again for the data, since a Visium radius is in each slide's own pixels). Each located
 cell is the centre of one niche: the version's rows are ``id`` = the centre's ``obs_id`` and
-its niche UR. The members of every niche (the centre at distance 0 and its graph neighbours
+its niche UR, stored per dataset with the centre's ``soma_joinid`` and ``dataset_id`` like
+cell URs (so a principal sees the niches of the datasets it may see). The members of every niche (the centre at distance 0 and its graph neighbours
 with their distances, in the units of the locations) are written to
-``_members/part-00000.parquet`` in the same staged folder, so they publish with the vectors in
+``_members/dataset=<id>/part-00000.parquet`` in the same staged folder, so they publish with the vectors in
 one rename; SQL shows them as ``niche_<name>_v<V>_members`` (:mod:`aivc.embeddings.sql`).
 
 The lineage names the model, the cell UR version (``embedding``), the dataset versions and
@@ -64,6 +65,8 @@ def embed_niches_job(
     ``name`` defaults to the model's name with ``-`` as ``_``. Returns the published
     :class:`~aivc.store.features.EmbeddingVersion`.
     """
+    import pandas as pd
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     from aivc.store.features import MEMBERS, EmbeddingWriter
@@ -92,17 +95,23 @@ def embed_niches_job(
     source = {"kind": "model", "model": rec.ref, "model_type": MODEL_TYPE, "sha256": rec.weights_sha256}
     writer = EmbeddingWriter(lake, "niche", name or sql_name(rec.name), int(vectors.shape[1]), source=source, lineage=lineage)
     try:
-        writer.write(inputs.obs_ids, vectors)
+        writer.write(inputs.obs_ids, vectors, soma_joinids=inputs.soma_joinids, dataset_ids=inputs.dataset_ids)
         members = members_table(inputs.obs_ids, inputs.graph)
-        (writer.staging / MEMBERS).mkdir()
-        pq.write_table(members, writer.staging / MEMBERS / MEMBERS_FILE, compression="zstd")
+        ds_of = pd.Series(inputs.dataset_ids, index=inputs.obs_ids)
+        centre_ds = ds_of.loc[members.column("niche_id").to_numpy(zero_copy_only=False)].to_numpy()
+        digest = hashlib.sha256()
+        for d in sorted(set(inputs.dataset_ids.tolist())):  # a niche and its members lie in one dataset (no edge joins two slides)
+            folder = writer.staging / MEMBERS / f"dataset={d}"
+            folder.mkdir(parents=True)
+            pq.write_table(members.filter(pa.array(centre_ds == d)), folder / MEMBERS_FILE, compression="zstd")
+            digest.update((folder / MEMBERS_FILE).read_bytes())
         deg = inputs.graph.degree
         metrics = {
             "n_niches": int(len(inputs.obs_ids)),
             "n_members": int(members.num_rows),
             "mean_neighbours": float(deg.mean()) if deg.size else 0.0,
             "isolated_cells": int((deg == 0).sum()),
-            "members_sha256": hashlib.sha256((writer.staging / MEMBERS / MEMBERS_FILE).read_bytes()).hexdigest(),
+            "members_sha256": digest.hexdigest(),
         }
         version = writer.commit(metrics=metrics)
     except BaseException:

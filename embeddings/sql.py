@@ -16,8 +16,8 @@ On top of the lake's views (:mod:`aivc.store.sql`) a connection gets:
     Cells: ``obs_id, soma_joinid, dataset_id, vector`` (only the partitions of visible
     datasets are read; join to ``cells`` / ``cells_all_versions`` on ``obs_id``). Genes:
     ``gene_id, vector`` (reference entities: every version's rows are shown). Niches:
-    ``niche_id, vector``, shown only when every dataset of the version's lineage is
-    visible. A version with nothing visible still has its view, empty, with these types.
+    ``niche_id`` (the centre cell's ``obs_id``), ``soma_joinid``, ``dataset_id``, ``vector``,
+    filtered like cells. A version with nothing visible still has its view, empty, with these types.
 ``<entity>_<name>`` (``EmbeddingVersion.alias_name``, e.g. ``cell_pca``)
     The latest version of each embedding (skipped if that name is already a version view).
 ``<niche view>_members`` (e.g. ``niche_visium_v1_members``, ``niche_visium_members``)
@@ -52,7 +52,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from aivc.store.features import EmbeddingVersion, latest_versions, list_versions, member_files, parquet_files
+from aivc.store.features import PER_DATASET, EmbeddingVersion, latest_versions, list_versions, member_files, parquet_files
 from aivc.store.access import Principal
 from aivc.store.lake import Lake
 from aivc.store.sql import Extend, QueryResult, create_udf, register_arrow, sql_list, sql_str
@@ -74,22 +74,20 @@ def _dataset_id(ref: str) -> str:
 
 def readable_files(lake: Lake, v: EmbeddingVersion, visible: set[str]) -> list[Path]:
     """The Parquet files of ``v`` a principal who sees ``visible`` datasets may read."""
-    if v.entity == "cell":
+    if v.entity in PER_DATASET:
         return parquet_files(lake, v, visible)
-    if v.entity == "niche" and any(_dataset_id(r) not in visible for r in _lineage_datasets(v)):
-        return []
     return parquet_files(lake, v)
 
 
 def _view_sql(v: EmbeddingVersion, files: list[Path], visible: set[str]) -> str:
     vec = f"FLOAT[{int(v.dim)}]"
     idc = ID_COLUMN[v.entity]
-    if v.entity == "cell":
+    if v.entity in PER_DATASET:
         if not files:
-            return f"SELECT NULL::VARCHAR AS obs_id, NULL::BIGINT AS soma_joinid, NULL::VARCHAR AS dataset_id, NULL::{vec} AS vector WHERE false"
+            return f"SELECT NULL::VARCHAR AS {idc}, NULL::BIGINT AS soma_joinid, NULL::VARCHAR AS dataset_id, NULL::{vec} AS vector WHERE false"
         keep = ", ".join(sql_str(d) for d in sorted(visible))
         return (
-            f"SELECT id AS obs_id, soma_joinid, dataset_id, CAST(vector AS {vec}) AS vector "
+            f"SELECT id AS {idc}, soma_joinid, dataset_id, CAST(vector AS {vec}) AS vector "
             f"FROM read_parquet({sql_list(files)}) WHERE dataset_id IN ({keep})"
         )
     if not files:
@@ -116,7 +114,7 @@ def _register_knn(con: Any, lake: Lake, visible: set[str]) -> None:
         if ref is None or q is None or k is None:
             return []
         entity = ref.partition(":")[0]
-        res = exact_neighbors(lake, ref, [q], int(k), allowed_datasets=allowed if entity == "cell" else None)[0]
+        res = exact_neighbors(lake, ref, [q], int(k), allowed_datasets=allowed if entity in PER_DATASET else None)[0]
         return [{"id": i, "similarity": float(s)} for i, s in zip(res.ids, res.similarities, strict=True)]
 
     ret = duckdb.list_type(duckdb.struct_type({"id": duckdb.sqltype("VARCHAR"), "similarity": duckdb.sqltype("DOUBLE")}))
@@ -137,10 +135,11 @@ def _create_macros(con: Any, view: str, entity: str, dim: int, ref: str) -> None
     )
 
 
-def _members_view(con: Any, lake: Lake, view: str, v: EmbeddingVersion, visible: bool) -> list[str]:
+def _members_view(con: Any, lake: Lake, view: str, v: EmbeddingVersion, visible: set[str]) -> list[str]:
     """``<niche view>_members``: ``niche_id, obs_id, distance`` (the centre cell itself at
-    distance 0), readable exactly when the niche version's rows are."""
-    files = member_files(lake, v) if visible else []
+    distance 0), of the niches of the datasets the principal may see (a niche and its
+    members are in one dataset: no edge joins two slides)."""
+    files = member_files(lake, v, visible)
     if files:
         con.execute(f'CREATE VIEW "{view}_members" AS SELECT niche_id, obs_id, distance FROM read_parquet({sql_list(files)})')
     else:
@@ -201,7 +200,7 @@ def embedding_views(lake: Lake) -> Extend:
             names.add(v.view_name)
             allowed += [str(f) for f in files]
             if v.entity == "niche":
-                allowed += _members_view(con, lake, v.view_name, v, bool(files))
+                allowed += _members_view(con, lake, v.view_name, v, visible)
             n_rows = sum(pq.read_metadata(f).num_rows for f in files)
             rows.append(_version_row(v, n_rows, visible, latest[(v.entity, v.name)].version == v.version))
         for v in latest.values():

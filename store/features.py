@@ -44,6 +44,9 @@ from aivc.store.records import dump_record, load_record
 
 Entity = Literal["cell", "gene", "niche"]
 ENTITIES: tuple[str, ...] = ("cell", "gene", "niche")
+#: entities whose rows are cells of datasets (a niche is its centre cell): stored per dataset, with
+#: ``soma_joinid`` and ``dataset_id``, and readable row by row as the datasets are
+PER_DATASET: tuple[str, ...] = ("cell", "niche")
 RECORD_NAME = "_version.json"
 RECORD_SCHEMA = "aivc.embedding_version"
 
@@ -130,7 +133,7 @@ def parquet_files(lake: Lake, v: EmbeddingVersion, datasets: set[str] | None = N
     """The Parquet files of a version, optionally only those of some datasets."""
     root = version_dir(lake, v.entity, v.name, v.version)
     files = sorted(f for f in root.rglob("*.parquet") if not any(p.startswith("_") for p in f.relative_to(root).parts[:-1]))  # _members/: not vectors
-    if datasets is None or v.entity != "cell":
+    if datasets is None or v.entity not in PER_DATASET:
         return files
     keep = {f"dataset={d}" for d in datasets}
     return [f for f in files if f.parent.name in keep]
@@ -176,7 +179,7 @@ class EmbeddingWriter:
         self.n_rows = 0
         self.version: EmbeddingVersion | None = None
         fields = [pa.field("id", pa.string(), nullable=False)]
-        if entity == "cell":
+        if entity in PER_DATASET:
             fields += [pa.field("soma_joinid", pa.int64()), pa.field("dataset_id", pa.string())]
         fields.append(pa.field("vector", pa.list_(pa.float32(), self.dim), nullable=False))
         self.schema = pa.schema(fields, metadata={"schema_name": "aivc.embedding_rows", "schema_version": "1"})
@@ -221,9 +224,9 @@ class EmbeddingWriter:
             raise EmbeddingError("ids must not be null", where=f"rows {self.n_rows}..")
         flat = pa.array(vec.reshape(-1), type=pa.float32())
         vector = pa.FixedSizeListArray.from_arrays(flat, self.dim)
-        if self.entity == "cell":
+        if self.entity in PER_DATASET:
             if soma_joinids is None or dataset_ids is None:
-                raise UsageError("cell embeddings need soma_joinids and dataset_ids", where="EmbeddingWriter.write")
+                raise UsageError(f"{self.entity} embeddings need soma_joinids and dataset_ids", where="EmbeddingWriter.write")
             ds = np.asarray(dataset_ids, dtype=object)
             joins = np.asarray(soma_joinids, dtype=np.int64)
             for d in sorted(set(ds.tolist())):
@@ -313,10 +316,12 @@ class EmbeddingWriter:
 MEMBERS = "_members"
 
 
-def member_files(lake: Lake, v: EmbeddingVersion) -> list[Path]:
-    """The member tables of a niche version (which cells each niche holds)."""
+def member_files(lake: Lake, v: EmbeddingVersion, datasets: set[str] | None = None) -> list[Path]:
+    """The member tables of a niche version (which cells each niche holds), one per dataset
+    (``_members/dataset=<id>/``), optionally only those of some datasets."""
     root = version_dir(lake, v.entity, v.name, v.version) / MEMBERS
-    return sorted(root.glob("*.parquet")) if root.is_dir() else []
+    files = sorted(root.rglob("*.parquet")) if root.is_dir() else []
+    return files if datasets is None else [f for f in files if f.parent.name in {f"dataset={d}" for d in datasets}]
 
 
 def read_vectors(

@@ -59,9 +59,10 @@ def elake(tmp_path_factory: pytest.TempPathFactory, human_genes: pd.DataFrame):
     gvec = rng.normal(size=(len(genes), 4)).astype(np.float32)
     with EmbeddingWriter(lake, "gene", "co", 4, source={"kind": "import", "model": "esm2"}) as w:
         w.write(genes, gvec)
-    for name, ds in (("nb", "cons@1"), ("open", "pub@1")):
+    for name, ds in (("nb", "cons@1"), ("open", "pub@1")):  # niches centred on 5 cells of one dataset
+        centres = cells[cells["dataset_id"] == ds.partition("@")[0]].head(5)
         with EmbeddingWriter(lake, "niche", name, 3, source={"kind": "test"}, lineage=Lineage(datasets=(ds,))) as w:
-            w.write([f"{name}-{i}" for i in range(5)], rng.normal(size=(5, 3)).astype(np.float32))
+            w.write(centres["obs_id"], rng.normal(size=(5, 3)).astype(np.float32), soma_joinids=centres["soma_joinid"], dataset_ids=centres["dataset_id"])
     return {"lake": lake, "cells": cells, "v1": v1, "v2": v2, "q": q, "near": near, "genes": genes, "gvec": gvec}
 
 
@@ -81,7 +82,7 @@ def test_views_names_and_types(elake):
     assert types("cell_pca_v1") == {"obs_id": "VARCHAR", "soma_joinid": "BIGINT", "dataset_id": "VARCHAR", "vector": f"FLOAT[{DIM}]"}
     assert types("cell_secret_v1")["vector"] == "FLOAT[3]"
     assert types("gene_co_v1") == {"gene_id": "VARCHAR", "vector": "FLOAT[4]"}
-    assert types("niche_nb_v1") == {"niche_id": "VARCHAR", "vector": "FLOAT[3]"}
+    assert types("niche_nb_v1") == {"niche_id": "VARCHAR", "soma_joinid": "BIGINT", "dataset_id": "VARCHAR", "vector": "FLOAT[3]"}
     rows = query(lake, "SELECT obs_id, soma_joinid, dataset_id, vector FROM cell_pca_v1 ORDER BY soma_joinid").rows
     cells = elake["cells"]
     assert [r[0] for r in rows] == cells["obs_id"].tolist() and [r[1] for r in rows] == cells["soma_joinid"].tolist()
@@ -232,7 +233,7 @@ def test_hidden_embedding_files_cannot_be_read(elake):
     root = version_dir(lake, "cell", "pca", 1)
     pub_part = next((root / "dataset=pub").glob("*.parquet"))
     cons_part = next((root / "dataset=cons").glob("*.parquet"))
-    nb_part = next(version_dir(lake, "niche", "nb", 1).glob("*.parquet"))
+    nb_part = next(version_dir(lake, "niche", "nb", 1).rglob("*.parquet"))
     assert query(lake, f"SELECT count(*) FROM read_parquet('{pub_part}')", principal="carol").rows == [(40,)]
     for sql in (
         f"SELECT * FROM read_parquet('{cons_part}')",

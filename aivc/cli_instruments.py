@@ -85,6 +85,52 @@ def train_celltype(
     run_command(json_, debug, body)
 
 
+@train_app.command("niche-domain")
+def train_niche_domain(
+    embedding: Annotated[str, typer.Option("--embedding", help="Niche embedding version to read, NICHE:NAME@VERSION, e.g. niche:niche_gnn@1.")],
+    label: Annotated[Optional[str], typer.Option("--label", help="The obs column (as submitted) holding each cell's tissue domain; with --labels, the domain column of the file (default domain).")] = None,
+    labels: Annotated[Optional[str], typer.Option("--labels", help="CSV/TSV/Parquet of domains: niche_id or obs_id (or barcode + dataset_id) and the domain column.")] = None,
+    datasets: Annotated[Optional[str], typer.Option("--datasets", help="Comma-separated dataset ids whose labelled niches train it (default: all in the embedding).")] = None,
+    alpha: Annotated[float, typer.Option("--alpha", help="Conformal error rate: sets contain the true domain with probability about 1 - alpha.")] = 0.1,
+    name: Annotated[str, typer.Option("--name", help="Instrument name.")] = "niche-domain",
+    hidden: Annotated[Optional[int], typer.Option("--hidden", help="Hidden units (0: multinomial logistic regression); default chosen by cross-validation.")] = None,
+    folds: Annotated[int, typer.Option("--folds", help="Cross-fitting folds.")] = 5,
+    min_cells: Annotated[int, typer.Option("--min-cells", help="Domains with fewer labelled niches are excluded.")] = 10,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the folds and the optimiser.")] = 0,
+    lake: LakeOpt = None,
+    json_: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Train, calibrate and register a tissue-domain decoder over niche URs; `aivc annotate
+    --instrument niche-domain@N --datasets …` then predicts every niche's domain."""
+
+    def body() -> int:
+        from aivc.instruments.celltype_model import CellTypeConfig
+        from aivc.instruments.niche_domain import train_niche_domain as train
+        from aivc.progress import make_progress
+        from aivc.store.lake import Lake
+
+        cfg = CellTypeConfig(alpha=alpha, hidden=hidden, folds=folds, min_cells_per_class=min_cells, seed=seed)
+        progress = make_progress(json_)
+        try:
+            rec = train(Lake.open(lake), embedding, label=label, labels=labels, datasets=_csv(datasets), name=name, config=cfg, progress=progress)
+        finally:
+            progress.close()
+        if json_:
+            _print_json({"status": "registered", **_summary(rec), "metrics": rec.metrics, "lineage": rec.lineage.to_record()})
+            return 0
+        m = rec.metrics
+        _console().print(
+            f"registered {rec.ref}: {m['n_classes']} tissue domains from {m['n_train']} labelled niches of {rec.reads} ({rec.lineage.extra['labels']}); "
+            f"out-of-fold macro-F1 {m['calibration']['macro_f1']:.3f}, conformal coverage {m['calibration_coverage']:.3f} with mean set size "
+            f"{m['calibration_mean_set_size']:.2f} at alpha={alpha:g}",
+            highlight=False,
+        )
+        return 0
+
+    run_command(json_, debug, body)
+
+
 @train_app.command("protein")
 def train_protein_cmd(
     embedding: Annotated[str, typer.Option("--embedding", help="Cell embedding version to read, CELL:NAME@VERSION, e.g. cell:pca@1.")],
@@ -283,6 +329,9 @@ def annotate(
             held = "n/a" if s.get("held_out_mean_pearson") is None else f"{s['held_out_mean_pearson']:.3f}"
             sys.stdout.write(f"  {len(s.get('proteins', []))} proteins per cell (abundance, std, lower, upper); mean Pearson with the measured proteins of held-out cells: {held}\n")
             sys.stdout.write(f"  report: {res['report']}\n")
+        elif s and pv.instrument_type == "niche-domain":
+            sys.stdout.write(f"  {s['n_niches']} niches into {len(s['domains'])} tissue domains ({', '.join(s['domains'])}); {s['n_uncertain']} uncertain (conformal set of more or fewer than one domain, or abstained)\n")
+            sys.stdout.write(f"  report with the tissue maps: {res['report']}\n")
         elif s:
             from aivc.instruments.report import rollup_headline
 

@@ -408,6 +408,10 @@ def annotate(
                 from aivc.instruments.protein import build_protein_report
 
                 built = build_protein_report(lake, staging, rec)
+            elif rec.type == "niche-domain":
+                from aivc.instruments.niche_report import build_domain_report
+
+                built = build_domain_report(lake, staging, rec)
             else:
                 built = build_report(lake, staging, rec, rollup=rollup_spec)
 

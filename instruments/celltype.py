@@ -147,8 +147,15 @@ def register_decoder(
     lineage: Lineage | None = None,
     n_train: Any = None,
     n_calibration: Any = None,
+    type_: str = TYPE,
+    settings: dict[str, Any] | None = None,
+    description: str | None = None,
 ) -> InstrumentRecord:
-    """Register a fitted decoder as the next version of ``name``, reading ``embedding`` (an EmbeddingVersion)."""
+    """Register a fitted decoder as the next version of ``name``, reading ``embedding`` (an EmbeddingVersion).
+
+    ``type_``: the instrument type (``celltype``; the niche-domain decoder is the same model over
+    niche URs, :mod:`aivc.instruments.niche_domain`); ``settings`` are recorded in its config
+    next to the training config."""
     K = len(model.term_ids)
     n_tr = np.zeros(K, int) if n_train is None else n_train
     n_cal = np.zeros(K, int) if n_calibration is None else n_calibration
@@ -166,8 +173,8 @@ def register_decoder(
     if model.dim != embedding.dim:
         raise InstrumentError(f"the decoder reads {model.dim}-dimensional URs but {embedding.ref} has {embedding.dim}", where=embedding.ref)
     return register_instrument(
-        lake, name, kind="decoder", type=TYPE, reads=embedding.ref, weights=model.to_weights(), outputs=outputs,
+        lake, name, kind="decoder", type=type_, reads=embedding.ref, weights=model.to_weights(), outputs=outputs,
         metrics=dict(metrics if metrics is not None else model.fit_metrics), lineage=lineage if lineage is not None else Lineage(embedding=embedding.ref),
-        config=asdict(config),
-        description=f"cell-type decoder over {embedding.ref}: {K} Cell Ontology types, conformal sets at alpha={config.alpha:g}",
+        config={**asdict(config), **(settings or {})},
+        description=description or f"cell-type decoder over {embedding.ref}: {K} Cell Ontology types, conformal sets at alpha={config.alpha:g}",
     )  # fmt: skip

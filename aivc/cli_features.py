@@ -207,6 +207,41 @@ def coexpr(
     run_command(json_, debug, body)
 
 
+@embed_app.command("image")
+def image(
+    dataset: Annotated[str, typer.Argument(help="An image dataset with a segmentation, DATASET[@VERSION].")],
+    name: Annotated[str, typer.Option("--name", help="Embedding name (cell:NAME).")] = "image_cnn",
+    crop: Annotated[int, typer.Option("--crop", help="Crop size in level-0 pixels, centred on each cell (even).")] = 48,
+    dim: Annotated[int, typer.Option("--dim", help="Dimensions of the image URs.")] = 16,
+    epochs: Annotated[int, typer.Option("--epochs", help="Training epochs of the crop CNN.")] = 30,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the CNN's weights, batches and views.")] = 0,
+    image_name: Annotated[Optional[str], typer.Option("--image", help="Which image of the dataset (default: the first with a segmentation).")] = None,
+    lake: LakeOpt = None,
+    json_: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Image-derived cell URs: a small CNN trained self-supervised (SimCLR) on each cell's crop
+    of the dataset's image and mask, published as cell:NAME@V (joins the expression URs on obs_id)."""
+
+    def body() -> int:
+        from aivc.embeddings.image_cells import embed_image_cells
+        from aivc.progress import make_progress
+        from aivc.store.lake import Lake
+
+        progress = make_progress(json_)
+        try:
+            v = embed_image_cells(Lake.open(lake), dataset, name=name, crop=crop, dim=dim, epochs=epochs, seed=seed, image=image_name, progress=progress)
+        finally:
+            progress.close()
+        if json_:
+            _print_json({"status": "published", **_summary(v), "lineage": v.lineage.to_record(), "metrics": v.metrics})
+        else:
+            _console().print(f"published {v.ref}: {v.n_rows} cells x {v.dim} dims from image {v.lineage.extra['image']!r} of {v.lineage.datasets[0]} (SQL view {v.view_name})")
+        return 0
+
+    run_command(json_, debug, body)
+
+
 @embed_app.command("model")
 def model(
     ref: Annotated[str, typer.Argument(help="A registered model, NAME[@VERSION] (e.g. cell-vae@1; latest when no version).")],
@@ -241,7 +276,9 @@ def model(
             _print_json({"status": "published", **_summary(v), "lineage": v.lineage.to_record(), "metrics": v.metrics})
         else:
             note = "; masked unmeasured genes: " + ", ".join(f"{d} {n}" for d, n in masked.items()) if masked else ""
-            _console().print(f"published {v.ref} from {v.lineage.model}: {v.n_rows} cells x {v.dim} dims (SQL view {v.view_name}){note}")
+            what = "niches" if v.entity == "niche" else "cells"
+            members = f", members in {v.view_name}_members" if v.entity == "niche" else ""
+            _console().print(f"published {v.ref} from {v.lineage.model}: {v.n_rows} {what} x {v.dim} dims (SQL view {v.view_name}{members}){note}")
         return 0
 
     run_command(json_, debug, body)

@@ -28,7 +28,6 @@ from typing import Any
 from aivc.errors import UsageError
 from aivc.store.collection import check_name
 from aivc.store.lake import Lake, utcnow, write_json_atomic
-from aivc.training.errors import TrainingError
 from aivc.training.niche_nets import MODEL_TYPE, NicheModelConfig
 from aivc.training.run_registration import TrainResult
 from aivc.training.runs import RAY_NAME, STATE_FILE, run_dir, run_lock
@@ -181,7 +180,7 @@ def _run(lake: Lake, inputs: Any, name: str, graph: dict[str, Any] | None, confi
 
     from aivc.ray_local import start_ray
     from aivc.training.registry import register_model
-    from aivc.training.trainer import _first_line, _Tail
+    from aivc.training.trainer import _Tail, fit_run
 
     started = start_ray(ray_address, workers=workers)
     tail = _Tail(rdir / "progress.jsonl", on_epoch) if on_epoch else None
@@ -193,19 +192,7 @@ def _run(lake: Lake, inputs: Any, name: str, graph: dict[str, Any] | None, confi
             scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=False, resources_per_worker={"CPU": 1}),
             run_config=ray.train.RunConfig(name=RAY_NAME, storage_path=str(rdir), failure_config=ray.train.FailureConfig(max_failures=0)),
         )
-        if tail:
-            tail.start()
-        try:
-            result = trainer.fit()
-        except Exception as exc:  # ray.train.TrainingFailedError and controller errors
-            raise TrainingError(f"niche training run {run_id} failed: {_first_line(exc)}", where=str(rdir)) from exc
-        finally:
-            if tail:
-                tail.stop.set()
-                tail.join()
-                tail.poll()
-        if result.checkpoint is None:
-            raise TrainingError(f"niche training run {run_id} ended without a checkpoint", where=str(rdir))
+        result = fit_run(trainer, tail, f"niche training run {run_id}", rdir)
         with result.checkpoint.as_directory() as d:
             state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=False)
         history = list(state["history"])

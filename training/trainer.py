@@ -173,23 +173,30 @@ def _train_locked(
                 failure_config=ray.train.FailureConfig(max_failures=0),
             ),
         )
-        if tail:
-            tail.start()
-        try:
-            result = trainer.fit()
-        except Exception as exc:  # ray.train.TrainingFailedError and controller errors
-            raise TrainingError(f"training run {run_id} failed: {_first_line(exc)} (resume it with --run-id {run_id})", where=str(rdir)) from exc
-        finally:
-            if tail:
-                tail.stop.set()
-                tail.join()
-                tail.poll()
-        if result.checkpoint is None:
-            raise TrainingError(f"training run {run_id} ended without a checkpoint", where=str(rdir))
+        result = fit_run(trainer, tail, f"training run {run_id}", rdir, hint=f" (resume it with --run-id {run_id})")
         return register_run(lake, cfg, rdir, run_id, result, workers, init=init, gene_ur=gene_ur)
     finally:
         if started:
             ray.shutdown()
+
+
+def fit_run(trainer: Any, tail: _Tail | None, what: str, rdir: Path, hint: str = "") -> Any:
+    """``trainer.fit()`` with the progress tail running; a failure, or a run that ended
+    without a checkpoint, is one :class:`TrainingError` naming ``what``."""
+    if tail:
+        tail.start()
+    try:
+        result = trainer.fit()
+    except Exception as exc:  # ray.train.TrainingFailedError and controller errors
+        raise TrainingError(f"{what} failed: {_first_line(exc)}{hint}", where=str(rdir)) from exc
+    finally:
+        if tail:
+            tail.stop.set()
+            tail.join()
+            tail.poll()
+    if result.checkpoint is None:
+        raise TrainingError(f"{what} ended without a checkpoint", where=str(rdir))
+    return result
 
 
 def _first_line(exc: BaseException) -> str:

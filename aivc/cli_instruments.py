@@ -12,7 +12,7 @@ from aivc.cli_common import console as _console
 from aivc.cli_common import print_json as _print_json
 
 instruments_app = typer_app(help="Virtual Instruments (decoders, manipulators): NAME@VERSION under <lake>/instruments/.")
-train_app = typer_app(help="Train an instrument over a cell embedding version and register it.")
+train_app = typer_app(help="Train an instrument over an embedding version (cell URs; niche URs for niche-domain) and register it.")
 instruments_app.add_typer(train_app, name="train")
 
 
@@ -93,8 +93,12 @@ def train_niche_domain(
     datasets: Annotated[Optional[str], typer.Option("--datasets", help="Comma-separated dataset ids whose labelled niches train it (default: all in the embedding).")] = None,
     alpha: Annotated[float, typer.Option("--alpha", help="Conformal error rate: sets contain the true domain with probability about 1 - alpha.")] = 0.1,
     name: Annotated[str, typer.Option("--name", help="Instrument name.")] = "niche-domain",
+    score: Annotated[str, typer.Option("--score", help="Conformal score: lac (smallest sets) or aps (adaptive).")] = "lac",
     hidden: Annotated[Optional[int], typer.Option("--hidden", help="Hidden units (0: multinomial logistic regression); default chosen by cross-validation.")] = None,
+    weight_decay: Annotated[Optional[float], typer.Option("--weight-decay", help="L2 strength; default chosen by cross-validation from 0.001, 0.01, 0.1.")] = None,
     folds: Annotated[int, typer.Option("--folds", help="Cross-fitting folds.")] = 5,
+    cv: Annotated[str, typer.Option("--cv", help="spatial (default: folds of spatial blocks, for predicting new slides or regions) or random (niche by niche, for niches interleaved with the labelled ones).")] = "spatial",
+    block_size: Annotated[Optional[float], typer.Option("--block-size", help="--cv spatial: side of a block in the locations' units (spatial_cells x, y); default a third of each dataset's labelled extent.")] = None,
     min_cells: Annotated[int, typer.Option("--min-cells", help="Domains with fewer labelled niches are excluded.")] = 10,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the folds and the optimiser.")] = 0,
     lake: LakeOpt = None,
@@ -107,13 +111,15 @@ def train_niche_domain(
     def body() -> int:
         from aivc.instruments.celltype_model import CellTypeConfig
         from aivc.instruments.niche_domain import train_niche_domain as train
+        from aivc.instruments.niche_domain_model import NicheFolds
         from aivc.progress import make_progress
         from aivc.store.lake import Lake
 
-        cfg = CellTypeConfig(alpha=alpha, hidden=hidden, folds=folds, min_cells_per_class=min_cells, seed=seed)
+        cfg = CellTypeConfig(alpha=alpha, score=score, hidden=hidden, weight_decay=weight_decay, folds=folds, min_cells_per_class=min_cells, seed=seed)  # type: ignore[arg-type]
+        how = NicheFolds(cv=cv, block_size=block_size)  # type: ignore[arg-type]
         progress = make_progress(json_)
         try:
-            rec = train(Lake.open(lake), embedding, label=label, labels=labels, datasets=_csv(datasets), name=name, config=cfg, progress=progress)
+            rec = train(Lake.open(lake), embedding, label=label, labels=labels, datasets=_csv(datasets), name=name, config=cfg, folds=how, progress=progress)
         finally:
             progress.close()
         if json_:
@@ -122,13 +128,20 @@ def train_niche_domain(
         m = rec.metrics
         _console().print(
             f"registered {rec.ref}: {m['n_classes']} tissue domains from {m['n_train']} labelled niches of {rec.reads} ({rec.lineage.extra['labels']}); "
-            f"out-of-fold macro-F1 {m['calibration']['macro_f1']:.3f}, conformal coverage {m['calibration_coverage']:.3f} with mean set size "
+            f"{_folds_said(m['cross_fitting'])}: out-of-fold macro-F1 {m['calibration']['macro_f1']:.3f}, conformal coverage {m['calibration_coverage']:.3f} with mean set size "
             f"{m['calibration_mean_set_size']:.2f} at alpha={alpha:g}",
             highlight=False,
         )
         return 0
 
     run_command(json_, debug, body)
+
+
+def _folds_said(info: dict[str, Any]) -> str:
+    if info.get("cv") != "spatial":
+        return "random folds"
+    sides = ", ".join(f"{d} {s:g}" for d, s in info["block_size"].items())
+    return f"{info['n_blocks']} spatial blocks (side {sides})"
 
 
 @train_app.command("protein")
@@ -321,7 +334,7 @@ def annotate(
         s = pv.summary
         job = pv.job
         line = (
-            f"published {pv.ref}: {pv.n_rows} cells of {', '.join(pv.datasets)} by {pv.instrument_ref} over {pv.embedding_ref} "
+            f"published {pv.ref}: {pv.n_rows} {'niches' if pv.instrument_type == 'niche-domain' else 'cells'} of {', '.join(pv.datasets)} by {pv.instrument_ref} over {pv.embedding_ref} "
             f"in {job['seconds']:.2f}s on the {job['engine']} engine ({job.get('engine_reason', '')}) (SQL view {pv.view_name})"
         )
         _console().print(line, highlight=False)

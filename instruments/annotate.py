@@ -401,19 +401,10 @@ def annotate(
         job = _job_record(engine, reason, actors, batch_size, seconds, expected)
         built = None
         if report:
-            from aivc.instruments.report import build_report
+            from aivc.instruments.report import build_for
 
             progress.phase("building the report")
-            if rec.type == "protein-abundance":
-                from aivc.instruments.protein import build_protein_report
-
-                built = build_protein_report(lake, staging, rec)
-            elif rec.type == "niche-domain":
-                from aivc.instruments.niche_report import build_domain_report
-
-                built = build_domain_report(lake, staging, rec)
-            else:
-                built = build_report(lake, staging, rec, rollup=rollup_spec)
+            built = build_for(lake, staging, rec, rollup=rollup_spec)
 
         def make(version: int) -> PredictionVersion:
             return PredictionVersion(

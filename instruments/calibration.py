@@ -156,11 +156,17 @@ class Whitening:
 
     @classmethod
     def fit(cls, z: np.ndarray, y: np.ndarray, n_classes: int, shrinkage: float = 0.1) -> Whitening:
-        """Fit on centred, scaled URs ``z`` with classes ``y`` (every class present)."""
+        """Fit on centred, scaled URs ``z`` with classes ``y``.
+
+        A class without rows (absent from a training split of spatial blocks) has a NaN
+        centroid, which :meth:`distance` skips."""
         z = np.asarray(z, dtype=np.float64)
-        mu = np.stack([z[y == k].mean(axis=0) for k in range(n_classes)])
+        present = np.bincount(y, minlength=n_classes) > 0
+        mu = np.full((n_classes, z.shape[1]), np.nan)
+        for k in np.flatnonzero(present):
+            mu[k] = z[y == k].mean(axis=0)
         resid = z - mu[y]
-        cov = resid.T @ resid / max(len(z) - n_classes, 1)
+        cov = resid.T @ resid / max(len(z) - int(present.sum()), 1)
         cov = (1 - shrinkage) * cov + shrinkage * np.diag(np.diag(cov)) + 1e-6 * np.eye(z.shape[1])
         evals, evecs = np.linalg.eigh(cov)
         w = evecs @ np.diag(1.0 / np.sqrt(np.maximum(evals, 1e-9))) @ evecs.T
@@ -171,4 +177,5 @@ class Whitening:
         zw = np.asarray(z, dtype=np.float32) @ self.matrix
         c = self.centroids
         d2 = (zw * zw).sum(axis=1, keepdims=True) - 2.0 * (zw @ c.T) + (c * c).sum(axis=1)[None, :]
+        d2 = np.where(np.isnan(d2), np.inf, d2)  # classes without rows
         return np.sqrt(np.maximum(d2.min(axis=1), 0.0))

@@ -85,7 +85,7 @@ def train_celltype(
     *,
     datasets: list[str] | None = None,
     name: str = "celltype",
-    config: CellTypeConfig = CellTypeConfig(),
+    config: CellTypeConfig | None = None,
     progress: Progress | None = None,
 ) -> InstrumentRecord:
     """Train, calibrate and register a cell-type decoder over ``embedding``; returns its record.
@@ -104,6 +104,7 @@ def train_celltype(
     from aivc.instruments.registry import check_name
 
     check_name(name)
+    config = config or CellTypeConfig()
     progress = progress or NullProgress()
     emb = get_version(lake, embedding)
     if emb.entity != "cell":
@@ -142,7 +143,7 @@ def register_decoder(
     embedding: Any,
     *,
     name: str = "celltype",
-    config: CellTypeConfig = CellTypeConfig(),
+    config: CellTypeConfig | None = None,
     metrics: dict[str, Any] | None = None,
     lineage: Lineage | None = None,
     n_train: Any = None,
@@ -150,17 +151,20 @@ def register_decoder(
     type_: str = TYPE,
     settings: dict[str, Any] | None = None,
     description: str | None = None,
+    columns: dict[str, str] | None = None,
 ) -> InstrumentRecord:
     """Register a fitted decoder as the next version of ``name``, reading ``embedding`` (an EmbeddingVersion).
 
     ``type_``: the instrument type (``celltype``; the niche-domain decoder is the same model over
     niche URs, :mod:`aivc.instruments.niche_domain`); ``settings`` are recorded in its config
-    next to the training config."""
+    next to the training config; ``columns`` describe its output columns (default: the
+    cell-type decoder's)."""
+    config = config or CellTypeConfig()
     K = len(model.term_ids)
     n_tr = np.zeros(K, int) if n_train is None else n_train
     n_cal = np.zeros(K, int) if n_calibration is None else n_calibration
     outputs = {
-        "columns": OUTPUT_COLUMNS,
+        "columns": dict(columns or OUTPUT_COLUMNS),
         "classes": [
             {"term_id": str(t), "label": str(lab), "n_train": int(a), "n_calibration": int(b)}
             for t, lab, a, b in zip(model.term_ids, model.labels, n_tr, n_cal, strict=True)

@@ -144,44 +144,68 @@ def fit_decoder(
     y: np.ndarray,
     term_ids: list[str],
     labels: list[str],
-    cfg: CellTypeConfig = CellTypeConfig(),
+    cfg: CellTypeConfig | None = None,
     progress: Progress | None = None,
+    folds: np.ndarray | None = None,
 ) -> CellTypeDecoder:
     """Fit a decoder on URs ``x`` with class indices ``y`` (every class present); no lake needed.
 
-    ``decoder.fit_metrics`` holds the cross-validated metrics afterwards.
+    ``decoder.fit_metrics`` holds the cross-validated metrics afterwards; ``folds`` as in
+    :func:`cross_fit`.
     """
-    return cross_fit(np.asarray(x, np.float32), np.asarray(y, np.int64), term_ids, labels, cfg, progress or NullProgress())
+    return cross_fit(np.asarray(x, np.float32), np.asarray(y, np.int64), term_ids, labels, cfg or CellTypeConfig(), progress or NullProgress(), folds=folds)
 
 
-def cross_fit(x: np.ndarray, y: np.ndarray, term_ids: list[str], labels: list[str], cfg: CellTypeConfig, progress: Progress) -> CellTypeDecoder:
+def cross_fit(
+    x: np.ndarray,
+    y: np.ndarray,
+    term_ids: list[str],
+    labels: list[str],
+    cfg: CellTypeConfig,
+    progress: Progress,
+    *,
+    folds: np.ndarray | None = None,
+    nouns: tuple[str, str] = ("cell type", "cell"),
+) -> CellTypeDecoder:
     """Cross-fit, select, calibrate on the out-of-fold predictions, then train on every cell.
 
     URs are centred and divided by one scale (their root-mean-square distance to the mean
     per dimension), not standardized per dimension: a UR's geometry is information (PCA
     components, for one, carry their variance), and per-dimension scaling inflates its
     noisiest directions.
+
+    ``folds``: the fold index (0, 1, ...) of each row, for a caller whose rows are not
+    exchangeable (spatial blocks of niches: :func:`aivc.instruments.niche_domain.spatial_folds`);
+    default: :func:`stratified_folds` over ``cfg.folds``. A class absent from a fold's
+    training split is then never predicted for that fold's rows, which the calibration sees
+    (counted in ``fit_metrics['classes_missing_in_training_folds']``). ``nouns``: what a class
+    and a row are called in messages (``("tissue domain", "niche")`` for niches).
     """
     K = len(term_ids)
+    kind, unit = nouns
     counts = np.bincount(y, minlength=K)
     if counts.min() < 2:
         k = int(counts.argmin())
         raise UsageError(
-            f"cell type {term_ids[k]} has {int(counts[k])} labelled cell(s); cross-fitting needs at least 2 per type (drop it or label more cells)",
+            f"{kind} {term_ids[k]} has {int(counts[k])} labelled {unit}(s); cross-fitting needs at least 2 per {kind} (drop it or label more {unit}s)",
             where="labels",
         )
     mean = x.astype(np.float64).mean(axis=0)
     scale = float(np.sqrt(((x.astype(np.float64) - mean) ** 2).sum(axis=1).mean() / x.shape[1])) or 1.0
     z = ((x - mean) / scale).astype(np.float32)
-    fold = stratified_folds(y, cfg.folds, cfg.seed)
+    fold = stratified_folds(y, cfg.folds, cfg.seed) if folds is None else np.asarray(folds, dtype=np.int64)
+    n_folds = int(fold.max()) + 1
+    if len(fold) != len(y) or fold.min() < 0 or len(np.unique(fold)) != n_folds or n_folds < 2:
+        raise ValueError(f"folds must number every row 0..F-1 with F >= 2 and no fold empty; got {len(np.unique(fold))} folds for {len(y)} rows")
+    missing = int(sum((np.bincount(y[fold != f], minlength=K) == 0).sum() for f in range(n_folds)))
     cands = cfg.candidates()
-    progress.phase(f"cross-validating {len(cands)} model(s) x {cfg.folds} folds on {len(y)} cells", total=len(cands) * cfg.folds + 1)
+    progress.phase(f"cross-validating {len(cands)} model(s) x {n_folds} folds on {len(y)} {unit}s", total=len(cands) * n_folds + 1)
     trials: list[dict[str, Any]] = []
     best: tuple[float, float] | None = None
     oof, chosen = np.zeros((len(y), K), dtype=np.float32), cands[0]
     for hidden, wd in cands:
         logits = np.zeros((len(y), K), dtype=np.float32)
-        for f in range(cfg.folds):
+        for f in range(n_folds):
             held = fold == f
             layers = _train_classifier(z[~held], y[~held], K, hidden, wd, cfg, cfg.seed + f)
             logits[held] = forward(layers, z[held])
@@ -200,7 +224,7 @@ def cross_fit(x: np.ndarray, y: np.ndarray, term_ids: list[str], labels: list[st
     layers[0] = ((W0 / scale).astype(np.float32), (b0 - (mean / scale) @ W0).astype(np.float32))
     # novelty: out-of-fold distances calibrate the threshold; the registered whitening uses every cell
     nov_oof = np.zeros(len(y), dtype=np.float32)
-    for f in range(cfg.folds):
+    for f in range(n_folds):
         held = fold == f
         nov_oof[held] = Whitening.fit(z[~held], y[~held], K).distance(z[held])
     wh = Whitening.fit(z, y, K)
@@ -216,7 +240,8 @@ def cross_fit(x: np.ndarray, y: np.ndarray, term_ids: list[str], labels: list[st
     model.fit_metrics = {
         "n_train": int(len(y)),
         "n_calibration": int(len(y)),
-        "folds": cfg.folds,
+        "folds": n_folds,
+        "classes_missing_in_training_folds": missing,
         "n_classes": K,
         "selected": {"hidden": hidden, "weight_decay": wd},
         "model_selection": trials,

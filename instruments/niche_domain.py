@@ -14,14 +14,18 @@ Training (:func:`train_niche_domain`) reads the niche URs of one exact niche emb
 
 empty / ``unknown`` / ``na`` labels are skipped. The classifier, its temperature, conformal
 sets and novelty threshold are the cell-type decoder's (:mod:`aivc.instruments.celltype_fit`:
-class-balanced softmax cross-fitted over stratified folds, every labelled niche predicted once
-by a model that never saw it); only the classes are domains, not Cell Ontology terms. It is
-registered as instrument type ``niche-domain``.
+class-balanced softmax cross-fitted, every labelled niche predicted once by a model that never
+saw it); the classes are domains, not Cell Ontology terms, and the folds are spatial blocks
+(:func:`~aivc.instruments.niche_domain_model.spatial_folds`: neighbouring niches share cells,
+so random folds would calibrate the sets on near-copies of the training niches). It is
+registered as instrument type ``niche-domain``
+(:class:`~aivc.instruments.niche_domain_model.NicheDomainDecoder`).
 
 Batch prediction is ``aivc annotate --instrument niche-domain@N --datasets …``
 (:mod:`aivc.instruments.annotate`): the prediction version's rows are keyed by the centre's
-``obs_id`` (join ``spatial_cells`` for where it is), with ``predicted_term_id`` (the domain),
-``probability``, ``prediction_set``, ``set_size``, ``novelty``, ``abstain``; its report
+``obs_id`` (the niche id; join ``spatial_cells`` for where it is) and ``dataset_id``, with
+``predicted_domain``, ``probability``, ``prediction_set``, ``set_size``, ``novelty``,
+``abstain``; its report
 (:mod:`aivc.instruments.niche_report`) draws each slide coloured by predicted domain.
 """
 
@@ -35,12 +39,12 @@ import pandas as pd
 
 from aivc.errors import UsageError
 from aivc.instruments.celltype_model import CellTypeConfig
+from aivc.instruments.niche_domain_model import OUTPUT_COLUMNS, TYPE, NicheFolds, spatial_folds
 from aivc.instruments.registry import InstrumentRecord
 from aivc.progress import NullProgress, Progress
 from aivc.store.lake import Lake
 from aivc.store.lineage import Lineage
 
-TYPE = "niche-domain"
 _EMPTY = {"", "unknown", "na", "nan", "none"}
 
 
@@ -109,9 +113,32 @@ def domain_labels(lake: Lake, emb: Any, *, label: str | None, labels: str | Path
     else:
         raise UsageError("say where the domains are: --label COLUMN (an obs column of the cells) or --labels FILE", where="--label")
     got["domain"] = got["domain"].astype("string").fillna("").str.strip()
-    got = got[~got["domain"].str.lower().isin(_EMPTY)].reset_index(drop=True)
+    got = got[~got["domain"].str.lower().isin(_EMPTY)].drop_duplicates(["niche_id", "domain"]).reset_index(drop=True)
+    twice = got["niche_id"].duplicated(keep=False)
+    if twice.any():
+        first = got[twice].iloc[0]["niche_id"]
+        both = ", ".join(sorted(got.loc[got["niche_id"] == first, "domain"]))
+        raise UsageError(f"niche {first} is labelled with more than one domain ({both}); give each niche one domain", where=where)
+    got = got[["niche_id", "dataset_id", "domain"]].reset_index(drop=True)
     got.attrs["where"] = where
-    return got[["niche_id", "dataset_id", "domain"]]
+    return got
+
+
+def _locations(lake: Lake, emb: Any, lab: pd.DataFrame) -> np.ndarray:
+    """``(n, 2)`` centre locations of the labelled niches ``lab`` (its row order)."""
+    from aivc.store.catalog import Catalog
+    from aivc.store.spatial import read_locations
+
+    cat, refs = Catalog(lake), emb.lineage.dataset_versions()
+    locs = pd.concat([read_locations(lake, cat.get(refs.get(d, d)))[["obs_id", "x", "y"]] for d in sorted(lab["dataset_id"].unique())], ignore_index=True)
+    xy = lab[["niche_id"]].merge(locs.rename(columns={"obs_id": "niche_id"}), on="niche_id", how="left")[["x", "y"]].to_numpy(dtype=np.float64)
+    lost = np.isnan(xy).any(axis=1)
+    if lost.any():
+        raise UsageError(
+            f"{int(lost.sum())} labelled niches of {emb.ref} have no location (e.g. {lab['niche_id'].iloc[int(np.argmax(lost))]}); spatial cross-fitting needs them, or use --cv random",
+            where="--cv",
+        )
+    return xy
 
 
 def train_niche_domain(
@@ -123,15 +150,35 @@ def train_niche_domain(
     datasets: list[str] | None = None,
     name: str = "niche-domain",
     config: CellTypeConfig | None = None,
+    folds: NicheFolds | None = None,
     progress: Progress | None = None,
 ) -> InstrumentRecord:
-    """Train, calibrate and register a niche-domain decoder over niche UR version ``embedding``."""
+    """Train, calibrate and register a niche-domain decoder over niche UR version ``embedding``.
+
+    Parameters
+    ----------
+    label, labels
+        Where the domains are: an obs column of the centre cells (``label`` alone), or a
+        labels file (``labels``; ``label`` then names its domain column, default ``domain``).
+    datasets
+        Dataset ids whose labelled niches train it (default: every dataset of the version).
+    folds
+        How the labelled niches are cross-fitted (default: spatial blocks, see
+        :class:`~aivc.instruments.niche_domain_model.NicheFolds`).
+
+    Example
+    -------
+    >>> rec = train_niche_domain(lake, "niche:niche_gnn@1", label="tissue_domain")  # doctest: +SKIP
+    >>> rec.outputs["classes"][0]["term_id"]  # doctest: +SKIP
+    'cortex'
+    """
     from aivc.instruments.celltype import register_decoder
     from aivc.instruments.celltype_fit import cross_fit
     from aivc.instruments.registry import check_name
     from aivc.store.features import get_version, read_vectors
 
     config = config or CellTypeConfig()
+    folds = folds or NicheFolds()
     check_name(name)
     progress = progress or NullProgress()
     emb = get_version(lake, embedding)
@@ -139,35 +186,42 @@ def train_niche_domain(
         raise UsageError(f"a niche-domain decoder reads niche URs (niche:NAME@V); {emb.ref} holds {emb.entity} URs", where="--embedding")
     progress.phase("reading labelled niches")
     lab = domain_labels(lake, emb, label=label, labels=labels, datasets=datasets)
+    where = lab.attrs["where"]
     counts = lab["domain"].value_counts()
     kept = sorted(counts[counts >= config.min_cells_per_class].index)
     if len(kept) < 2:
         raise UsageError(
-            f"{len(lab)} niches of {emb.ref} are labelled in {lab.attrs['where']}, in {len(counts)} domains of which {len(kept)} have at least "
+            f"{len(lab)} niches of {emb.ref} are labelled in {where}, in {len(counts)} domain(s) of which {len(kept)} have at least "
             f"{config.min_cells_per_class} niches; a decoder needs at least 2 such domains (lower --min-cells or label more niches)",
-            where=lab.attrs["where"],
+            where=where,
         )
     lab = lab[lab["domain"].isin(kept)].reset_index(drop=True)
     table, vec = read_vectors(lake, emb, ids=lab["niche_id"].to_numpy(dtype=object), columns=("id",))
     row = pd.Series(np.arange(table.num_rows), index=table.column("id").to_pylist())
     x = np.ascontiguousarray(vec[row.loc[lab["niche_id"]].to_numpy()], dtype=np.float32)
     y = pd.Categorical(lab["domain"], categories=kept).codes.astype(np.int64)
-    progress.phase(f"training on {len(lab)} niches, {len(kept)} domains")
-    model = cross_fit(x, y, kept, kept, config, progress)
+    if folds.cv == "spatial":
+        fold, fold_info = spatial_folds(_locations(lake, emb, lab), lab["dataset_id"].to_numpy(), n_folds=config.folds, seed=config.seed, block_size=folds.block_size)
+    else:
+        fold, fold_info = None, {"cv": "random"}
+    progress.phase(f"training on {len(lab)} niches, {len(kept)} domains ({fold_info['cv']} folds)")
+    model = cross_fit(x, y, kept, kept, config, progress, folds=fold, nouns=("tissue domain", "niche"))
     metrics = dict(model.fit_metrics)
+    metrics["cross_fitting"] = fold_info
     metrics["excluded_classes"] = {str(t): {"label": str(t), "n_cells": int(n)} for t, n in counts.items() if t not in kept}
     refs = emb.lineage.dataset_versions()
     used = sorted(lab["dataset_id"].unique())
     lineage = Lineage(
         embedding=emb.ref, datasets=tuple(refs.get(d, d) for d in used),
-        extra={"labels": lab.attrs["where"], "training_niches": {d: int(n) for d, n in lab["dataset_id"].value_counts().sort_index().items()}, "niche_model": emb.lineage.model},
+        extra={"labels": where, "training_niches": {d: int(n) for d, n in lab["dataset_id"].value_counts().sort_index().items()}, "niche_model": emb.lineage.model},
     )  # fmt: skip
     n = np.bincount(y, minlength=len(kept))
     progress.phase("registering")
     return register_decoder(
         lake, model, emb, name=name, config=config, metrics=metrics, lineage=lineage, n_train=n, n_calibration=n, type_=TYPE,
-        settings={"label": label, "labels": str(labels) if labels is not None else None},
-        description=f"niche-domain decoder over {emb.ref}: {len(kept)} tissue domains from {lab.attrs['where']}, conformal sets at alpha={config.alpha:g}",
+        settings={"label": label, "labels": str(labels) if labels is not None else None, "cv": folds.cv, "block_size": folds.block_size},
+        description=f"niche-domain decoder over {emb.ref}: {len(kept)} tissue domains from {where}, conformal sets at alpha={config.alpha:g} ({fold_info['cv']} cross-fitting)",
+        columns=OUTPUT_COLUMNS,
     )  # fmt: skip
 
 

@@ -8,8 +8,9 @@ uncertain ones drawn hollow. When the decoder was trained from an obs column and
 has that column, the predictions are scored against it (accuracy, set coverage; for the
 datasets it trained on this is in-sample and said so).
 
-``report.json`` (schema ``aivc.niche_domain_report``) and a self-contained ``report.html``
-(the maps as inline PNG) are written into the prediction version's folder.
+``report.json`` (schema ``aivc.niche_domain_report``), a self-contained ``report.html`` (the
+maps as inline PNG) and each map as ``tissue_map_<dataset>.png`` (600 x 600 px) are written
+into the prediction version's folder.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ SCHEMA = "aivc.niche_domain_report"
 MAP_SIZE = (6.0, 6.0)  # inches at 100 dpi: 600 x 600 px
 
 
-def _map_png(frame: pd.DataFrame, domains: list[str], title: str) -> str:
+def _map_png(frame: pd.DataFrame, domains: list[str], title: str) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -41,7 +42,7 @@ def _map_png(frame: pd.DataFrame, domains: list[str], title: str) -> str:
     cmap = plt.get_cmap("tab20" if len(domains) > 10 else "tab10")
     sure = (frame["set_size"] == 1) & ~frame["abstain"]
     for i, d in enumerate(domains):
-        m = (frame["predicted_term_id"] == d).to_numpy()
+        m = (frame["predicted_domain"] == d).to_numpy()
         colour = cmap(i % cmap.N)
         ax.scatter(frame.loc[m & sure, "x"], frame.loc[m & sure, "y"], s=14, color=colour, label=d, linewidths=0)
         ax.scatter(frame.loc[m & ~sure, "x"], frame.loc[m & ~sure, "y"], s=14, facecolors="none", edgecolors=[colour], linewidths=0.8)
@@ -53,7 +54,7 @@ def _map_png(frame: pd.DataFrame, domains: list[str], title: str) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
+    return buf.getvalue()
 
 
 def _score(lake: Lake, v: Any, frame: pd.DataFrame, column: str) -> dict[str, Any] | None:
@@ -66,7 +67,7 @@ def _score(lake: Lake, v: Any, frame: pd.DataFrame, column: str) -> dict[str, An
     known = (truth != "") & ~truth.str.lower().isin({"unknown", "na", "nan", "none"})
     if not known.any():
         return None
-    t, p = truth[known].to_numpy(), frame.loc[known.to_numpy(), "predicted_term_id"].to_numpy()
+    t, p = truth[known].to_numpy(), frame.loc[known.to_numpy(), "predicted_domain"].to_numpy()
     sets = frame.loc[known.to_numpy(), "prediction_set"]
     covered = np.fromiter((a in s for a, s in zip(t, sets, strict=True)), bool, len(t))
     return {"n_labelled": int(known.sum()), "accuracy": float(np.mean(t == p)), "set_coverage": float(covered.mean())}
@@ -75,7 +76,7 @@ def _score(lake: Lake, v: Any, frame: pd.DataFrame, column: str) -> dict[str, An
 class DomainReport:
     """A computed niche-domain report; :meth:`write` puts it into the version folder."""
 
-    def __init__(self, data: dict[str, Any], images: dict[str, str]) -> None:
+    def __init__(self, data: dict[str, Any], images: dict[str, bytes]) -> None:
         self.data, self.images = data, images
 
     @property
@@ -91,6 +92,8 @@ class DomainReport:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         j, h = folder / "report.json", folder / "report.html"
+        for d, png in self.images.items():
+            write_atomic(folder / map_name(d), png)
         write_atomic(j, (json.dumps({"schema_name": SCHEMA, "schema_version": 1, **data}, indent=2, allow_nan=False, default=str) + "\n").encode())
         write_atomic(h, self._html(data).encode())
         return j, h
@@ -110,8 +113,14 @@ class DomainReport:
                 a = entry["agreement"]
                 parts.append(f"<p>against obs[{e(str(data['label']))}] ({a['n_labelled']} labelled niches): accuracy {a['accuracy']:.1%}, set coverage {a['set_coverage']:.1%}</p>")
             if d in self.images:
-                parts.append(f"<img alt='tissue map of {e(d)}' src='data:image/png;base64,{self.images[d]}'>")
+                b64 = base64.b64encode(self.images[d]).decode("ascii")
+                parts.append(f"<img alt='tissue map of {e(d)}' src='data:image/png;base64,{b64}'>")
         return "".join(parts) + "</body></html>"
+
+
+def map_name(dataset_id: str) -> str:
+    """The file name of a dataset's tissue map in the report folder."""
+    return f"tissue_map_{dataset_id}.png"
 
 
 def build_domain_report(lake: Lake, folder: Any, rec: InstrumentRecord, **_: Any) -> DomainReport:
@@ -137,7 +146,7 @@ def build_domain_report(lake: Lake, folder: Any, rec: InstrumentRecord, **_: Any
         uncertain = ((frame["set_size"] != 1) | frame["abstain"]).to_numpy()
         entry: dict[str, Any] = {
             "dataset_version": v.ref, "role": "trained on (in-sample)" if d in trained else "held out", "n_niches": int(len(frame)),
-            "domains": {k: int((frame["predicted_term_id"] == k).sum()) for k in domains},
+            "domains": {k: int((frame["predicted_domain"] == k).sum()) for k in domains},
             "mean_probability": float(frame["probability"].mean()), "n_uncertain": int(uncertain.sum()), "n_abstain": int(frame["abstain"].sum()),
         }  # fmt: skip
         if label:
@@ -145,13 +154,14 @@ def build_domain_report(lake: Lake, folder: Any, rec: InstrumentRecord, **_: Any
         located = frame.dropna(subset=["x", "y"])
         if len(located):
             images[d] = _map_png(located, domains, f"{v.ref}: predicted tissue domain ({rec.ref})")
-        entry["map"] = d in images
+        entry["map"] = map_name(d) if d in images else None
         out[d] = entry
     summary = {
         "n_niches": int(len(pred)), "domains": domains, "n_uncertain": int(sum(e["n_uncertain"] for e in out.values())),
-        "description": f"{rec.ref} over {rec.reads}: {len(domains)} tissue domains, conformal sets at alpha={rec.outputs.get('alpha')}",
+        "description": f"{rec.ref} over {rec.reads}: {len(domains)} tissue domains, conformal sets at alpha={rec.outputs.get('alpha')} "
+        f"({rec.config.get('cv', 'random')} cross-fitting; uncertain: a set of 0 or several domains, or abstained)",
     }  # fmt: skip
     return DomainReport({"summary": summary, "datasets": out, "instrument": rec.ref, "embedding": rec.reads, "label": label}, images)
 
 
-__all__ = ["DomainReport", "build_domain_report"]
+__all__ = ["DomainReport", "build_domain_report", "map_name"]

@@ -134,7 +134,7 @@ _LOADERS: dict[tuple[str, str], str | Loader] = {
     ("decoder", "celltype"): "aivc.instruments.celltype_model:CellTypeDecoder.load",
     ("manipulator", "perturbation"): "aivc.instruments.manipulator:PerturbationManipulator.load",
     ("decoder", "protein-abundance"): "aivc.instruments.crossmodal:CrossModalDecoder.load",
-    ("decoder", "niche-domain"): "aivc.instruments.celltype_model:CellTypeDecoder.load",
+    ("decoder", "niche-domain"): "aivc.instruments.niche_domain_model:NicheDomainDecoder.load",
 }
 
 

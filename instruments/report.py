@@ -481,6 +481,19 @@ def _write_atomic(path: Path, text: str) -> Path:
     return path
 
 
+def build_for(lake: Lake, folder: Path, rec: InstrumentRecord, *, rollup: RollUp | None = None) -> Any:
+    """The report of the prediction rows in ``folder`` for a decoder of any type (dispatch on ``rec.type``)."""
+    if rec.type == "protein-abundance":
+        from aivc.instruments.protein import build_protein_report
+
+        return build_protein_report(lake, folder, rec)
+    if rec.type == "niche-domain":
+        from aivc.instruments.niche_report import build_domain_report
+
+        return build_domain_report(lake, folder, rec)
+    return build_report(lake, folder, rec, rollup=rollup)
+
+
 def write_report(lake: Lake, prediction: str, out_dir: str | Path, *, rollup: str | None = None) -> tuple[Path, Path]:
     """Recompute the report of a published prediction version into ``out_dir`` (e.g. with another roll-up)."""
     from aivc.instruments.predictions import get_prediction_version, version_dir
@@ -488,5 +501,5 @@ def write_report(lake: Lake, prediction: str, out_dir: str | Path, *, rollup: st
 
     pv = get_prediction_version(lake, prediction)
     rec = get_instrument(lake, pv.instrument_ref)
-    built = build_report(lake, version_dir(lake, pv.instrument, pv.version), rec, rollup=RollUp.parse(rollup) if rollup else None)
-    return built.write(Path(out_dir), pv)
+    built = build_for(lake, version_dir(lake, pv.instrument, pv.version), rec, rollup=RollUp.parse(rollup) if rollup else None)
+    return built.write(Path(out_dir), pv)  # type: ignore[no-any-return]

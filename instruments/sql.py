@@ -79,6 +79,19 @@ def _row(v: PredictionVersion, n_rows: int, visible: set[str], is_latest: bool) 
     }  # fmt: skip
 
 
+def _empty_view(con: Any, lake: Lake, v: PredictionVersion) -> str:
+    """The SELECT of a view without visible rows, with the version's own columns (a niche-domain
+    version's are not the cell-type decoder's): its schema, read from any of its files."""
+    import pyarrow.parquet as pq
+
+    every = parquet_files(lake, v)
+    if not every:
+        return _EMPTY
+    name = f"_empty_{v.view_name}"
+    register_arrow(con, name, pq.read_schema(every[0]).remove_metadata().empty_table())
+    return f'SELECT * FROM "{name}"'
+
+
 def prediction_views(lake: Lake) -> Extend:
     """The ``extend`` hook of :func:`aivc.store.sql.connect` that adds the prediction views."""
 
@@ -96,7 +109,7 @@ def prediction_views(lake: Lake) -> Extend:
                 keep = ", ".join(sql_str(d) for d in sorted(visible))
                 sql = f"SELECT * FROM read_parquet({sql_list(files)}, hive_partitioning = false) WHERE dataset_id IN ({keep})"
             else:
-                sql = _EMPTY
+                sql = _empty_view(con, lake, v)
             con.execute(f'CREATE VIEW "{v.view_name}" AS {sql}')
             names.add(v.view_name)
             allowed += [str(f) for f in files]

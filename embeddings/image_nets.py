@@ -25,7 +25,6 @@ Example
 
 from __future__ import annotations
 
-from typing import Any
 
 import numpy as np
 import torch
@@ -135,10 +134,6 @@ def embed_crops(model: CropCNN, crops: np.ndarray, batch_size: int = 512) -> np.
     x = torch.from_numpy(np.asarray(crops, dtype=np.float32))
     out = [model(x[lo : lo + batch_size]).numpy() for lo in range(0, len(x), batch_size)]
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, model.init_params["dim"]), np.float32)
-
-
-def state_of(model: CropCNN) -> dict[str, Any]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 __all__ = ["CropCNN", "embed_crops", "fit_crop_cnn"]

@@ -9,7 +9,7 @@ cell is the centre of one niche: the version's rows are ``id`` = the centre's ``
 its niche UR, stored per dataset with the centre's ``soma_joinid`` and ``dataset_id`` like
 cell URs (so a principal sees the niches of the datasets it may see). The members of every niche (the centre at distance 0 and its graph neighbours
 with their distances, in the units of the locations) are written to
-``_members/dataset=<id>/part-00000.parquet`` in the same staged folder, so they publish with the vectors in
+``_members/dataset=<id>/part-00000.parquet`` (``EmbeddingWriter.write_members``) in the same staged folder, so they publish with the vectors in
 one rename; SQL shows them as ``niche_<name>_v<V>_members`` (:mod:`aivc.embeddings.sql`).
 
 The lineage names the model, the cell UR version (``embedding``), the dataset versions and
@@ -28,8 +28,6 @@ from aivc.errors import UsageError
 from aivc.progress import NullProgress, Progress
 from aivc.store.lake import Lake
 from aivc.store.collection import sql_name
-
-MEMBERS_FILE = "part-00000.parquet"
 
 
 def members_table(obs_ids: np.ndarray, graph: Any) -> Any:
@@ -67,9 +65,8 @@ def embed_niches_job(
     """
     import pandas as pd
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    from aivc.store.features import MEMBERS, EmbeddingWriter
+    from aivc.store.features import EmbeddingWriter
     from aivc.training.niche_data import niche_inputs
     from aivc.training.niche_nets import MODEL_TYPE, embed_niches
     from aivc.training.registry import load_model
@@ -101,10 +98,7 @@ def embed_niches_job(
         centre_ds = ds_of.loc[members.column("niche_id").to_numpy(zero_copy_only=False)].to_numpy()
         digest = hashlib.sha256()
         for d in sorted(set(inputs.dataset_ids.tolist())):  # a niche and its members lie in one dataset (no edge joins two slides)
-            folder = writer.staging / MEMBERS / f"dataset={d}"
-            folder.mkdir(parents=True)
-            pq.write_table(members.filter(pa.array(centre_ds == d)), folder / MEMBERS_FILE, compression="zstd")
-            digest.update((folder / MEMBERS_FILE).read_bytes())
+            digest.update(writer.write_members(d, members.filter(pa.array(centre_ds == d))).encode())
         deg = inputs.graph.degree
         metrics = {
             "n_niches": int(len(inputs.obs_ids)),

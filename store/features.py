@@ -241,6 +241,24 @@ class EmbeddingWriter:
             self._append("", pa.table({"id": ids_arr, "vector": vector}, schema=self.schema))
         self.n_rows += vec.shape[0]
 
+    def write_members(self, dataset_id: str, table: Any) -> str:
+        """Stage the members of one dataset's niches (``niche_id, obs_id, distance``) under
+        ``_members/dataset=<id>/``; they publish with the rows. Returns the file's sha256."""
+        import hashlib
+
+        import pyarrow.parquet as pq
+
+        if self.entity != "niche":
+            raise UsageError(f"only niche embeddings have members, not {self.entity}", where="EmbeddingWriter.write_members")
+        missing = {"niche_id", "obs_id", "distance"} - set(table.column_names)
+        if missing:
+            raise EmbeddingError(f"a members table needs niche_id, obs_id and distance; it lacks {', '.join(sorted(missing))}", where=f"{MEMBERS}/dataset={dataset_id}")
+        folder = self.staging / MEMBERS / f"dataset={dataset_id}"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / MEMBERS_FILE
+        pq.write_table(table.select(["niche_id", "obs_id", "distance"]), path, compression="zstd")
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
     def _append(self, partition: str, table: Any) -> None:
         w = self._writer(partition)
         w.write_table(table)
@@ -314,6 +332,7 @@ class EmbeddingWriter:
 
 
 MEMBERS = "_members"
+MEMBERS_FILE = "part-00000.parquet"
 
 
 def member_files(lake: Lake, v: EmbeddingVersion, datasets: set[str] | None = None) -> list[Path]:

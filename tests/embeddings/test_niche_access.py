@@ -6,13 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
-from aivc.embeddings.niche_job import MEMBERS_FILE
 from aivc.embeddings.sql import query
 from aivc.errors import SqlError
-from aivc.store.features import MEMBERS, EmbeddingWriter, member_files
+from aivc.store.features import EmbeddingWriter, member_files
 from aivc.store.lineage import Lineage
 from tests.store.test_access import build_access_lake
 
@@ -26,8 +24,7 @@ def test_niches_and_members_are_filtered_per_dataset(tmp_path_factory: pytest.Te
     for d, part in centres.groupby("dataset_id"):  # each niche: its centre and the next centre of its dataset
         ids = part["obs_id"].tolist()
         table = pa.table({"niche_id": ids + ids, "obs_id": ids + ids[1:] + ids[:1], "distance": [0.0] * len(ids) + [1.5] * len(ids)})
-        (w.staging / MEMBERS / f"dataset={d}").mkdir(parents=True)
-        pq.write_table(table, w.staging / MEMBERS / f"dataset={d}" / MEMBERS_FILE)
+        w.write_members(str(d), table)
     v = w.commit()
     assert v.partitions == ("dataset=cons", "dataset=pub") and len(member_files(lake, v)) == 2
 

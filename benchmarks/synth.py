@@ -57,6 +57,11 @@ whatever ``n_cells``: ~0.7 GB peak including imports and the PBMC data. 100,000 
 (149 M non-zeros, 1.2 GB file) takes ~40 s on 2 cores. ``block_rows`` changes only memory and
 progress granularity, not the output.
 
+*Atlases.* Datasets of one atlas share ``gene_seed`` (the same genes, means, dispersions and
+cell-type programs) and differ in ``seed`` (their cells) and in ``batch_sigma``: a per-gene
+log-normal factor of each dataset (mitochondrial genes excepted, UMIs kept), a batch effect;
+``donor_prefix`` names each dataset's own donors. ``benchmarks/bench_atlas.py`` uses them.
+
 Everything is deterministic given ``seed`` (same numpy version). :func:`make_submission` also
 writes a matching manifest YAML (symbols as gene ids, ``cell_type`` from ``cell_label`` labels,
 ``donor_id`` from ``donor``, the other fields constants) and a ``<name>.json`` sidecar with the
@@ -111,6 +116,9 @@ class SynthSpec:
     n_donors: int = 4
     block_rows: int = 1000
     compression: str | None = None  # h5py compression of X ("gzip", "lzf" or None like anndata)
+    gene_seed: int | None = None  # seed of the gene model (genes, means, programs); None: ``seed``
+    batch_sigma: float = 0.0  # log-normal sd of a per-gene batch factor drawn from ``seed`` (0: none)
+    donor_prefix: str = "donor"  # donors are <prefix>-1 .. <prefix>-<n_donors>
     version: int = GENERATOR_VERSION
 
 
@@ -199,7 +207,7 @@ def _p_detect(mean: np.ndarray, phi: np.ndarray) -> np.ndarray:
 
 
 def build_gene_model(spec: SynthSpec, log: Callable[[str], None] = _log) -> GeneModel:
-    rng = np.random.default_rng([spec.seed, 1])
+    rng = np.random.default_rng([spec.seed if spec.gene_seed is None else spec.gene_seed, 1])
     stats = pbmc_gene_stats()
     genes = choose_genes(spec.n_genes, rng)
     symbols = genes["symbol"].to_numpy(dtype=object)
@@ -275,6 +283,20 @@ def build_gene_model(spec: SynthSpec, log: Callable[[str], None] = _log) -> Gene
     )
 
 
+def apply_batch_effect(model: GeneModel, spec: SynthSpec) -> None:
+    """Scale every gene's mean by a log-normal factor of this dataset (its batch), keeping the UMIs.
+
+    Datasets that share ``gene_seed`` share genes and cell-type programs; each one's ``seed``
+    draws its own factors, so the same cell type differs between datasets as between 10x runs.
+    """
+    b = np.random.default_rng([spec.seed, 3]).lognormal(0.0, spec.batch_sigma, size=len(model.means))
+    b[model.mito] = 1.0
+    nm = ~model.mito
+    total = float(model.means[nm].sum())
+    model.means = model.means * b
+    model.means[nm] *= total / float(model.means[nm].sum())
+
+
 # -- sampling ------------------------------------------------------------------------------------
 def _barcodes(n: int) -> np.ndarray:
     """``n`` distinct 16-nt barcodes (a bijection of the row number mod 4^16) with suffix ``-1``."""
@@ -298,7 +320,7 @@ def make_obs(spec: SynthSpec, rng: np.random.Generator) -> tuple[pd.DataFrame, n
     labels = list(CELL_LABELS)
     p = np.array(list(CELL_LABELS.values()))
     lab = rng.choice(len(labels), size=spec.n_cells, p=p / p.sum())
-    donors = [f"donor-{i + 1}" for i in range(spec.n_donors)]
+    donors = [f"{spec.donor_prefix}-{i + 1}" for i in range(spec.n_donors)]
     don = rng.integers(0, spec.n_donors, size=spec.n_cells)
     logs = rng.normal(0.0, spec.size_sigma, size=spec.n_cells)
     lo, hi = -3.5 * spec.size_sigma, 3.5 * spec.size_sigma
@@ -376,6 +398,8 @@ def write_h5ad(path: str | Path, spec: SynthSpec, log: Callable[[str], None] = _
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = build_gene_model(spec, log)
+    if spec.batch_sigma > 0:
+        apply_batch_effect(model, spec)
     tables = _Tables(model)
     rng = np.random.default_rng([spec.seed, 2])
     obs, lab, level = make_obs(spec, rng)
@@ -545,14 +569,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mean-genes", type=float, default=1500.0)
     p.add_argument("--block-rows", type=int, default=1000)
     p.add_argument("--compression", choices=["gzip", "lzf"], default=None)
+    p.add_argument("--gene-seed", type=int, default=None, help="seed of the gene model (default --seed); datasets of one atlas share it")
+    p.add_argument("--batch-sigma", type=float, default=0.0, help="log-normal sd of this dataset's per-gene batch factors")
+    p.add_argument("--n-donors", type=int, default=4)
+    p.add_argument("--donor-prefix", default="donor")
+    p.add_argument("--dataset-id", default=None, help="dataset_id of the manifest (default synth-<cells>x<genes>)")
     p.add_argument("--out", default="/work/bench-scratch/synth", help="output folder")
     p.add_argument("--force", action="store_true", help="regenerate even if a matching file exists")
     a = p.parse_args(argv)
     spec = SynthSpec(
         n_cells=a.cells, n_genes=a.genes, seed=a.seed, mean_umis=a.mean_umis, mean_genes=a.mean_genes,
-        block_rows=a.block_rows, compression=a.compression,
+        block_rows=a.block_rows, compression=a.compression, gene_seed=a.gene_seed, batch_sigma=a.batch_sigma,
+        n_donors=a.n_donors, donor_prefix=a.donor_prefix,
     )
-    h5, mf, info = make_submission(a.out, spec, force=a.force)
+    h5, mf, info = make_submission(a.out, spec, dataset_id=a.dataset_id, force=a.force)
     print(json.dumps({"h5ad": str(h5), "manifest": str(mf), **info}, indent=2))
     return 0
 

@@ -373,6 +373,7 @@ from aivc.cli_instruments import register as _register_instruments  # noqa: E402
 
 _register_instruments(app)
 __import__("aivc.cli_perturb").cli_perturb.register(app)  # aivc manipulator train, aivc perturb
+__import__("aivc.cli_stats").cli_stats.register(app)  # aivc stats
 
 
 def main() -> None:

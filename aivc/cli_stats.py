@@ -18,7 +18,7 @@ from aivc.cli_common import print_json as _print_json
 def stats(
     datasets: Annotated[Optional[str], typer.Option("--datasets", help="Comma-separated DATASET[@VERSION] (default: all current).")] = None,
     organism: Annotated[Optional[str], typer.Option("--organism", help="homo_sapiens or mus_musculus (needed if the lake has both).")] = None,
-    chunk_rows: Annotated[int, typer.Option("--chunk-rows", help="Cells read at a time (memory: --workers chunks).")] = 16384,
+    chunk_rows: Annotated[int, typer.Option("--chunk-rows", help="Cells read at a time (memory: --workers chunks).")] = 4096,
     workers: Annotated[Optional[int], typer.Option("--workers", help="Dask threads (default: one per CPU).")] = None,
     out: Annotated[Optional[str], typer.Option("--out", "-o", help="Write every gene's row to this .parquet, .csv or .tsv.")] = None,
     top: Annotated[int, typer.Option("--top", help="Genes shown (highest mean log-normalized value); with --json, rows returned (0: all).")] = 20,

@@ -49,7 +49,7 @@ def lake_gene_stats(
     *,
     organism: str | None = None,
     datasets: Sequence[str] | None = None,
-    chunk_rows: int = 16384,
+    chunk_rows: int = 4096,
     num_workers: int | None = None,
 ) -> tuple[pd.DataFrame, dict]:
     """Per-gene statistics over the lake's cells; returns ``(frame, info)``."""

@@ -46,7 +46,7 @@ def train_celltype(
     hidden: Annotated[Optional[int], typer.Option("--hidden", help="Hidden units of the one hidden layer (0: multinomial logistic regression); default: chosen by cross-validation from 0 and 64.")] = None,
     weight_decay: Annotated[Optional[float], typer.Option("--weight-decay", help="L2 strength; default: chosen by cross-validation from 0.001, 0.01, 0.1.")] = None,
     folds: Annotated[int, typer.Option("--folds", help="Cross-fitting folds: out-of-fold predictions select the model and calibrate it.")] = 5,
-    min_cells: Annotated[int, typer.Option("--min-cells", help="Cell types with fewer labelled cells are excluded.")] = 10,
+    min_cells: Annotated[int, typer.Option("--min-cells", help="Cell types with fewer labelled cells are excluded (default 2: rare types are kept; a 1-cell type cannot be cross-fitted).")] = 2,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the folds and the optimiser.")] = 0,
     lake: LakeOpt = None,
     json_: JsonOpt = False,

@@ -2,8 +2,10 @@
 
 Training (:func:`train_celltype`) reads the URs of the labelled cells of one exact cell
 embedding version (joined on ``obs_id`` with each dataset version's
-``cell_type_ontology_term_id``; ``unknown``/``na`` cells are skipped), drops cell types
-with fewer than ``min_cells_per_class`` labelled cells (reported in the record) and
+``cell_type_ontology_term_id``; ``unknown``/``na`` cells are skipped), keeps every cell
+type with at least ``min_cells_per_class`` labelled cells (default 2: rare types are kept and
+predicted; a type with a single labelled cell cannot be both held out and trained on, so
+cross-fitting could not calibrate it and it is left out, reported in ``excluded_classes``) and
 cross-fits a class-balanced softmax classifier on the centred, uniformly scaled URs over
 ``folds`` stratified folds, which also calibrate its temperature, conformal prediction sets
 and novelty threshold (:mod:`aivc.instruments.celltype_fit`). The registered model is the
@@ -114,7 +116,8 @@ def train_celltype(
     counts = cells["cell_type_ontology_term_id"].value_counts()
     kept = sorted(counts[counts >= config.min_cells_per_class].index)
     label_of = cells.drop_duplicates("cell_type_ontology_term_id").set_index("cell_type_ontology_term_id")["cell_type"].to_dict()
-    excluded = {t: {"label": label_of[t], "n_cells": int(n)} for t, n in counts.items() if t not in kept}
+    excluded = {t: {"label": label_of[t], "n_cells": int(n), "reason": _why_excluded(int(n), config)} for t, n in counts.items() if t not in kept}
+    class_cells = {str(t): {"label": str(label_of[t]), "n_cells": int(counts[t]), "kept": t in kept} for t in sorted(counts.index)}
     if len(kept) < 2:
         raise UsageError(
             f"{emb.ref} has {len(cells)} labelled cells in {len(counts)} cell types, of which {len(kept)} have at least "
@@ -128,6 +131,7 @@ def train_celltype(
     model = cross_fit(x, y, kept, [label_of[t] for t in kept], config, progress)
     metrics = dict(model.fit_metrics)
     metrics["excluded_classes"] = excluded
+    metrics["class_cells"] = class_cells
     n_tr = n_cal = np.bincount(y, minlength=len(kept))  # cross-fitting: every cell trains and calibrates
     refs = sorted({f"{d}@{int(v)}" for d, v in zip(cells["dataset_id"], cells["dataset_version"], strict=True)})
     per_dataset = {str(k): int(v) for k, v in cells["dataset_id"].value_counts().sort_index().items()}
@@ -135,6 +139,12 @@ def train_celltype(
     lineage = Lineage(embedding=emb.ref, datasets=tuple(refs), extra=extra)
     progress.phase("registering")
     return register_decoder(lake, model, emb, name=name, config=config, metrics=metrics, lineage=lineage, n_train=n_tr, n_calibration=n_cal)
+
+
+def _why_excluded(n: int, config: CellTypeConfig) -> str:
+    if n < 2:
+        return "one labelled cell: cross-fitting cannot hold it out and train on it at once, so nothing could calibrate its predictions"
+    return f"fewer than min_cells_per_class={config.min_cells_per_class} labelled cells"
 
 
 def register_decoder(
@@ -163,10 +173,12 @@ def register_decoder(
     K = len(model.term_ids)
     n_tr = np.zeros(K, int) if n_train is None else n_train
     n_cal = np.zeros(K, int) if n_calibration is None else n_calibration
+    fitted = metrics if metrics is not None else model.fit_metrics
+    per_class = dict(fitted.get("per_class") or {})  # out-of-fold scores of each class (cross_fit)
     outputs = {
         "columns": dict(columns or OUTPUT_COLUMNS),
         "classes": [
-            {"term_id": str(t), "label": str(lab), "n_train": int(a), "n_calibration": int(b)}
+            {"term_id": str(t), "label": str(lab), "n_cells": int(a), "n_train": int(a), "n_calibration": int(b), **per_class.get(str(t), {})}
             for t, lab, a, b in zip(model.term_ids, model.labels, n_tr, n_cal, strict=True)
         ],
         "alpha": config.alpha,

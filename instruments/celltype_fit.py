@@ -58,7 +58,10 @@ from aivc.progress import NullProgress, Progress
 def stratified_folds(y: np.ndarray, folds: int, seed: int) -> np.ndarray:
     """Fold index of each cell: every class dealt round-robin over the folds in a random order.
 
-    With at least 2 cells per class, every training split (all folds but one) holds every class.
+    With at least 2 cells per class, every training split (all folds but one) holds every class:
+    a class of ``n < folds`` cells lands in ``n`` different folds, so holding out one of them
+    leaves ``n - 1 >= 1`` in training (a 2-cell class trains on one cell and is predicted on
+    the other, in both of its folds).
     """
     rng = np.random.default_rng(seed)
     out = np.empty(len(y), dtype=np.int64)
@@ -127,6 +130,26 @@ def _train_classifier(z: np.ndarray, y: np.ndarray, n_classes: int, hidden: int,
     return [(m.weight.detach().numpy().T.astype(np.float32).copy(), m.bias.detach().numpy().astype(np.float32).copy()) for m in linears]
 
 
+def _per_class(y: np.ndarray, pred: np.ndarray, members: np.ndarray, term_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """Out-of-fold scores of each class: how far a curator can trust its predictions.
+
+    ``n_cells`` labelled cells; ``oof_precision``/``oof_recall``/``oof_f1`` of the out-of-fold
+    top class; ``oof_coverage``: the fraction of its cells whose out-of-fold conformal set held
+    it (the threshold is marginal, over all cells: a rare class can be covered less often)."""
+    out: dict[str, dict[str, Any]] = {}
+    for k, t in enumerate(term_ids):
+        mine = y == k
+        tp = float((mine & (pred == k)).sum())
+        n_pred, n = float((pred == k).sum()), float(mine.sum())
+        prec, rec = (tp / n_pred if n_pred else 0.0), (tp / n if n else 0.0)
+        out[str(t)] = {
+            "n_cells": int(n), "oof_precision": round(prec, 4), "oof_recall": round(rec, 4),
+            "oof_f1": round(2 * prec * rec / (prec + rec), 4) if prec + rec else 0.0,
+            "oof_coverage": round(float(members[mine, k].mean()), 4) if n else None,
+        }  # fmt: skip
+    return out
+
+
 def _classification_metrics(y: np.ndarray, pred: np.ndarray, n_classes: int) -> dict[str, float]:
     f1, recall = [], []
     for k in range(n_classes):
@@ -178,7 +201,10 @@ def cross_fit(
     exchangeable (spatial blocks of niches: :func:`aivc.instruments.niche_domain.spatial_folds`);
     default: :func:`stratified_folds` over ``cfg.folds``. A class absent from a fold's
     training split is then never predicted for that fold's rows, which the calibration sees
-    (counted in ``fit_metrics['classes_missing_in_training_folds']``). ``nouns``: what a class
+    (counted in ``fit_metrics['classes_missing_in_training_folds']``). Classes need at least
+    2 rows (one cannot be held out and trained on at once); a class smaller than the fold count
+    is kept (``fit_metrics['classes_smaller_than_folds']``) and its out-of-fold scores are in
+    ``fit_metrics['per_class']``. ``nouns``: what a class
     and a row are called in messages (``("tissue domain", "niche")`` for niches).
     """
     K = len(term_ids)
@@ -242,6 +268,7 @@ def cross_fit(
         "n_calibration": int(len(y)),
         "folds": n_folds,
         "classes_missing_in_training_folds": missing,
+        "classes_smaller_than_folds": int((counts < n_folds).sum()),
         "n_classes": K,
         "selected": {"hidden": hidden, "weight_decay": wd},
         "model_selection": trials,
@@ -256,5 +283,6 @@ def cross_fit(
         "calibration_coverage": round(float(members[np.arange(len(y)), y].mean()), 6),
         "calibration_mean_set_size": round(float(members.sum(axis=1).mean()), 6),
         "novelty_threshold": round(model.novelty_threshold, 6),
+        "per_class": _per_class(y, oof.argmax(axis=1), members, term_ids),
     }
     return model

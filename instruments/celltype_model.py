@@ -71,7 +71,11 @@ class CellTypeConfig:
         temperature, the conformal threshold and the novelty threshold. The registered
         model is then trained on every labelled cell.
     min_cells_per_class
-        Cell types with fewer labelled cells are excluded (and reported).
+        Cell types with fewer labelled cells are excluded (and reported). The default, 2,
+        keeps every type cross-fitting can calibrate: a rare type is trained on, predicted,
+        may appear in conformal sets, and its out-of-fold scores are in the record
+        (``metrics['per_class']``); a type with a single labelled cell is left out (it cannot
+        be held out and trained on at once, so nothing would calibrate its predictions).
     novelty_quantile
         Quantile of the out-of-fold novelty above which a cell is flagged ``abstain``.
     """
@@ -84,7 +88,7 @@ class CellTypeConfig:
     lr: float = 0.01
     batch_size: int = 4096
     folds: int = 5
-    min_cells_per_class: int = 10
+    min_cells_per_class: int = 2
     novelty_quantile: float = 0.99
     seed: int = 0
 

@@ -3,7 +3,8 @@
 ``pbmc_base`` (built once per session, ~15 s): ``pbmc68k-part1`` (350 cells, labelled)
 and ``pbmc68k-part2`` (the other 350, submitted *with* its labels here so that held-out
 agreement and coverage can be measured), the PCA cell UR ``cell:pca@1`` (32 dims) over
-both, and ``celltype@1`` trained on part 1 only. Tests that write to a lake take
+both, and ``celltype@1`` trained on part 1 only (``min_cells_per_class=10``: its three
+rarest types left out, so that tests see cells of types the decoder never saw). Tests that write to a lake take
 ``plake``: a private copy of it.
 """
 
@@ -35,6 +36,7 @@ def pbmc_base(tmp_path_factory: pytest.TempPathFactory, pbmc_files) -> PbmcBase:
     from aivc.embeddings.pca import PcaParams, embed_pca
     from aivc.ingest.submission import submit
     from aivc.instruments.celltype import train_celltype
+    from aivc.instruments.celltype_model import CellTypeConfig
     from aivc.store.lake import Lake
 
     root = tmp_path_factory.mktemp("instruments")
@@ -46,7 +48,8 @@ def pbmc_base(tmp_path_factory: pytest.TempPathFactory, pbmc_files) -> PbmcBase:
         res = submit(lake, h, m, report_dir=root / "reports")
         assert res.status == "committed", res.errors
     emb = embed_pca(lake, params=PcaParams(n_components=32, n_top_genes=2000))
-    rec = train_celltype(lake, emb.ref, datasets=["pbmc68k-part1"])
+    # min 10 cells: part 1's three rarest types are left out, so tests see cells of types the decoder never saw
+    rec = train_celltype(lake, emb.ref, datasets=["pbmc68k-part1"], config=CellTypeConfig(min_cells_per_class=10))
     return PbmcBase(lake.root, emb, rec)
 
 

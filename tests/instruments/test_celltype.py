@@ -76,7 +76,7 @@ def test_held_out_coverage_is_close_to_nominal(plake):
         cells, x = labelled_cells(lake, get_version(lake, "cell:pca@1"), [test])
         truth = cells["cell_type_ontology_term_id"].to_numpy()
         for seed in range(3):
-            rec = train_celltype(lake, "cell:pca@1", datasets=[train], name="cov", config=CellTypeConfig(seed=seed, hidden=64, weight_decay=1e-2))
+            rec = train_celltype(lake, "cell:pca@1", datasets=[train], name="cov", config=CellTypeConfig(seed=seed, hidden=64, weight_decay=1e-2, min_cells_per_class=10))
             t = load_instrument(lake, rec).predict(x)
             known = np.isin(truth, [c["term_id"] for c in rec.outputs["classes"]])
             sets = t.column("prediction_set").to_pylist()
@@ -89,7 +89,7 @@ def test_held_out_coverage_is_close_to_nominal(plake):
 
 
 def test_training_is_deterministic_and_reads_only_its_version(pbmc_base, plake):
-    again = train_celltype(plake, "cell:pca@1", datasets=["pbmc68k-part1"])
+    again = train_celltype(plake, "cell:pca@1", datasets=["pbmc68k-part1"], config=CellTypeConfig(min_cells_per_class=10))  # as pbmc_base
     assert again.ref == "celltype@2" and again.metrics == pbmc_base.rec.metrics
     table, vec = read_vectors(plake, "cell:pca@1", datasets={"pbmc68k-part1"}, columns=("id",))
     a, b = load_instrument(plake, "celltype@1"), load_instrument(plake, "celltype@2")
@@ -113,7 +113,7 @@ def test_cli_train_list_show(plake, cli_app):
     code, err = run_cli(cli_app, *args, "--weight-decay", "-1")
     assert code == 2 and err["errors"][0]["where"] == "--weight-decay" and err["errors"][0]["message"] == "weight decay must be >= 0, got -1.0"
     assert lake_snapshot(plake.root) == before
-    code, out = run_cli(cli_app, *args, "--alpha", "0.2", "--hidden", "0", "--weight-decay", "0.01", "--folds", "3")
+    code, out = run_cli(cli_app, *args, "--alpha", "0.2", "--hidden", "0", "--weight-decay", "0.01", "--folds", "3", "--min-cells", "10")
     assert code == 0 and out["status"] == "registered" and out["ref"] == "celltype@2"
     m = out["metrics"]
     assert m["selected"] == {"hidden": 0, "weight_decay": 0.01} and m["folds"] == 3 and len(m["model_selection"]) == 1

@@ -2,39 +2,41 @@
 
 Usage::
 
-    /work/venv/bin/python benchmarks/bench_annotate.py [--cells 100000] [--actors 1] [--seeds 3]
-        [--json] [--workdir DIR] [--keep] [--only accuracy|throughput]
+    benchmarks/celltypist-venv.sh      # once: CellTypist 1.7.1 in .celltypist-venv
+    .venv/bin/python benchmarks/bench_annotate.py [--splits 3] [--seeds 3] [--urs PCA,cell-vae]
+        [--peer-cells 50000] [--cells 100000] [--actors 1] [--json] [--workdir DIR] [--keep]
+        [--only accuracy|throughput]
 
 What it does
 ------------
-1. **Accuracy on real data** (scanpy's pbmc68k_reduced, the demo's two submissions of 350
-   cells each, from different 10x lanes), in both directions: for each half, a lake where
-   that half is submitted with its cell-type labels and the other *without* (``unknown``,
-   as in ``aivc demo``), with a PCA cell UR (``aivc embed pca``, 32 dims) over both. The
-   decoder is trained on the labelled half's URs (``train_celltype``, default config:
-   5-fold cross-fitting, width/L2 chosen by out-of-fold macro-F1, temperature, conformal,
-   novelty) and the other half is annotated by the Ray Data job (``annotate``). The
-   withheld truth is ``bulk_labels`` mapped to CL terms with ``aivc.demo.PBMC_LABEL_MAP``.
-   Peers, trained on exactly the same labelled cells (cell types with >= 10 cells):
+1. **Accuracy against the real peers** (scanpy's pbmc68k_reduced, 700 cells, 10 types with
+   8 to 240 cells), over several reference/query splits: the two halves (the demo's two
+   submissions, different 10x lanes) both ways and ``--splits`` random 350/350 splits. For
+   each split, the user's path: a lake where the reference is submitted with its labels and the
+   query without (``unknown``), ``aivc embed pca`` with its defaults and (``--urs``) the default
+   cell-vae UR (``aivc train cell-vae`` + ``aivc embed``, CLI subprocesses, whatever the packaged
+   config says when run), ``train_celltype`` on the reference (default config, ``--seeds``
+   seeds: rare types are kept, a 1-cell type is left out) and ``annotate`` of the query from the
+   stored URs. EVERY query cell is scored against its withheld label (``bulk_labels`` mapped to
+   CL terms): macro-F1 over every type present in the query's truth, an abstention (novelty
+   above the threshold) counted as wrong. Peers on exactly the same reference and query cells:
 
-   - *CellTypist-style*: sklearn ``LogisticRegression`` (L2, C=1, lbfgs) on log1p(CP10k)
-     expression of all genes, z-scored on the training half and clipped at 10
-     (CellTypist's preprocessing, without its SGD/feature-selection options);
-   - *kNN label transfer on PCA*: sklearn ``KNeighborsClassifier`` (k=15, distance-weighted)
-     on the same PCA URs the decoder reads.
+   - *CellTypist 1.7.1 itself* (``celltypist.train`` with its defaults on log1p(CP10k) of all
+     genes, ``celltypist.annotate`` without and with majority voting), run by
+     ``benchmarks/celltypist_peer.py`` in its own venv (``benchmarks/celltypist-venv.sh``:
+     CellTypist 1.7.1 needs scikit-learn < 1.7) on h5ad files written here;
+   - sklearn ``LogisticRegression`` (L2, C=1, lbfgs) on log1p(CP10k) z-scored on the
+     reference and clipped at 10;
+   - *kNN label transfer*: ``KNeighborsClassifier`` (k=15, distance-weighted) on the PCA URs.
 
-   A diagnostic row (no peer, not the target) fits the same decoder, default config, on the
-   LR's own input (the z-scored expression of all genes) instead of the 32-dim UR: it
-   separates what the decoder does from what the UR keeps.
-
-   Printed: accuracy and macro-F1 over held-out cells whose true type is one of the
-   trained types, per direction and the mean of the two directions (target: the decoder
-   at least the best peer), with a paired bootstrap 95% interval of the decoder's
-   difference to each peer (2,000 resamples of the held-out cells, every method scored on
-   the same resamples): how much of a difference the sampling of ~340 cells explains; then the conformal coverage of the held-out true types by
-   the prediction sets against the nominal ``1 - alpha`` (LAC at 0.05/0.1/0.2, APS at
-   0.1), averaged over ``--seeds`` fold assignments per direction, and the mean of the
-   two directions (target: within 3 points).
+   A diagnostic row (no peer) fits the same decoder on the z-scored genes instead of a UR.
+   Printed: mean ± sd of macro-F1 and accuracy per method over splits x seeds, per-split
+   means, the conformal coverage of every held-out cell by the prediction sets at the default
+   alpha (target 0.90 ± 0.03), and the targets: aivc macro-F1 >= CellTypist's (each mode), PASS/FAIL.
+   Then throughput: ``aivc annotate`` from stored URs (the user's path, writing the prediction
+   version and its report) against ``celltypist.annotate`` on an in-memory AnnData, on each
+   split's 350 query cells and on ``--peer-cells`` cells (split 0's query repeated, as URs
+   written to the lake and as an AnnData): cells/s, target >= 10x.
 
 2. **Throughput**: ``--cells`` synthetic cell URs (32 dims, 8 Gaussian cell types, over 4
    datasets) are written with ``EmbeddingWriter`` as ``cell:synth@1``; a decoder fitted
@@ -73,56 +75,313 @@ def _say(msg: str, quiet: bool) -> None:
         print(msg, flush=True)
 
 
-def _macro_f1(truth: np.ndarray, pred: np.ndarray, classes: list[str]) -> float:
+# -- 1. accuracy against the real peers, over splits and seeds -------------------------------------
+REF, QUERY = "pbmc-reference", "pbmc-query"
+ROOT = Path(__file__).resolve().parent.parent
+CELLTYPIST_PY = ROOT / ".celltypist-venv" / "bin" / "python"
+PEER_SCRIPT = Path(__file__).resolve().parent / "celltypist_peer.py"
+ABSTAINED = "(abstained)"
+AIVC = "aivc decoder"
+CT, CT_MV = "CellTypist 1.7.1", "CellTypist 1.7.1, majority voting"
+LR, KNN, DIAG = "LR on log1p CP10k (sklearn)", "kNN (k=15) on the PCA UR", "aivc decoder on z-scored genes (diagnostic)"
+TARGET_SPEEDUP = 10.0
+
+
+def _macro_f1(truth: np.ndarray, pred: np.ndarray) -> float:
+    """Macro-F1 over every type present in ``truth``: a type never predicted scores 0, an
+    abstention or a type absent from the truth is a wrong prediction for its cell."""
     from sklearn.metrics import f1_score
 
-    return float(f1_score(truth, pred, labels=classes, average="macro", zero_division=0))
+    return float(f1_score(truth, pred, labels=sorted(set(truth)), average="macro", zero_division=0))
 
 
-BOOTSTRAP = 2000
-
-
-def _bootstrap_f1(truth: np.ndarray, pred: np.ndarray, classes: list[str], draws: np.ndarray) -> np.ndarray:
-    """Macro-F1 (as ``_macro_f1``: over ``classes``, 0 for a class without support or
-    predictions) of each bootstrap resample of the cells, ``draws`` (B x n indices)."""
-    K = len(classes)
-    index = {c: k for k, c in enumerate(classes)}
-    t = np.array([index.get(x, K) for x in truth])
-    p = np.array([index.get(x, K) for x in pred])
-    out = np.empty(len(draws))
-    for b, d in enumerate(draws):
-        tb, pb = t[d], p[d]
-        tp = np.bincount(tb[tb == pb], minlength=K + 1)[:K].astype(float)
-        n_true = np.bincount(tb, minlength=K + 1)[:K]
-        n_pred = np.bincount(pb, minlength=K + 1)[:K]
-        denom = n_true + n_pred
-        out[b] = np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0).mean()
+def _splits(n_random: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(name, reference rows, query rows) of the 700 cells: the two halves (different 10x
+    lanes) both ways, then ``n_random`` random 350/350 splits."""
+    out = [("halves 1->2", np.arange(350), np.arange(350, 700)), ("halves 2->1", np.arange(350, 700), np.arange(350))]
+    for r in range(n_random):
+        p = np.random.default_rng(1000 + r).permutation(700)
+        out.append((f"random {r}", np.sort(p[:350]), np.sort(p[350:])))
     return out
 
 
-# -- 1. accuracy -----------------------------------------------------------------------------
-PARTS = ("pbmc68k-part1", "pbmc68k-part2")
+def _cli(*args: str) -> dict[str, Any]:
+    """``aivc ARGS --json`` in a subprocess (the user's path), its JSON output."""
+    import subprocess
+
+    exe = Path(sys.executable).parent / "aivc"
+    res = subprocess.run([str(exe), *args, "--json"], capture_output=True, text=True, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+    if res.returncode != 0:
+        raise RuntimeError(f"aivc {' '.join(args)} failed ({res.returncode}): {res.stdout[-2000:]} {res.stderr[-2000:]}")
+    return json.loads(res.stdout)
 
 
-def _pbmc_lake(work: Path, labelled: str) -> tuple[Any, Any]:
-    """A lake with both PBMC halves, only ``labelled`` submitted with its labels; PCA URs over both."""
+def _split_lake(work: Path, ref_rows: np.ndarray, q_rows: np.ndarray, urs: list[str]) -> tuple[Any, dict[str, Any], dict[str, float]]:
+    """Submit the reference (labelled) and the query (labels withheld), embed with the defaults."""
     import yaml
 
-    from aivc.demo import build_pbmc_submissions, pbmc_manifest
-    from aivc.embeddings.pca import PcaParams, embed_pca
+    from aivc.demo import pbmc_counts, pbmc_manifest
+    from aivc.embeddings.pca import embed_pca
     from aivc.ingest.submission import submit
+    from aivc.store.features import get_version
     from aivc.store.lake import Lake
 
-    files = build_pbmc_submissions(work / "inputs")
-    lake = Lake.init(work / f"pbmc-lake-{labelled}")
-    for (h, _), ds in zip(files, PARTS, strict=True):
-        m = work / "inputs" / f"{ds}-{labelled}.yaml"
-        is_lab = ds == labelled
-        m.write_text(yaml.safe_dump(pbmc_manifest(ds, labelled=is_lab, title=f"{ds}, {'labelled' if is_lab else 'labels withheld'}"), sort_keys=False))
-        res = submit(lake, h, m)
+    adata = pbmc_counts()
+    lake = Lake.init(work / "lake")
+    for ds, rows, lab in ((REF, ref_rows, True), (QUERY, q_rows, False)):
+        h, m = work / f"{ds}.h5ad", work / f"{ds}.yaml"
+        adata[rows].copy().write_h5ad(h)
+        m.write_text(yaml.safe_dump(pbmc_manifest(ds, labelled=lab, title=f"PBMC {'reference' if lab else 'query, labels withheld'}"), sort_keys=False))
+        res = submit(lake, h, m, report_dir=work / "reports")
         assert res.status == "committed", res.errors
-    emb = embed_pca(lake, params=PcaParams(n_components=32, n_top_genes=2000))
-    return lake, emb
+    embs, secs = {}, {}
+    t = time.perf_counter()
+    embs["PCA"] = embed_pca(lake)  # `aivc embed pca` with its defaults
+    secs["PCA"] = time.perf_counter() - t
+    if "cell-vae" in urs:
+        t = time.perf_counter()
+        model = _cli("train", "cell-vae", "--lake", str(lake.root))["model"]
+        ref = _cli("embed", model, "--lake", str(lake.root))["ref"]
+        embs["cell-vae"], secs["cell-vae"] = get_version(lake, ref), time.perf_counter() - t
+    return lake, embs, secs
+
+
+def _urs(lake: Any, emb: Any, ds: str, barcodes: list[str]) -> np.ndarray:
+    from aivc.store.features import read_vectors
+
+    tab, vec = read_vectors(lake, emb, datasets={ds}, columns=("id",))
+    pos = {i: k for k, i in enumerate(tab.column("id").to_pylist())}
+    return vec[[pos[f"{ds}@1:{b}"] for b in barcodes]]
+
+
+def _aivc_run(lake: Any, emb: Any, seed: int, q_ids: list[str], truth: np.ndarray) -> dict[str, Any]:
+    """The user's path from stored URs: train (default config, this seed), annotate the query."""
+    from aivc.instruments.annotate import annotate
+    from aivc.instruments.celltype import train_celltype
+    from aivc.instruments.celltype_model import CellTypeConfig
+    from aivc.instruments.predictions import read_predictions
+
+    t = time.perf_counter()
+    rec = train_celltype(lake, emb.ref, datasets=[REF], config=CellTypeConfig(seed=seed))
+    train_s = time.perf_counter() - t
+    t = time.perf_counter()
+    pv = annotate(lake, rec.ref, datasets=[QUERY])
+    annotate_s = time.perf_counter() - t
+    tab = read_predictions(lake, pv).to_pandas().set_index("obs_id").loc[q_ids]
+    top = tab["predicted_term_id"].to_numpy(dtype=object)
+    abstain = tab["abstain"].to_numpy(dtype=bool)
+    sets = tab["prediction_set"].tolist()
+    covered = np.array([t in s for t, s in zip(truth, sets, strict=True)])
+    trained = np.isin(truth, [c["term_id"] for c in rec.outputs["classes"]])
+    return {
+        "pred": np.where(abstain, ABSTAINED, top), "top": top, "rec": rec, "train_s": train_s, "annotate_s": annotate_s,
+        "coverage": float(covered.mean()), "coverage_trained_types": float(covered[trained].mean()), "set_size": float(tab["set_size"].mean()),
+        "abstained": float(abstain.mean()), "n_classes": len(rec.outputs["classes"]), "excluded": dict(rec.metrics["excluded_classes"]),
+    }  # fmt: skip
+
+
+def _write_h5ad(path: Path, expr: np.ndarray, genes: list[str], names: list[str], labels: np.ndarray | None) -> None:
+    import anndata as ad
+    import pandas as pd
+    import scipy.sparse as sp
+
+    a = ad.AnnData(X=sp.csr_matrix(expr.astype(np.float32)), obs=pd.DataFrame(index=pd.Index(names, dtype=str)), var=pd.DataFrame(index=pd.Index(genes, dtype=str)))
+    if labels is not None:
+        a.obs["label"] = pd.Categorical(labels.astype(str))
+    a.write_h5ad(path)
+
+
+def _celltypist(work: Path, tasks: dict[str, Any]) -> dict[str, Any]:
+    """Run CellTypist 1.7.1 in its own venv (scikit-learn < 1.7) on the files written."""
+    import subprocess
+
+    if not CELLTYPIST_PY.exists():
+        raise SystemExit(f"no CellTypist venv at {CELLTYPIST_PY.parent.parent}: run benchmarks/celltypist-venv.sh first")
+    job = work / "celltypist-job.json"
+    out = work / "celltypist-out.json"
+    job.write_text(json.dumps({"tasks": tasks, "label": "label", "out": str(out), "majority_voting": True}))
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    res = subprocess.run([str(CELLTYPIST_PY), str(PEER_SCRIPT), str(job)], capture_output=True, text=True, env=env)
+    if res.returncode != 0:
+        raise RuntimeError(f"CellTypist failed ({res.returncode}): {res.stderr[-3000:]}")
+    return json.loads(out.read_text())
+
+
+def _mean_sd(v: list[float]) -> tuple[float, float]:
+    return float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
+
+
+def accuracy(work: Path, n_random: int, seeds: int, urs: list[str], peer_cells: int, quiet: bool) -> dict[str, Any]:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import KNeighborsClassifier
+
+    from aivc.demo import pbmc_counts
+    from aivc.instruments.celltype_fit import fit_decoder
+    from aivc.instruments.celltype_model import CellTypeConfig
+
+    truth_all, expr, barcodes = _truth_terms(), _expression(), _barcodes()
+    genes = [str(g) for g in pbmc_counts().var_names]
+    splits = _splits(n_random)
+    runs: list[dict[str, Any]] = []  # one row per (split, method, UR, seed)
+    split_info: list[dict[str, Any]] = []
+    ct_tasks: dict[str, Any] = {}
+    tiled: dict[str, Any] = {}
+    for si, (name, ref_rows, q_rows) in enumerate(splits):
+        d = work / f"split{si}"
+        d.mkdir(parents=True)
+        t0 = time.perf_counter()
+        lake, embs, emb_s = _split_lake(d, ref_rows, q_rows, urs)
+        q_bar = [barcodes[r] for r in q_rows]
+        q_ids = [f"{QUERY}@1:{b}" for b in q_bar]
+        truth, truth_ref = truth_all[q_rows], truth_all[ref_rows]
+        ref_counts = {str(k): int(v) for k, v in zip(*np.unique(truth_ref, return_counts=True), strict=True)}
+        info = {"split": name, "reference_type_counts": ref_counts, "query_types": len(set(truth)), "embed_s": {k: round(v, 1) for k, v in emb_s.items()}}
+        _say(f"\n[{name}] reference {len(ref_rows)} cells in {len(ref_counts)} types (cells per type {sorted(ref_counts.values())}), query {len(q_rows)} cells in "
+             f"{len(set(truth))} types; lake + URs in {time.perf_counter() - t0:.0f}s ({', '.join(f'{k} {v:.0f}s' for k, v in emb_s.items())})", quiet)  # fmt: skip
+        for ur, emb in embs.items():
+            for seed in range(seeds):
+                r = _aivc_run(lake, emb, seed, q_ids, truth)
+                f1, f1_top = _macro_f1(truth, r["pred"]), _macro_f1(truth, r["top"])
+                runs.append({"split": name, "method": AIVC, "ur": ur, "seed": seed, "macro_f1": f1, "macro_f1_without_abstention": f1_top, "accuracy": float((r["pred"] == truth).mean()),
+                             **{k: r[k] for k in ("coverage", "coverage_trained_types", "set_size", "abstained", "train_s", "annotate_s", "n_classes")}})  # fmt: skip
+                _say(f"  aivc on {ur} (seed {seed}): {r['n_classes']} types kept, excluded {list(r['excluded']) or 'none'}; macro-F1 {f1:.3f} (abstentions wrong; "
+                     f"{f1_top:.3f} without), coverage {r['coverage']:.3f}, set size {r['set_size']:.2f}, abstained {r['abstained']:.1%}; train {r['train_s']:.0f}s, annotate {r['annotate_s']:.2f}s", quiet)  # fmt: skip
+                if ur == "PCA" and seed == 0:
+                    info["aivc_annotate_s"] = r["annotate_s"]
+                    if si == 0 and peer_cells:
+                        tiled = {"lake": lake, "emb": emb, "rec": r["rec"], "q_bar": q_bar}
+        # peers on the same reference and query cells
+        e_tr, e_te = expr[ref_rows], expr[q_rows]
+        mu, sd = e_tr.mean(axis=0), e_tr.std(axis=0)
+        sd[sd == 0] = 1
+        z_tr, z_te = np.clip((e_tr - mu) / sd, -10, 10), np.clip((e_te - mu) / sd, -10, 10)
+        u_tr, u_te = _urs(lake, embs["PCA"], REF, [barcodes[r] for r in ref_rows]), _urs(lake, embs["PCA"], QUERY, q_bar)
+        classes = sorted(k for k, v in ref_counts.items() if v >= 2)
+        keep = np.isin(truth_ref, classes)
+        diag = fit_decoder(z_tr[keep].astype(np.float32), np.array([classes.index(c) for c in truth_ref[keep]]), classes, classes, CellTypeConfig())
+        peers = {
+            LR: LogisticRegression(C=1.0, max_iter=3000).fit(z_tr, truth_ref).predict(z_te),
+            KNN: KNeighborsClassifier(n_neighbors=15, weights="distance").fit(u_tr, truth_ref).predict(u_te),
+            DIAG: np.array(classes, dtype=object)[diag.predict_arrays(z_te.astype(np.float32))["top"]],
+        }
+        for m, p in peers.items():
+            runs.append({"split": name, "method": m, "ur": "genes" if m != KNN else "PCA", "seed": 0, "macro_f1": _macro_f1(truth, p), "accuracy": float((p == truth).mean())})
+        _write_h5ad(d / "ct-ref.h5ad", e_tr, genes, [barcodes[r] for r in ref_rows], truth_ref)
+        _write_h5ad(d / "ct-query.h5ad", e_te, genes, q_bar, None)
+        ct_tasks[name] = {"reference": str(d / "ct-ref.h5ad"), "queries": {"query": str(d / "ct-query.h5ad")}, "_truth": truth}
+        if si == 0 and peer_cells:
+            reps = -(-peer_cells // len(q_rows))
+            _write_h5ad(d / "ct-tiled.h5ad", np.tile(e_te, (reps, 1))[:peer_cells], genes, [f"{b}#{k}" for k in range(reps) for b in q_bar][:peer_cells], None)
+            ct_tasks[name]["queries"]["tiled"] = str(d / "ct-tiled.h5ad")
+        split_info.append(info)
+
+    _say("\nCellTypist 1.7.1 (its own venv) on every split's reference and query ...", quiet)
+    truths = {k: v.pop("_truth") for k, v in ct_tasks.items()}
+    ct = _celltypist(work, ct_tasks)
+    for info in split_info:
+        res = ct["tasks"][info["split"]]
+        q, truth = res["queries"]["query"], truths[info["split"]]
+        for m, key in ((CT, "predicted"), (CT_MV, "majority_voting")):
+            p = np.array(q[key], dtype=object)
+            runs.append({"split": info["split"], "method": m, "ur": "genes", "seed": 0, "macro_f1": _macro_f1(truth, p), "accuracy": float((p == truth).mean())})
+        info.update(celltypist_train_s=res["train_s"], celltypist_annotate_s=q["annotate_s"], celltypist_majority_voting_s=q["annotate_majority_voting_s"])
+    out = _summarise(runs, split_info, urs, seeds, quiet)
+    out["celltypist"] = {"version": ct["celltypist"], "scikit_learn": ct["scikit_learn"]}
+    out["throughput"] = _peer_throughput(split_info, ct, tiled, peer_cells, quiet)
+    return out
+
+
+def _summarise(runs: list[dict[str, Any]], split_info: list[dict[str, Any]], urs: list[str], seeds: int, quiet: bool) -> dict[str, Any]:
+    names = [s["split"] for s in split_info]
+    rows = [(AIVC, ur) for ur in urs] + [(CT, "genes"), (CT_MV, "genes"), (LR, "genes"), (KNN, "PCA"), (DIAG, "genes")]
+    _say(f"\nMacro-F1 over every held-out cell (all types present in the query's truth; abstention counts as wrong), {len(names)} splits"
+         f" x {seeds} decoder seeds for aivc (the peers are deterministic: one run per split)", quiet)  # fmt: skip
+    _say(f"{'method':46s} {'UR':9s} {'runs':>4s} {'macro-F1':>15s} {'accuracy':>15s}   per split (mean over seeds): {' | '.join(names)}", quiet)
+    summary = {}
+    for m, ur in rows:
+        mine = [r for r in runs if r["method"] == m and r["ur"] == ur]
+        f1, acc = _mean_sd([r["macro_f1"] for r in mine]), _mean_sd([r["accuracy"] for r in mine])
+        per = [float(np.mean([r["macro_f1"] for r in mine if r["split"] == s])) for s in names]
+        key = f"{m} [{ur}]"
+        summary[key] = {"macro_f1_mean": round(f1[0], 4), "macro_f1_sd": round(f1[1], 4), "accuracy_mean": round(acc[0], 4), "accuracy_sd": round(acc[1], 4), "per_split": dict(zip(names, [round(x, 4) for x in per], strict=True)), "runs": len(mine)}
+        _say(f"{m:46s} {ur:9s} {len(mine):4d} {f1[0]:8.3f} ± {f1[1]:.3f} {acc[0]:8.3f} ± {acc[1]:.3f}   {' '.join(f'{x:.3f}' for x in per)}", quiet)
+    for ur in urs:
+        mine = [r for r in runs if r["method"] == AIVC and r["ur"] == ur]
+        f1t = _mean_sd([r["macro_f1_without_abstention"] for r in mine])
+        cov, cov_t = _mean_sd([r["coverage"] for r in mine]), _mean_sd([r["coverage_trained_types"] for r in mine])
+        size, ab = float(np.mean([r["set_size"] for r in mine])), float(np.mean([r["abstained"] for r in mine]))
+        ok = abs(cov[0] - 0.9) <= 0.03
+        summary[f"{AIVC} [{ur}]"].update(macro_f1_without_abstention=round(f1t[0], 4), coverage=round(cov[0], 4), coverage_sd=round(cov[1], 4), coverage_trained_types=round(cov_t[0], 4),
+                                         mean_set_size=round(size, 3), abstained=round(ab, 4), coverage_within_3_points=ok)  # fmt: skip
+        _say(f"aivc on {ur}: macro-F1 {f1t[0]:.3f} ± {f1t[1]:.3f} without counting abstentions ({ab:.1%} abstained); conformal sets (alpha 0.1) cover {cov[0]:.3f} ± {cov[1]:.3f} "
+             f"of all held-out cells ({cov_t[0]:.3f} of those of trained types), mean set size {size:.2f}; target 0.90 ± 0.03 {'PASS' if ok else 'FAIL'}", quiet)  # fmt: skip
+    targets = {}
+    for ur in urs:
+        dec = summary[f"{AIVC} [{ur}]"]
+        for peer in (CT, CT_MV):
+            p = summary[f"{peer} [genes]"]
+            diffs = [dec["per_split"][s] - p["per_split"][s] for s in names]
+            ok = dec["macro_f1_mean"] >= p["macro_f1_mean"]
+            targets[f"{ur} vs {peer}"] = {"ratio": round(dec["macro_f1_mean"] / p["macro_f1_mean"], 4), "pass": ok, "splits_at_least_peer": int(sum(x >= 0 for x in diffs)), "mean_difference": round(float(np.mean(diffs)), 4)}
+            _say(f"aivc [{ur}] / {peer}: macro-F1 {dec['macro_f1_mean']:.3f} / {p['macro_f1_mean']:.3f} = {dec['macro_f1_mean'] / p['macro_f1_mean']:.3f}x "
+                 f"(at least the peer on {sum(x >= 0 for x in diffs)} of {len(diffs)} splits)   target >= 1.00x   {'PASS' if ok else 'FAIL'}", quiet)  # fmt: skip
+    return {"splits": split_info, "summary": summary, "targets": targets, "runs": runs}
+
+
+def _peer_throughput(split_info: list[dict[str, Any]], ct: dict[str, Any], tiled: dict[str, Any], peer_cells: int, quiet: bool) -> dict[str, Any]:
+    """aivc annotate from stored URs against celltypist.annotate on the same query cells."""
+    from aivc.instruments.annotate import annotate
+    from aivc.instruments.celltype import register_decoder
+    from aivc.instruments.registry import load_instrument
+    from aivc.store.features import EmbeddingWriter
+    from aivc.store.lineage import Lineage
+
+    n_q = 350
+    a_s = float(np.median([s["aivc_annotate_s"] for s in split_info]))
+    c_s = float(np.median([s["celltypist_annotate_s"] for s in split_info]))
+    mv_s = float(np.median([s["celltypist_majority_voting_s"] for s in split_info]))
+    rows = [{"cells": n_q, "path": "aivc annotate (stored PCA URs -> prediction version + report), median over splits", "seconds": a_s},
+            {"cells": n_q, "path": "celltypist.annotate (in-memory AnnData), median over splits", "seconds": c_s},
+            {"cells": n_q, "path": "celltypist.annotate, majority voting, median over splits", "seconds": mv_s}]  # fmt: skip
+    out: dict[str, Any] = {}
+    if tiled:
+        lake, emb, rec, q_bar = tiled["lake"], tiled["emb"], tiled["rec"], tiled["q_bar"]
+        vec = _urs(lake, emb, QUERY, q_bar)
+        reps = -(-peer_cells // len(q_bar))
+        ids = [f"{QUERY}@1:{b}#{k}" for k in range(reps) for b in q_bar][:peer_cells]
+        with EmbeddingWriter(lake, "cell", "pca_tiled", emb.dim, source={"kind": "benchmark"}, lineage=Lineage(datasets=(f"{QUERY}@1",))) as w:
+            w.write(ids, np.tile(vec, (reps, 1))[:peer_cells], soma_joinids=np.arange(peer_cells), dataset_ids=np.array([QUERY] * peer_cells, dtype=object))
+        assert w.version is not None
+        model = load_instrument(lake, rec)
+        trec = register_decoder(lake, model, w.version, name="celltype-tiled")
+        times = {}
+        for key, report in (("report", True), ("no_report", False)):
+            t = time.perf_counter()
+            annotate(lake, trec.ref, all_datasets=True, report=report)
+            times[key] = time.perf_counter() - t
+        from aivc.store.features import read_vectors
+
+        _, allvec = read_vectors(lake, w.version, columns=("id",))
+        t = time.perf_counter()
+        model.predict(allvec)
+        times["direct"] = time.perf_counter() - t
+        q = ct["tasks"][split_info[0]["split"]]["queries"]["tiled"]
+        rows += [{"cells": peer_cells, "path": "aivc annotate (stored URs -> prediction version + report)", "seconds": times["report"]},
+                 {"cells": peer_cells, "path": "aivc annotate --no-report", "seconds": times["no_report"]},
+                 {"cells": peer_cells, "path": "aivc decoder.predict on in-memory URs", "seconds": times["direct"]},
+                 {"cells": peer_cells, "path": "celltypist.annotate (in-memory AnnData)", "seconds": q["annotate_s"]}]  # fmt: skip
+    _say(f"\nThroughput on the query cells (for {peer_cells:,} cells: split 0's query repeated)", quiet)
+    _say(f"{'path':78s} {'cells':>7s} {'seconds':>8s} {'cells/s':>11s}", quiet)
+    for r in rows:
+        r["cells_per_second"] = round(r["cells"] / r["seconds"], 1)
+        _say(f"{r['path']:78s} {r['cells']:7,d} {r['seconds']:8.3f} {r['cells_per_second']:11,.0f}", quiet)
+    for n in sorted({r["cells"] for r in rows}):
+        aivc = next(r for r in rows if r["cells"] == n and r["path"].startswith("aivc annotate ("))
+        peer = next(r for r in rows if r["cells"] == n and r["path"].startswith("celltypist.annotate ("))
+        ratio = aivc["cells_per_second"] / peer["cells_per_second"]
+        out[str(n)] = {"ratio": round(ratio, 4), "pass": ratio >= TARGET_SPEEDUP}
+        _say(f"aivc annotate / celltypist.annotate at {n:,} cells: {ratio:.2f}x   target >= {TARGET_SPEEDUP:.0f}x   {'PASS' if ratio >= TARGET_SPEEDUP else 'FAIL'}", quiet)
+    return {"rows": rows, "ratios": out}
 
 
 def _truth_terms() -> np.ndarray:
@@ -142,127 +401,6 @@ def _expression() -> np.ndarray:
 
     adata = pbmc_counts()
     return lognormalize(np.asarray(adata.X.toarray(), dtype=np.float64))
-
-
-def _direction(work: Path, train_ds: str, truth_all: np.ndarray, expr: np.ndarray, seeds: int, quiet: bool) -> dict[str, Any]:
-    """Train on ``train_ds`` (labelled), annotate the other half (labels withheld); peers on the same cells."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.neighbors import KNeighborsClassifier
-
-    from aivc.store.features import read_vectors
-    from aivc.instruments.annotate import annotate
-    from aivc.instruments.celltype import train_celltype
-    from aivc.instruments.celltype_fit import fit_decoder
-    from aivc.instruments.celltype_model import CellTypeConfig
-    from aivc.instruments.predictions import read_predictions
-
-    test_ds = PARTS[1] if train_ds == PARTS[0] else PARTS[0]
-    tr_rows = np.arange(350) if train_ds == PARTS[0] else np.arange(350, 700)
-    te_rows = np.arange(350, 700) if train_ds == PARTS[0] else np.arange(350)
-    t0 = time.perf_counter()
-    lake, emb = _pbmc_lake(work, train_ds)
-    barcodes = _barcodes()
-
-    def aligned(ds: str, rows: np.ndarray) -> np.ndarray:
-        tab, vec = read_vectors(lake, emb, datasets={ds}, columns=("id",))
-        pos = {i.split(":", 1)[1]: k for k, i in enumerate(tab.column("id").to_pylist())}
-        return vec[[pos[barcodes[r]] for r in rows]]
-
-    u_tr, u_te = aligned(train_ds, tr_rows), aligned(test_ds, te_rows)
-    truth_tr, truth_te = truth_all[tr_rows], truth_all[te_rows]
-    rec = train_celltype(lake, emb.ref, datasets=[train_ds])
-    classes = [c["term_id"] for c in rec.outputs["classes"]]
-    t = time.perf_counter()
-    pv = annotate(lake, rec.ref, datasets=[test_ds], engine="ray")
-    _say(f"\n[{train_ds} -> {test_ds}] lake with {emb.ref} in {t - t0:.0f}s; {rec.ref}: {len(classes)} types, selected {rec.metrics['selected']} "
-         f"(out-of-fold macro-F1 {rec.metrics['calibration']['macro_f1']:.3f}); annotated {test_ds} with Ray in {time.perf_counter() - t:.1f}s", quiet)  # fmt: skip
-    pred_tab = read_predictions(lake, pv).to_pandas().set_index("obs_id")
-    pred = pred_tab.loc[[f"{test_ds}@1:{barcodes[r]}" for r in te_rows]]
-    known = np.isin(truth_te, classes)
-    train_m = np.isin(truth_tr, classes)
-
-    e_tr, e_te = expr[tr_rows], expr[te_rows]
-    mu, sd = e_tr[train_m].mean(axis=0), e_tr[train_m].std(axis=0)
-    sd[sd == 0] = 1
-    z_tr, z_te = np.clip((e_tr - mu) / sd, -10, 10), np.clip((e_te - mu) / sd, -10, 10)
-    lr = LogisticRegression(C=1.0, max_iter=3000).fit(z_tr[train_m], truth_tr[train_m])
-    knn = KNeighborsClassifier(n_neighbors=15, weights="distance").fit(u_tr[train_m], truth_tr[train_m])
-    # diagnostic: the same decoder (default config) given the LR's own input instead of a 32-dim UR
-    y_lab = np.array([classes.index(c) for c in truth_tr[train_m]])
-    on_genes = fit_decoder(z_tr[train_m].astype(np.float32), y_lab, classes, classes, CellTypeConfig())
-    methods = {
-        "aivc decoder (default)": pred["predicted_term_id"].to_numpy(dtype=object),
-        "CellTypist-style LR on log1p CP10k": lr.predict(z_te),
-        "kNN (k=15) on the PCA URs": knn.predict(u_te),
-        "aivc decoder on the LR's input (diagnostic)": np.array(classes, dtype=object)[on_genes.predict_arrays(z_te.astype(np.float32))["top"]],
-    }
-    rows = []
-    for name, p in methods.items():
-        rows.append({"method": name, "accuracy": round(float((p[known] == truth_te[known]).mean()), 4), "macro_f1": round(_macro_f1(truth_te[known], p[known], classes), 4)})
-    # paired bootstrap over the held-out cells: the same resamples score every method
-    draws = np.random.default_rng(0).integers(0, int(known.sum()), size=(BOOTSTRAP, int(known.sum())))
-    boot = {name: _bootstrap_f1(truth_te[known], p[known], classes, draws) for name, p in methods.items()}
-    _say(f"{'method':46s} {'accuracy':>9s} {'macro-F1':>9s}   ({int(known.sum())} cells of the trained types; {int((~known).sum())} of others)", quiet)
-    for r in rows:
-        _say(f"{r['method']:46s} {r['accuracy']:9.3f} {r['macro_f1']:9.3f}", quiet)
-
-    # conformal coverage of the held-out half over `seeds` fold assignments (the default config)
-    y_tr = y_lab
-    labels = [c["label"] for c in rec.outputs["classes"]]
-    cov: list[dict[str, Any]] = []
-    for score, alpha in (("lac", 0.05), ("lac", 0.1), ("lac", 0.2), ("aps", 0.1)):
-        c, sz = [], []
-        for seed in range(seeds):
-            dec = fit_decoder(u_tr[train_m], y_tr, classes, labels, CellTypeConfig(alpha=alpha, score=score, seed=seed))  # type: ignore[arg-type]
-            mem = dec.predict_arrays(u_te[known])["members"]
-            y_te = np.array([classes.index(x) for x in truth_te[known]])
-            c.append(float(mem[np.arange(len(y_te)), y_te].mean()))
-            sz.append(float(mem.sum(axis=1).mean()))
-        cov.append({"score": score, "alpha": alpha, "coverage_by_seed": [round(x, 4) for x in c], "coverage": round(float(np.mean(c)), 4), "mean_set_size": round(float(np.mean(sz)), 3)})
-    abst = pred["abstain"].to_numpy()
-    return {"train": train_ds, "test": test_ds, "methods": rows, "coverage": cov, "_bootstrap": boot, "n_known": int(known.sum()), "selected": rec.metrics["selected"],
-            "abstain_known": round(float(abst[known].mean()), 4), "abstain_unknown": round(float(abst[~known].mean()), 4) if (~known).any() else None}  # fmt: skip
-
-
-def accuracy(work: Path, seeds: int, quiet: bool) -> dict[str, Any]:
-    truth, expr = _truth_terms(), _expression()
-    runs = [_direction(work, ds, truth, expr, seeds, quiet) for ds in PARTS]
-    names = [r["method"] for r in runs[0]["methods"]]
-    mean_f1 = {n: round(float(np.mean([next(m["macro_f1"] for m in r["methods"] if m["method"] == n) for r in runs])), 4) for n in names}
-    best_peer = max(v for k, v in mean_f1.items() if not k.startswith("aivc"))  # the diagnostic row is no peer
-    dec = mean_f1["aivc decoder (default)"]
-    _say("\nMacro-F1 on the held-out half (cells of the trained types), each direction and their mean", quiet)
-    _say(f"{'method':46s} {'1 -> 2':>8s} {'2 -> 1':>8s} {'mean':>8s}", quiet)
-    for n in names:
-        per = [next(m["macro_f1"] for m in r["methods"] if m["method"] == n) for r in runs]
-        _say(f"{n:46s} {per[0]:8.3f} {per[1]:8.3f} {mean_f1[n]:8.3f}", quiet)
-    _say(f"decoder / best peer (mean macro-F1): {dec:.3f} / {best_peer:.3f} = {dec / best_peer:.3f}x   target >= 1.00x   {'PASS' if dec >= best_peer else 'FAIL'}", quiet)
-    # how much of the difference is the sampling of the held-out cells: paired bootstrap
-    # (same resampled cells for both methods, each direction resampled, their mean taken)
-    diffs = {}
-    for n in names:
-        if n.startswith("aivc"):
-            continue
-        d = np.mean([r["_bootstrap"]["aivc decoder (default)"] - r["_bootstrap"][n] for r in runs], axis=0)
-        lo, hi = np.percentile(d, [2.5, 97.5])
-        diffs[n] = {"mean_difference": round(float(dec - mean_f1[n]), 4), "ci95": [round(float(lo), 4), round(float(hi), 4)], "p_decoder_worse": round(float((d < 0).mean()), 4)}
-        _say(f"  decoder - {n}: {dec - mean_f1[n]:+.3f} macro-F1, paired bootstrap 95% CI [{lo:+.3f}, {hi:+.3f}] ({BOOTSTRAP} resamples of the held-out cells)", quiet)
-    for r in runs:
-        r.pop("_bootstrap")
-    _say(f"\nConformal coverage of the held-out half's true type, mean over {seeds} fold assignments", quiet)
-    _say(f"{'score':6s} {'alpha':>6s} {'nominal':>8s} {'1 -> 2':>8s} {'2 -> 1':>8s} {'mean':>8s} {'set size':>9s} {'target':>7s}", quiet)
-    cov_summary = []
-    for i, c in enumerate(runs[0]["coverage"]):
-        per = [r["coverage"][i]["coverage"] for r in runs]
-        m = float(np.mean(per))
-        ok = abs(m - (1 - c["alpha"])) <= 0.03
-        cov_summary.append({"score": c["score"], "alpha": c["alpha"], "coverage_1_to_2": per[0], "coverage_2_to_1": per[1], "mean": round(m, 4), "within_3_points": ok})
-        size = np.mean([r["coverage"][i]["mean_set_size"] for r in runs])
-        _say(f"{c['score']:6s} {c['alpha']:6.2f} {1 - c['alpha']:8.2f} {per[0]:8.3f} {per[1]:8.3f} {m:8.3f} {size:9.2f} {'PASS' if ok else 'FAIL':>7s}", quiet)
-    for r in runs:
-        _say(f"abstained (novel) [{r['train']} -> {r['test']}]: {r['abstain_known']:.1%} of cells of trained types, "
-             f"{'n/a' if r['abstain_unknown'] is None else format(r['abstain_unknown'], '.1%')} of cells of untrained types", quiet)  # fmt: skip
-    return {"directions": runs, "mean_macro_f1": mean_f1, "decoder_over_best_peer": round(dec / best_peer, 4), "decoder_minus_peer": diffs, "coverage": cov_summary}
 
 
 def _barcodes() -> list[str]:
@@ -394,7 +532,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cells", type=int, default=100_000)
     ap.add_argument("--actors", type=int, default=1, help="actor-pool size for the actor row of the throughput table")
-    ap.add_argument("--seeds", type=int, default=3, help="fold assignments averaged for coverage")
+    ap.add_argument("--seeds", type=int, default=3, help="decoder seeds (folds, optimiser) per split and UR")
+    ap.add_argument("--splits", type=int, default=3, help="random 350/350 reference/query splits, besides the two halves both ways")
+    ap.add_argument("--urs", default="PCA,cell-vae", help="URs the decoder reads: PCA (`aivc embed pca`) and/or cell-vae (`aivc train cell-vae` + `aivc embed`, defaults)")
+    ap.add_argument("--peer-cells", type=int, default=50_000, help="cells (split 0's query repeated) for the throughput against celltypist.annotate; 0: skip")
     ap.add_argument("--workdir", default="/work/bench-scratch/annotate")
     ap.add_argument("--only", choices=("accuracy", "throughput"))
     ap.add_argument("--keep", action="store_true")
@@ -407,7 +548,10 @@ def main() -> int:
     out: dict[str, Any] = {}
     try:
         if args.only in (None, "accuracy"):
-            out["accuracy"] = accuracy(work, args.seeds, args.json)
+            urs = [u.strip() for u in args.urs.split(",") if u.strip()]
+            if "PCA" not in urs or not set(urs) <= {"PCA", "cell-vae"}:
+                ap.error(f"--urs must include PCA and name only PCA, cell-vae; got {args.urs!r}")
+            out["accuracy"] = accuracy(work, args.splits, args.seeds, urs, args.peer_cells, args.json)
         if args.only in (None, "throughput"):
             out["throughput"] = throughput(work, args.cells, args.actors, args.json)
     finally:

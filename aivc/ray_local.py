@@ -14,6 +14,10 @@ from typing import Any
 
 from aivc.errors import UsageError
 
+#: how long a Ray Data actor pool may take to start all its actors (a pool the cluster
+#: cannot place fails after this, instead of waiting forever)
+ACTOR_START_TIMEOUT_S = 600
+
 
 def start_ray(ray_address: str | None = None, *, workers: int = 1, object_store_memory: int | None = None) -> bool:
     """Connect to (or start) Ray; True when this call started it (the caller shuts it down).
@@ -46,6 +50,12 @@ def data_context(*, preserve_order: bool = False) -> Iterator[Any]:
     V2 file lister imports fsspec's HTTP filesystem from several threads at once, which
     fails at random when ``aiohttp`` is not installed (an ``ImportError`` Ray does not
     catch). ``preserve_order`` keeps the blocks in input order.
+
+    Actor pools are balanced across nodes: the pool waits for all its actors before the
+    first batch (else the first actor up takes every block), and blocks go to the least
+    busy actor rather than one on the node that holds the block (aivc's blocks are chunk
+    descriptors or small vectors: with locality on, every block the driver made went to
+    the actors on the driver's node). On one machine neither changes anything.
     """
     import logging
 
@@ -54,16 +64,20 @@ def data_context(*, preserve_order: bool = False) -> Iterator[Any]:
     ctx = ray.data.DataContext.get_current()
     saved = {k: getattr(ctx, k) for k in ("enable_progress_bars", "print_on_execution_start", "use_datasource_v2") if hasattr(ctx, k)}
     order = ctx.execution_options.preserve_order
+    locality, wait_actors = ctx.execution_options.actor_locality_enabled, ctx.wait_for_min_actors_s
     log = logging.getLogger("ray.data")
     level = log.level
     try:
         for k in saved:
             setattr(ctx, k, False)
         ctx.execution_options.preserve_order = preserve_order or order
+        ctx.execution_options.actor_locality_enabled = False
+        ctx.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S if wait_actors <= 0 else wait_actors
         log.setLevel(logging.CRITICAL)
         yield ctx
     finally:
         for k, v in saved.items():
             setattr(ctx, k, v)
         ctx.execution_options.preserve_order = order
+        ctx.execution_options.actor_locality_enabled, ctx.wait_for_min_actors_s = locality, wait_actors
         log.setLevel(level)

@@ -165,7 +165,8 @@ def _train_locked(
                 "threads": 1,
                 "resume_dir": resume_from,
             },
-            scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=False, resources_per_worker={"CPU": 1}),
+            # on a cluster (--ray-address) one worker per node where it can, not all on the first node that fits them
+            scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=False, resources_per_worker={"CPU": 1}, placement_strategy="SPREAD" if ray_address else "PACK"),
             run_config=ray.train.RunConfig(
                 name=RAY_NAME,
                 storage_path=str(rdir),

@@ -51,11 +51,12 @@ def data_context(*, preserve_order: bool = False) -> Iterator[Any]:
     fails at random when ``aiohttp`` is not installed (an ``ImportError`` Ray does not
     catch). ``preserve_order`` keeps the blocks in input order.
 
-    Actor pools are balanced across nodes: the pool waits for all its actors before the
-    first batch (else the first actor up takes every block), and blocks go to the least
-    busy actor rather than one on the node that holds the block (aivc's blocks are chunk
-    descriptors or small vectors: with locality on, every block the driver made went to
-    the actors on the driver's node). On one machine neither changes anything.
+    Actor pools are balanced across nodes: a pool waits for all its actors before the
+    first block (else the first actor up takes every block), and an actor holds one
+    block at a time unless its ``ActorPoolStrategy`` says otherwise (else Ray Data's
+    locality preference queues up to four blocks on an actor of the node that holds
+    them: every block the driver made went to the driver's node). aivc's blocks are chunk
+    descriptors or small UR batches, so nothing is lost by not queueing them.
     """
     import logging
 
@@ -64,20 +65,21 @@ def data_context(*, preserve_order: bool = False) -> Iterator[Any]:
     ctx = ray.data.DataContext.get_current()
     saved = {k: getattr(ctx, k) for k in ("enable_progress_bars", "print_on_execution_start", "use_datasource_v2") if hasattr(ctx, k)}
     order = ctx.execution_options.preserve_order
-    locality, wait_actors = ctx.execution_options.actor_locality_enabled, ctx.wait_for_min_actors_s
+    saved |= {"wait_for_min_actors_s": ctx.wait_for_min_actors_s, "max_tasks_in_flight_per_actor": ctx.max_tasks_in_flight_per_actor}
     log = logging.getLogger("ray.data")
     level = log.level
     try:
-        for k in saved:
-            setattr(ctx, k, False)
+        for k in ("enable_progress_bars", "print_on_execution_start", "use_datasource_v2"):
+            if k in saved:
+                setattr(ctx, k, False)
         ctx.execution_options.preserve_order = preserve_order or order
-        ctx.execution_options.actor_locality_enabled = False
-        ctx.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S if wait_actors <= 0 else wait_actors
+        if ctx.wait_for_min_actors_s <= 0:
+            ctx.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S
+        ctx.max_tasks_in_flight_per_actor = ctx.max_tasks_in_flight_per_actor or 1
         log.setLevel(logging.CRITICAL)
         yield ctx
     finally:
         for k, v in saved.items():
             setattr(ctx, k, v)
         ctx.execution_options.preserve_order = order
-        ctx.execution_options.actor_locality_enabled, ctx.wait_for_min_actors_s = locality, wait_actors
         log.setLevel(level)

@@ -177,6 +177,7 @@ class EmbeddingWriter:
         self._rows_in_file: dict[str, int] = {}
         self._file_no: dict[str, int] = {}
         self.n_rows = 0
+        self._id_hashes: list[np.ndarray] = []  # 8 bytes per row: the duplicate check without re-reading the ids
         self.version: EmbeddingVersion | None = None
         fields = [pa.field("id", pa.string(), nullable=False)]
         if entity in PER_DATASET:
@@ -195,7 +196,10 @@ class EmbeddingWriter:
             self._file_no[partition] = n
             folder = self.staging / partition if partition else self.staging
             folder.mkdir(parents=True, exist_ok=True)
-            self._writers[partition] = pq.ParquetWriter(folder / f"part-{n:05d}.parquet", self.schema, compression="zstd")
+            # ids are unique: a dictionary of them only costs memory and time before Parquet
+            # falls back to plain encoding; dataset_id is one value per partition
+            dict_cols = ["dataset_id"] if self.entity in PER_DATASET else False
+            self._writers[partition] = pq.ParquetWriter(folder / f"part-{n:05d}.parquet", self.schema, compression="zstd", use_dictionary=dict_cols, data_page_size=65536, write_batch_size=256)
             self._rows_in_file[partition] = 0
         return self._writers[partition]
 
@@ -222,21 +226,30 @@ class EmbeddingWriter:
             raise EmbeddingError(f"vector of id {ids_arr[i].as_py()!r} has NaN or infinite values", where=f"row {self.n_rows + i}")
         if ids_arr.null_count:
             raise EmbeddingError("ids must not be null", where=f"rows {self.n_rows}..")
+        import pandas as pd
+
+        self._id_hashes.append(pd.util.hash_array(ids_arr.to_numpy(zero_copy_only=False)))
         flat = pa.array(vec.reshape(-1), type=pa.float32())
         vector = pa.FixedSizeListArray.from_arrays(flat, self.dim)
         if self.entity in PER_DATASET:
             if soma_joinids is None or dataset_ids is None:
                 raise UsageError(f"{self.entity} embeddings need soma_joinids and dataset_ids", where="EmbeddingWriter.write")
-            ds = np.asarray(dataset_ids, dtype=object)
-            joins = np.asarray(soma_joinids, dtype=np.int64)
-            for d in sorted(set(ds.tolist())):
-                m = ds == d
-                idx = np.flatnonzero(m)
-                table = pa.table(
-                    {"id": ids_arr.take(pa.array(idx)), "soma_joinid": pa.array(joins[m]), "dataset_id": pa.array(ds[m].tolist(), type=pa.string()), "vector": vector.take(pa.array(idx))},
-                    schema=self.schema,
-                )
-                self._append(f"dataset={d}", table)
+            ds = pa.array(dataset_ids, type=pa.string()) if not isinstance(dataset_ids, pa.Array) else dataset_ids.cast(pa.string())
+            joins = pa.array(np.asarray(soma_joinids, dtype=np.int64))
+            if len(ds) != len(ids_arr) or len(joins) != len(ids_arr):
+                raise EmbeddingError(f"{len(ids_arr)} ids but {len(joins)} soma_joinids and {len(ds)} dataset_ids", where=f"rows {self.n_rows}..")
+            if ds.null_count:
+                raise EmbeddingError("dataset_ids must not be null", where=f"rows {self.n_rows}..")
+            table = pa.table({"id": ids_arr, "soma_joinid": joins, "dataset_id": ds, "vector": vector}, schema=self.schema)
+            enc = ds.dictionary_encode()
+            names, codes = enc.dictionary.to_pylist(), enc.indices.to_numpy(zero_copy_only=False)
+            if len(names) > 1:  # rows of several datasets: one stable reorder (one copy), then a slice per partition
+                order = np.argsort(codes, kind="stable")
+                table, codes = table.take(pa.array(order)), codes[order]
+            bounds = np.searchsorted(codes, np.arange(len(names) + 1)) if len(names) > 1 else np.array([0, len(codes)])
+            for c in sorted(range(len(names)), key=names.__getitem__):
+                lo, hi = int(bounds[c]), int(bounds[c + 1])
+                self._append(f"dataset={names[c]}", table.slice(lo, hi - lo))
         else:
             self._append("", pa.table({"id": ids_arr, "vector": vector}, schema=self.schema))
         self.n_rows += vec.shape[0]
@@ -263,6 +276,10 @@ class EmbeddingWriter:
         w = self._writer(partition)
         w.write_table(table)
         self._rows_in_file[partition] += table.num_rows
+        del table
+        import pyarrow as pa
+
+        pa.default_memory_pool().release_unused()  # hand the batch's buffers back: memory stays one batch
 
     def _close_files(self) -> None:
         for w in self._writers.values():
@@ -276,7 +293,15 @@ class EmbeddingWriter:
         files = [str(p) for p in sorted(self.staging.rglob("*.parquet")) if not p.relative_to(self.staging).parts[0].startswith("_")]  # _members/: not rows
         if not files:
             raise EmbeddingError("no rows were written; an embedding version cannot be empty")
-        con = duckdb.connect()
+        h = np.sort(np.concatenate(self._id_hashes)) if self._id_hashes else np.zeros(0, np.uint64)
+        self._id_hashes = []
+        if not (h[1:] == h[:-1]).any():  # no two ids share a 64-bit hash: no duplicates
+            return
+        del h  # a repeated hash: a duplicate or (rarely) a collision; DuckDB finds which, exactly
+        # bounded memory whatever the version's size: DuckDB spills the GROUP BY to the
+        # staging folder past a small limit (one thread: one hash table)
+        spill = self.staging / "_duckdb_tmp"
+        con = duckdb.connect(config={"memory_limit": "96MB", "threads": 1, "temp_directory": str(spill), "preserve_insertion_order": False})
         try:
             row = con.execute(
                 "SELECT id, n, count(*) OVER () FROM (SELECT id, count(*) AS n FROM read_parquet(?) GROUP BY id HAVING count(*) > 1) ORDER BY id LIMIT 1",
@@ -284,6 +309,9 @@ class EmbeddingWriter:
             ).fetchone()
         finally:
             con.close()
+            import shutil
+
+            shutil.rmtree(spill, ignore_errors=True)
         if row:
             raise EmbeddingError(f"{row[2]} ids occur more than once, e.g. {row[0]!r} ({row[1]} times); ids must be unique", where="id")
 

@@ -1,7 +1,8 @@
 """PCA baseline cell URs over the current lake, streamed from the SOMA experiments.
 
 Cells of the current dataset versions of one organism are read from SOMA in row chunks
-(three passes, memory bounded by the chunk): per-gene mean and variance of log-normalized
+(three passes, memory bounded by the chunk and one dataset version's cell table; the
+lake-wide cell table is never built): per-gene mean and variance of log-normalized
 counts (counts / total * 1e4, log1p) over the genes *every* included dataset measured
 (a gene a dataset did not measure is not a zero), then the covariance of the z-scored top
 variable genes (exact PCA by eigendecomposition, deterministic), then the projection,
@@ -55,16 +56,16 @@ def embed_pca(
             raise UsageError(f"{name_} must be at least 1, got {value}", where=name_)
     q = select_query(lake, organism, datasets)
     versions, org, hw = q.versions, q.organism, q.high_water
-    cells = q.obs()
+    # the cells are streamed version by version (LakeQuery.stream), never held lake-wide
     feats = q.features("intersection")
     genes = feats.frame
-    n, g = len(cells), len(genes)
+    n, g = q.n_cells(), len(genes)
     k = min(params.n_components, n - 1, g)
     if k < 1:
         raise UsageError(f"too few cells ({n}) or genes ({g}) for PCA", where="--datasets")
 
     progress.phase("PCA 1/3: gene statistics", total=n)
-    mean, var = q.feature_moments(cells, feats, chunk_rows=params.chunk_rows, progress=progress.advance)
+    mean, var = q.feature_moments(None, feats, chunk_rows=params.chunk_rows, progress=progress.advance)
     top = top_variable(var, params.n_top_genes)
     if top.size < k:
         k = max(1, top.size)
@@ -73,10 +74,10 @@ def embed_pca(
 
     progress.phase("PCA 2/3: covariance", total=n)
     cov = np.zeros((top.size, top.size))
-    for sl, L in q.chunks(cells, feats.joinids, chunk_rows=params.chunk_rows, normalize=True):
+    for _, L in q.stream(feats.joinids, columns=("soma_joinid",), chunk_rows=params.chunk_rows, normalize=True):
         Z = np.clip((L[:, top] - mean[top]) / sd, -params.clip, params.clip)
         cov += Z.T @ Z
-        progress.advance(sl.stop - sl.start)
+        progress.advance(L.shape[0])
     cov /= max(n - 1, 1)
     evals, evecs = np.linalg.eigh(cov)
     order = np.argsort(evals)[::-1][:k]
@@ -96,11 +97,10 @@ def embed_pca(
     writer = EmbeddingWriter(lake, "cell", name, int(k), source=source, lineage=lineage, normalization="none")
     try:
         progress.phase("PCA 3/3: projecting and writing", total=n)
-        for sl, L in q.chunks(cells, feats.joinids, chunk_rows=params.chunk_rows, normalize=True):
+        for part, L in q.stream(feats.joinids, chunk_rows=params.chunk_rows, normalize=True):
             Z = np.clip((L[:, top] - mean[top]) / sd, -params.clip, params.clip)
-            part = cells.iloc[sl]
-            writer.write(part["obs_id"].to_numpy(), (Z - 0) @ components, soma_joinids=part["soma_joinid"].to_numpy(), dataset_ids=part["dataset_id"].to_numpy())
-            progress.advance(sl.stop - sl.start)
+            writer.write(part["obs_id"].to_numpy(), Z @ components, soma_joinids=part["soma_joinid"].to_numpy(), dataset_ids=part["dataset_id"].to_numpy())
+            progress.advance(len(part))
         metrics = {
             "explained_variance_ratio": [round(float(x), 6) for x in explained],
             "explained_variance_total": round(float(explained.sum()), 6),

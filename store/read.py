@@ -238,6 +238,64 @@ class LakeQuery:
             cells = cells[cells["soma_joinid"].isin(keep)].reset_index(drop=True)
         return cells[list(columns)]
 
+    def runs(self) -> list[list[DatasetVersion]]:
+        """The versions in ``soma_joinid`` order, grouped into runs whose joinid ranges
+        overlap (the lake gives each committed version fresh joinids, so a run is one
+        version): reading run by run yields the cells in :meth:`obs` order while holding
+        only one run's cell table."""
+        out: list[list[DatasetVersion]] = []
+        hi = -1
+        for v in sorted(self.versions, key=lambda v: (v.obs_joinid_min, v.obs_joinid_max)):
+            if out and v.obs_joinid_min <= hi:
+                out[-1].append(v)
+            else:
+                out.append([v])
+            hi = max(hi, v.obs_joinid_max)
+        return out
+
+    def iter_obs(self, columns: Sequence[str] = CELL_COLUMNS, where: str | None = None, *, chunk_rows: int = 4096) -> Iterator[pd.DataFrame]:
+        """The rows of :meth:`obs` in the same order, in frames of at most ``chunk_rows``
+        cells (a chunk never spans two runs of :meth:`runs`). Memory: one version's cell
+        table (plus, with ``where``, the selected joinids), not the lake's."""
+        keep = self.select_joinids(where) if where else None
+        cols = list(dict.fromkeys(["soma_joinid", *columns]))
+        step = max(1, int(chunk_rows))
+        for run in self.runs():
+            cells = pd.concat([version_cells(self.lake, v, cols) for v in run], ignore_index=True)
+            cells = cells.sort_values("soma_joinid", kind="stable")
+            if keep is not None:
+                cells = cells[np.isin(cells["soma_joinid"].to_numpy(np.int64), keep)]
+            cells = cells[list(columns)].reset_index(drop=True)
+            for start in range(0, len(cells), step):
+                yield cells.iloc[start : start + step].reset_index(drop=True)
+
+    def n_cells(self, where: str | None = None) -> int:
+        """How many cells :meth:`obs` would return (without reading cell tables when ``where`` is None)."""
+        if where is None:
+            return int(sum(v.n_cells for v in self.versions))
+        return int(self.select_joinids(where).size)
+
+    def obs_joinids(self, where: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``soma_joinid`` of :meth:`obs`'s rows (same order) and each row's position in
+        :attr:`versions`: 8 + 8 bytes a cell, no ids or other columns."""
+        keep = self.select_joinids(where) if where else None
+        joins, group = [], []
+        pos = {id(v): i for i, v in enumerate(self.versions)}
+        for run in self.runs():
+            j = [version_cells(self.lake, v, ["soma_joinid"])["soma_joinid"].to_numpy(np.int64) for v in run]
+            g = np.concatenate([np.full(len(x), pos[id(v)], np.int64) for x, v in zip(j, run, strict=True)])
+            jj = np.concatenate(j)
+            o = np.argsort(jj, kind="stable")
+            jj, g = jj[o], g[o]
+            if keep is not None:
+                m = np.isin(jj, keep)
+                jj, g = jj[m], g[m]
+            joins.append(jj)
+            group.append(g)
+        if not joins:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        return np.concatenate(joins), np.concatenate(group)
+
     def select_joinids(self, where: str) -> np.ndarray:
         """``soma_joinid`` of the cells of these versions for which ``where`` is true (sorted)."""
         from aivc.store.sql import query, sql_str
@@ -291,25 +349,40 @@ class LakeQuery:
                 X = lognormalize(X, float(self.measurement.target_sum))  # type: ignore[arg-type]
             yield sl, (X.toarray() if dense else X.tocsr()) if sp.issparse(X) else X
 
+    def stream(
+        self, var_joinids: np.ndarray, *, columns: Sequence[str] = CELL_COLUMNS, where: str | None = None, chunk_rows: int = 4096, normalize: bool = False, dense: bool = True
+    ) -> Iterator[tuple[pd.DataFrame, np.ndarray | sp.csr_matrix]]:
+        """``(cells, values)`` chunk by chunk over all the query's cells (:meth:`iter_obs`
+        order, values as :meth:`chunks` gives them): memory bounded by one chunk and one
+        version's cell table, whatever the lake's size."""
+        for cells in self.iter_obs(columns, where, chunk_rows=chunk_rows):
+            for _, X in self.chunks(cells, var_joinids, chunk_rows=len(cells) or 1, normalize=normalize, dense=dense):
+                yield cells, X
+
     def feature_moments(
-        self, cells: pd.DataFrame, features: FeatureSet, *, chunk_rows: int = 4096, progress: Callable[[int], None] | None = None
+        self, cells: pd.DataFrame | None, features: FeatureSet, *, chunk_rows: int = 4096, progress: Callable[[int], None] | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Mean and variance of each feature's log-normalized values over the cells whose
-        dataset measured it (``cells`` needs ``soma_joinid`` and ``dataset_id``)."""
+        dataset measured it (``cells`` needs ``soma_joinid`` and ``dataset_id``; None: every
+        cell of the query, streamed with :meth:`stream`)."""
         g = len(features)
         s1, s2, n = np.zeros(g), np.zeros(g), np.zeros(g)
         row_of = {v.dataset_id: i for i, v in enumerate(self.versions)}
-        unknown = sorted(set(cells["dataset_id"]) - set(row_of))
-        if unknown:
-            raise UsageError(f"cells of dataset {unknown[0]!r}, which is not in the query ({', '.join(self.refs)})", where=self.options.datasets)
-        batch = cells["dataset_id"].map(row_of).to_numpy(np.int64)
-        for sl, L in self.chunks(cells, features.joinids, chunk_rows=chunk_rows, normalize=True, dense=False):
-            m = features.present[batch[sl]]
+        if cells is not None:
+            unknown = sorted(set(cells["dataset_id"]) - set(row_of))
+            if unknown:
+                raise UsageError(f"cells of dataset {unknown[0]!r}, which is not in the query ({', '.join(self.refs)})", where=self.options.datasets)
+            batch = cells["dataset_id"].map(row_of).to_numpy(np.int64)
+            parts: Iterator[tuple[np.ndarray, sp.csr_matrix]] = ((batch[sl], L) for sl, L in self.chunks(cells, features.joinids, chunk_rows=chunk_rows, normalize=True, dense=False))
+        else:
+            parts = ((c["dataset_id"].map(row_of).to_numpy(np.int64), L) for c, L in self.stream(features.joinids, columns=("soma_joinid", "dataset_id"), chunk_rows=chunk_rows, normalize=True, dense=False))
+        for b, L in parts:
+            m = features.present[b]
             s1 += np.asarray(L.multiply(m).sum(axis=0)).ravel()
             s2 += np.asarray(L.multiply(L).multiply(m).sum(axis=0)).ravel()
             n += m.sum(axis=0)
             if progress is not None:
-                progress(sl.stop - sl.start)
+                progress(L.shape[0])
         mean = s1 / np.maximum(n, 1)
         return mean, np.maximum(s2 / np.maximum(n, 1) - mean**2, 0.0)
 

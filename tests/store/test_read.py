@@ -135,3 +135,28 @@ def test_a_second_measurement_is_only_a_spec(tmp_path):
         measurements.unregister("ADT")
     with pytest.raises(UsageError, match="must be a letter"):
         measurements.MeasurementSpec(name="bad name", modality="rna", feature_reference="x", feature_id="gene_id")
+
+
+def test_streamed_cells_equal_obs_without_the_lake_wide_table(train_lake):
+    """iter_obs / obs_joinids / stream give obs()'s rows in obs()'s order, a version at a time."""
+    q = LakeQuery.open(train_lake)
+    cells = q.obs()
+    assert [[v.ref for v in run] for run in q.runs()] == [["synth-a@1"], ["synth-b@1"]]
+    parts = list(q.iter_obs(chunk_rows=17))
+    assert max(len(p) for p in parts) == 17 and all(len(set(p["dataset_id"])) == 1 for p in parts)  # a chunk never spans two versions
+    pd.testing.assert_frame_equal(pd.concat(parts, ignore_index=True), cells)
+    joins, group = q.obs_joinids()
+    np.testing.assert_array_equal(joins, cells["soma_joinid"].to_numpy())
+    assert np.array([q.versions[g].dataset_id for g in group]).tolist() == cells["dataset_id"].tolist()
+    assert q.n_cells() == 100
+    union = q.features("union")
+    got = [(c, x) for c, x in q.stream(union.joinids, chunk_rows=33, normalize=True)]
+    np.testing.assert_allclose(np.vstack([x for _, x in got]), lognormalize(_raw(q, cells["soma_joinid"].to_numpy(), union.joinids)), rtol=1e-12)
+    # the streamed moments equal those over the whole table
+    for a, b in zip(q.feature_moments(None, union, chunk_rows=13), q.feature_moments(cells, union, chunk_rows=13), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
+    sel = q.obs(where="donor_id = 'd1'")
+    j, g = q.obs_joinids(where="donor_id = 'd1'")
+    np.testing.assert_array_equal(j, sel["soma_joinid"].to_numpy())
+    assert q.n_cells(where="donor_id = 'd1'") == len(sel) < 100
+    pd.testing.assert_frame_equal(pd.concat(q.iter_obs(where="donor_id = 'd1'"), ignore_index=True), sel)

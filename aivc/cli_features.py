@@ -251,12 +251,13 @@ def model(
     actors: Annotated[Optional[int], typer.Option("--actors", help="Ray Data actors (default: one per CPU).")] = None,
     min_gene_overlap: Annotated[float, typer.Option("--min-gene-overlap", help="Smallest fraction of the model's genes a dataset must have measured.")] = 0.5,
     where: Annotated[Optional[str], typer.Option("--where", help="Embed only cells matching this SQL condition on cells_all_versions, e.g. \"cell_type = 'B cell'\".")] = None,
-    ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster address (default: start Ray locally).")] = None,
+    ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster address (default: start Ray locally); always runs the Ray engine.")] = None,
+    engine: Annotated[str, typer.Option("--engine", help="auto (in-process below 1M cells unless --ray-address/--actors), ray or local.")] = "auto",
     lake: LakeOpt = None,
     json_: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Apply a registered model to the lake's cells (Ray Data) and publish cell URs."""
+    """Apply a registered model to the lake's cells (in-process or Ray Data) and publish cell URs."""
 
     def body() -> int:
         from aivc.progress import make_progress
@@ -267,7 +268,7 @@ def model(
         try:
             v = embed_model(
                 Lake.open(lake), ref, datasets=_split(datasets), name=name, batch_size=batch_size, actors=actors,
-                ray_address=ray_address, min_gene_overlap=min_gene_overlap, where=where, progress=progress,
+                ray_address=ray_address, engine=engine, min_gene_overlap=min_gene_overlap, where=where, progress=progress,
             )
         finally:
             progress.close()

@@ -3,7 +3,7 @@
 Usage::
 
     /work/venv/bin/python benchmarks/bench_embed.py [--cells 100000] [--genes 2000]
-        [--repeats 2] [--workdir DIR] [--json]
+        [--repeats 2] [--engine auto|ray|local] [--workdir DIR] [--json]
 
 What it does
 ------------
@@ -21,11 +21,15 @@ What it does
    ``--repeats`` times each, alternating which goes first, in this process:
 
    aivc
-       ``embed_model(lake, MODEL, batch_size=1024)``: the Ray Data job (actor pool of one
-       actor per CPU, each loading the model once, reading 8,192-cell chunks from SOMA,
-       building the masked inputs and calling ``module.embed``) whose results the driver
-       streams into the feature store and publishes as ``cell:<name>@N`` (Parquet files,
-       duplicate check, atomic commit). Wall time of the call.
+       ``embed_model(lake, MODEL, batch_size=1024, engine=--engine)``: what ``aivc embed
+       MODEL`` runs. ``auto`` (the default, as the CLI) picks the engine by size
+       (:func:`aivc.embeddings.model_job.choose_engine`: in-process below 1M cells, so
+       ``local`` at 100k); ``ray`` forces the Ray Data job (actor pool of one actor per
+       CPU, each loading the model once, reading 8,192-cell chunks from SOMA, building
+       the masked inputs and calling ``module.embed``). Either way the results are
+       streamed into the feature store and published as ``cell:<name>@N`` (Parquet files,
+       duplicate check, atomic commit). Wall time of the call; the engine that ran is
+       printed.
    peer
        what a user would write by hand: :func:`aivc.store.soma_io.read_rows` of the same
        cells and the model's genes in the same 8,192-row chunks, ``module.embed`` on batches
@@ -161,11 +165,11 @@ def run_peer(lake: Any, model_ref: str, dataset_id: str) -> tuple[float, np.ndar
     return time.perf_counter() - t0, out, cells
 
 
-def run_aivc(lake: Any, model_ref: str, actors: int | None) -> tuple[float, Any]:
+def run_aivc(lake: Any, model_ref: str, actors: int | None, engine: str) -> tuple[float, Any]:
     from aivc.embeddings.model_job import embed_model
 
     t0 = time.perf_counter()
-    v = embed_model(lake, model_ref, batch_size=BATCH_SIZE, actors=actors, name="bench_vae")
+    v = embed_model(lake, model_ref, batch_size=BATCH_SIZE, actors=actors, name="bench_vae", engine=engine)
     return time.perf_counter() - t0, v
 
 
@@ -225,8 +229,8 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                     secs, peer_vec, cells = run_peer(lake, rec.ref, dataset_id)
                     detail: dict[str, Any] = {"torch_threads": torch.get_num_threads()}
                 else:
-                    secs, version = run_aivc(lake, rec.ref, a.actors)
-                    detail = {"version": version.ref, "actors": version.metrics.get("actors")}
+                    secs, version = run_aivc(lake, rec.ref, a.actors, a.engine)
+                    detail = {"version": version.ref, "engine": version.metrics.get("engine"), "engine_reason": version.metrics.get("engine_reason"), "actors": version.metrics.get("actors")}
                 _log(f"bench:   {tool}: {secs:.1f}s ({a.cells / secs:,.0f} cells/s)")
                 runs.append({"tool": tool, "repeat": rep, "position": pos, "wall_s": secs, "cells_per_s": a.cells / secs, "load_avg_before": round(load, 2), **detail})
             assert peer_vec is not None and cells is not None and version is not None
@@ -243,7 +247,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         "benchmark": "embed",
         "dataset": {"dataset_id": dataset_id, "n_cells": stats["n_cells"], "n_genes": stats["n_genes"], "nnz": stats["nnz"], "mean_umis": stats["mean_umis"], "mean_detected_genes": stats["mean_detected_genes"]},
         "model": {"ref": rec.ref, "n_genes": len(rec.gene_ids), "latent_dim": rec.init["latent_dim"], "hidden_dim": rec.init["hidden_dim"], "trained": False},
-        "settings": {"batch_size": BATCH_SIZE, "chunk_rows": CHUNK_ROWS, "actors": a.actors, "repeats": a.repeats},
+        "settings": {"batch_size": BATCH_SIZE, "chunk_rows": CHUNK_ROWS, "actors": a.actors, "engine": a.engine, "repeats": a.repeats},
         "ray_startup_s": round(ray_s, 2),
         "warm_read_s": round(warm_s, 2),
         "runs": runs,
@@ -267,7 +271,7 @@ def print_human(r: dict[str, Any]) -> None:
     print(hdr)
     print("-" * len(hdr))
     for x in r["runs"]:
-        det = f"{x['version']}, {x['actors']} actors" if x["tool"] == "aivc" else f"{x['torch_threads']} torch threads"
+        det = (f"{x['version']}, engine {x['engine']} ({x['engine_reason']}), {x['actors']} actors" if x["tool"] == "aivc" else f"{x['torch_threads']} torch threads")
         print(f"{x['tool']:<5} {x['repeat']:>3} {x['position'] + 1:>5} {x['wall_s']:>8.1f} {x['cells_per_s']:>10,.0f} {x['load_avg_before']:>5.1f}  {det}")
     print()
     for c in r["checks"]:
@@ -277,7 +281,7 @@ def print_human(r: dict[str, Any]) -> None:
             print(f"vectors {c['version']} vs peer: {c['n_rows']:,} rows, max abs diff {c['max_abs_diff']:.3g} ({'bit-identical' if c['bit_identical'] else f'tolerance {EQUAL_TOL:g}'})   {'EQUAL' if c['equal'] else 'NOT EQUAL'}")
     print(f"peer  wall median {s['peer_wall_s_median']:.1f}s ({d['n_cells'] / s['peer_wall_s_median']:,.0f} cells/s)")
     print(f"aivc  wall median {s['aivc_wall_s_median']:.1f}s ({d['n_cells'] / s['aivc_wall_s_median']:,.0f} cells/s)")
-    print(f"aivc/peer time {s['ratio']:5.2f}x   target <= {s['target']}x   {'PASS' if s['pass'] else 'FAIL'}")
+    print(f"aivc/peer time {s['ratio']:5.2f}x   target <= {s['target']}x   {'PASS' if s['pass'] else 'FAIL'}   (--engine {r['settings']['engine']})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -288,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mean-genes", type=float, default=400.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--actors", type=int, default=None, help="embed_model actors (default: one per CPU)")
+    p.add_argument("--actors", type=int, default=None, help="embed_model actors (default: one per CPU; implies the Ray engine under auto)")
+    p.add_argument("--engine", choices=("auto", "ray", "local"), default="auto", help="embed_model engine (default auto, as `aivc embed`)")
     p.add_argument("--workdir", default="/work/bench-scratch/embed")
     p.add_argument("--fresh", action="store_true", help="rebuild the lake even if one with these parameters exists")
     p.add_argument("--json", action="store_true")

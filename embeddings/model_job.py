@@ -18,7 +18,10 @@
    stands for its ortholog among the model's genes; genes without one are not used.
 3. **Batches**: a dataset the model was trained on keeps its batch code; any other
    dataset is encoded as the average of the training batches (recorded as ``average``).
-4. **Ray Data**: chunk descriptors become a dataset; ``map_batches`` with
+4. **Engine** (:func:`choose_engine`): below :data:`AUTO_LOCAL_MAX_CELLS` cells, and with
+   no ``--ray-address`` or ``--actors``, the job runs in this process (``local``: the
+   model loaded once, one background thread reading the next chunk while the current one
+   is embedded). Otherwise, **Ray Data**: chunk descriptors become a dataset; ``map_batches`` with
    ``compute=ActorPoolStrategy(size=actors)`` runs an :class:`_Embedder` actor that gets
    the driver's plan (cells, columns, masks, batch codes) as a constructor argument, loads
    the model once, opens the SOMA experiment once (:class:`_ChunkReader`) and, per chunk,
@@ -26,6 +29,9 @@
    ``module.embed``. The driver streams the results (``preserve_order``) into the
    feature store's :class:`~aivc.store.features.EmbeddingWriter`, so memory is bounded by
    the chunks in flight, and publishes ``cell:<name>@N`` with lineage to the model.
+   The driver holds the cells' joinids and dataset positions (16 bytes a cell), never
+   the lake's cell table: obs_ids are read one dataset version at a time as results
+   arrive (:class:`CellIds`).
 
 A multimodal model (``cell-multimodal-vae``) also reads, for each cell, every other
 measurement it was trained on that the cell's dataset holds (ADT, ATAC; features aligned to
@@ -41,11 +47,11 @@ The vectors equal ``load_model(...)[0].embed(batch)`` applied directly to the sa
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
-import pandas as pd
 
 from aivc.errors import UsageError
 from aivc.progress import NullProgress, Progress
@@ -90,11 +96,11 @@ def _overlap_error(v: DatasetVersion, have: int, of: int, missing: list[str], wh
 
 def build_apply_plan(
     lake: Lake, rec: Any, versions: list[DatasetVersion], *, min_gene_overlap: float, gene_tokens: bool, where: str | None = None
-) -> tuple[ApplyPlan, pd.DataFrame, dict[str, Any]]:
+) -> tuple[ApplyPlan, CellIds, dict[str, Any]]:
     """Cells, columns, masks and batch codes for applying ``rec`` to ``versions``.
 
-    Returns the plan, the cells (``obs_id, soma_joinid, dataset_id``, plan order) and
-    lineage notes (per-dataset gene overlap and batch encoding).
+    Returns the plan, the cells' ids (:class:`CellIds`: ``obs_id`` and ``dataset_id`` by
+    plan position, read a dataset version at a time) and lineage notes (per-dataset gene overlap and batch encoding).
     """
     cat = Catalog(lake)
     org = versions[0].organism_name
@@ -151,9 +157,10 @@ def build_apply_plan(
                 raise _overlap_error(v, n, len(gene_ids), missing, f"genes of model {rec.ref}", min_gene_overlap)
     col_joinids = np.array([joinid_of.get(g, -1) for g in gene_ids], dtype=np.int64)
     masks = np.stack([np.isin(col_joinids, measured[v.dataset_id]["soma_joinid"].to_numpy(np.int64)) & (col_joinids >= 0) for v in versions])
-    cells = LakeQuery.of(lake, versions, high_water=int(hw)).obs(where=where)
+    # the cells' joinids and dataset positions only (16 bytes a cell): their obs_ids are
+    # looked up chunk by chunk when the results are written (CellIds)
+    joinids, group = LakeQuery.of(lake, versions, high_water=int(hw)).obs_joinids(where=where)
     order = [v.dataset_id for v in versions]
-    group = pd.Categorical(cells["dataset_id"], categories=order).codes.astype(np.int64)
     trained = list(rec.encodings.get("batch", []))
     code_of = {ds: (trained.index(ds) if ds in trained else -1) for ds in order}
     batch = np.array([code_of[ds] for ds in order], dtype=np.int64)[group]
@@ -167,7 +174,7 @@ def build_apply_plan(
     plan = ApplyPlan(
         soma_uri=lake.soma_uri(org),
         high_water=int(hw),
-        joinids=cells["soma_joinid"].to_numpy(np.int64),
+        joinids=joinids,
         batch=batch,
         group=group,
         masks=masks,
@@ -176,7 +183,44 @@ def build_apply_plan(
         gene_table=table,
         measurements=extra,
     )
-    return plan, cells, notes
+    return plan, CellIds(lake, versions, plan), notes
+
+
+class CellIds:
+    """``obs_id`` and ``dataset_id`` of a plan's cells by position, for positions asked in
+    plan order (as the job's results arrive): one dataset version's cell table is read
+    when its first cell comes and dropped once the results have passed its joinids, so
+    the driver never holds the lake's cell table."""
+
+    def __init__(self, lake: Lake, versions: list[DatasetVersion], plan: ApplyPlan) -> None:
+        self.lake, self.versions, self.plan = lake, versions, plan
+        self.dataset_ids = np.array([v.dataset_id for v in versions], dtype=object)
+        self._tables: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def __len__(self) -> int:
+        return len(self.plan.joinids)
+
+    def _table(self, g: int) -> tuple[np.ndarray, np.ndarray]:
+        if g not in self._tables:
+            from aivc.store.read import version_cells
+
+            t = version_cells(self.lake, self.versions[g], ["obs_id", "soma_joinid"]).sort_values("soma_joinid", kind="stable")
+            self._tables[g] = (t["soma_joinid"].to_numpy(np.int64), t["obs_id"].to_numpy(dtype=object))
+        return self._tables[g]
+
+    def __call__(self, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(obs_ids, dataset_ids) of the cells at plan positions ``pos``."""
+        joins, groups = self.plan.joinids[pos], self.plan.group[pos]
+        ids = np.empty(len(pos), dtype=object)
+        for g in np.unique(groups).tolist():
+            m = groups == g
+            cj, obs = self._table(g)
+            ids[m] = obs[np.searchsorted(cj, joins[m])]
+        if len(joins):  # results come in plan (joinid) order: a version wholly behind them is done
+            low = int(joins.min())
+            for g in [g for g in self._tables if self.versions[g].obs_joinid_max < low]:
+                del self._tables[g]
+        return ids, self.dataset_ids[groups]
 
 
 class _ChunkReader:
@@ -275,6 +319,94 @@ class _Embedder:
         return {"pos": np.concatenate(pos), "vector": np.concatenate(vecs)}
 
 
+Engine = Literal["auto", "ray", "local"]
+ENGINES: tuple[str, ...] = ("auto", "ray", "local")
+#: ``engine="auto"`` embeds fewer cells than this in-process (see :func:`choose_engine`).
+AUTO_LOCAL_MAX_CELLS = 1_000_000
+
+
+def choose_engine(engine: str, n_cells: int, *, actors: int | None = None, ray_address: str | None = None) -> tuple[Literal["ray", "local"], str]:
+    """The engine a job runs on and why: an explicit ``engine`` wins; ``auto`` picks Ray for
+    a cluster address (``--ray-address`` always means Ray), an actor count, or at least
+    :data:`AUTO_LOCAL_MAX_CELLS` cells, else the local engine.
+
+    Why: a Ray job pays a fixed start-up per actor (a fresh process importing Ray Data,
+    torch and tiledbsoma, then loading the model: ~4-6 s on the 2-CPU development machine)
+    before its first chunk, while the in-process loop embeds ~15-40k cells/s there
+    (``benchmarks/bench_embed.py``): below a million cells that fixed cost is a large
+    part of the job, above it Ray can spread reading and the forward passes over more
+    processes or nodes.
+
+    >>> choose_engine("auto", 100_000)
+    ('local', 'auto: 100000 cells < 1000000')
+    >>> choose_engine("auto", 100_000, ray_address="10.0.0.1:6379")
+    ('ray', 'auto: --ray-address 10.0.0.1:6379 names a Ray cluster')
+    >>> choose_engine("ray", 10)
+    ('ray', '--engine ray')
+    """
+    if engine in ("ray", "local"):
+        if engine == "local" and ray_address:
+            raise UsageError("--engine local runs in this process; it cannot use --ray-address (use --engine ray or auto)", where="--engine")
+        return engine, f"--engine {engine}"  # type: ignore[return-value]
+    if engine != "auto":
+        raise UsageError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}", where="--engine")
+    if ray_address:
+        return "ray", f"auto: --ray-address {ray_address} names a Ray cluster"
+    if actors:
+        return "ray", f"auto: --actors {actors} asks for a Ray actor pool"
+    if n_cells < AUTO_LOCAL_MAX_CELLS:
+        return "local", f"auto: {n_cells} cells < {AUTO_LOCAL_MAX_CELLS}"
+    return "ray", f"auto: {n_cells} cells >= {AUTO_LOCAL_MAX_CELLS}"
+
+
+def _run_local(lake: Lake, rec: Any, plan: ApplyPlan, chunks: list[tuple[int, int]], batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The local engine: the model loaded once in this process, chunks read by one
+    background thread one chunk ahead (reads overlap the forward passes; two chunks in
+    memory at most), results in plan order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from aivc.training.registry import load_model
+
+    module, _ = load_model(lake, rec.ref, gene_vectors=plan.gene_table)
+    reader = _ChunkReader(plan)
+    try:
+        with ThreadPoolExecutor(1, thread_name_prefix="aivc-embed-read") as pool:
+            ahead = pool.submit(read_inputs, plan, *chunks[0], reader) if chunks else None
+            for i, (lo, hi) in enumerate(chunks):
+                assert ahead is not None
+                inputs = ahead.result()
+                ahead = pool.submit(read_inputs, plan, *chunks[i + 1], reader) if i + 1 < len(chunks) else None
+                vec = embed_inputs(module, inputs, batch_size)
+                del inputs
+                yield np.arange(lo, hi, dtype=np.int64), vec
+    finally:
+        reader.close()
+
+
+def _run_ray(
+    lake: Lake, rec: Any, plan: ApplyPlan, chunks: list[tuple[int, int]], batch_size: int, n_actors: int, threads: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The Ray engine: chunk descriptors through ``map_batches`` on an actor pool of
+    :class:`_Embedder`; results streamed back in plan order (``preserve_order``)."""
+    import ray
+
+    from aivc.ray_local import data_context
+
+    with data_context(preserve_order=True):
+        items = ray.data.from_items([{"lo": lo, "hi": hi} for lo, hi in chunks], override_num_blocks=max(1, len(chunks)))
+        out = items.map_batches(
+            _Embedder,
+            fn_constructor_kwargs={"plan": plan, "lake_root": lake.uri, "model_ref": rec.ref, "batch_size": batch_size, "threads": threads},
+            batch_size=1,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=n_actors),
+            num_cpus=1,
+        )
+        for b in out.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
+            vec = np.asarray(b["vector"], dtype=np.float32)
+            yield b["pos"], (np.stack(list(vec)) if vec.ndim == 1 else vec)
+
+
 def embed_model(
     lake: Lake,
     model_ref: str,
@@ -285,6 +417,7 @@ def embed_model(
     chunk_rows: int = 8192,
     actors: int | None = None,
     ray_address: str | None = None,
+    engine: str = "auto",
     min_gene_overlap: float = 0.5,
     where: str | None = None,
     progress: Progress | None = None,
@@ -292,8 +425,12 @@ def embed_model(
     """Embed the lake's cells with a registered model and publish ``cell:<name>@N``.
 
     ``name`` defaults to the model's name with ``-`` as ``_`` (``cell-vae`` ->
-    ``cell:cell_vae``). ``actors`` defaults to the CPUs Ray offers (at most the number of
-    chunks). Returns the published :class:`~aivc.store.features.EmbeddingVersion`.
+    ``cell:cell_vae``). ``engine``: ``auto`` (:func:`choose_engine`), ``ray`` (Ray Data
+    actor pool; ``actors`` defaults to the CPUs Ray offers, at most the number of
+    chunks; ``ray_address`` connects to a cluster) or ``local`` (in this process, the
+    same reader and model code). Both give the same vectors. The version's metrics
+    record which engine ran and why. Returns the published
+    :class:`~aivc.store.features.EmbeddingVersion`.
 
     Example
     -------
@@ -313,6 +450,7 @@ def embed_model(
         raise UsageError(f"--actors must be at least 1, got {actors}", where="--actors")
     if not 0.0 < min_gene_overlap <= 1.0:
         raise UsageError(f"--min-gene-overlap must be in (0, 1], got {min_gene_overlap}", where="--min-gene-overlap")
+    choose_engine(engine, 0, actors=actors, ray_address=ray_address)  # a bad --engine fails before any work
     rec = get_model(lake, model_ref)
     if rec.model_type == "niche-gnn":  # niches, not cells: its own job
         from aivc.embeddings.niche_job import embed_niches_job
@@ -324,73 +462,72 @@ def embed_model(
         raise UsageError(f"model {rec.ref} has type {rec.model_type!r}, which this aivc cannot apply", where=rec.ref) from None
     name = name or sql_name(rec.name)  # cell:pbmc_vae for model pbmc-vae, as published so far
     versions = _select(lake, None if datasets else rec.lineage.organism, datasets)
-    plan, cells, notes = build_apply_plan(lake, rec, versions, min_gene_overlap=min_gene_overlap, gene_tokens=bool(getattr(cls, "gene_tokens", False)), where=where)
-    n = len(cells)
-    if actors and n:  # an explicit pool gets at least one chunk per actor: every actor (on every node) works
-        chunk_rows = min(chunk_rows, -(-n // actors))
+    plan, cell_ids, notes = build_apply_plan(lake, rec, versions, min_gene_overlap=min_gene_overlap, gene_tokens=bool(getattr(cls, "gene_tokens", False)), where=where)
+    n = len(cell_ids)
     chunks = [(lo, min(n, lo + chunk_rows)) for lo in range(0, n, chunk_rows)]
     dim = int(rec.init.get("latent_dim", 0)) or None
+    used, reason = choose_engine(engine, n, actors=actors, ray_address=ray_address)
+    gene_ur = rec.lineage.gene_ur
+    lineage = Lineage(
+        datasets=tuple(v.ref for v in versions),
+        organism=versions[0].organism_name,
+        lake_state={versions[0].organism_name: plan.high_water},
+        model=rec.ref,
+        gene_ur=gene_ur,
+        extra={
+            "model_type": rec.model_type,
+            "model_weights_sha256": rec.weights_sha256,
+            "n_genes_input": len(plan.gene_ids),
+            "where": where,
+            **notes,
+            **({} if gene_ur is not None else {"gene_ur": None}),  # recorded as null for a model without one
+        },
+    )
+    source = {"kind": "model", "model": rec.ref, "model_type": rec.model_type, "sha256": rec.weights_sha256}
 
-    import ray
-
-    from aivc.ray_local import data_context, start_ray
-
-    started = start_ray(ray_address)
+    started = False
     try:
-        n_actors = actors or max(1, min(len(chunks), int(ray.available_resources().get("CPU", 1))))
-        threads = max(1, (os.cpu_count() or 1) // n_actors)
-        with data_context(preserve_order=True):
-            items = ray.data.from_items([{"lo": lo, "hi": hi} for lo, hi in chunks], override_num_blocks=max(1, len(chunks)))
-            out = items.map_batches(
-                _Embedder,
-                fn_constructor_kwargs={"plan": plan, "lake_root": lake.uri, "model_ref": rec.ref, "batch_size": batch_size, "threads": threads},
-                batch_size=1,
-                batch_format="numpy",
-                compute=ray.data.ActorPoolStrategy(size=n_actors),
-                num_cpus=1,
-            )
-            gene_ur = rec.lineage.gene_ur
-            lineage = Lineage(
-                datasets=tuple(v.ref for v in versions),
-                organism=versions[0].organism_name,
-                lake_state={versions[0].organism_name: plan.high_water},
-                model=rec.ref,
-                gene_ur=gene_ur,
-                extra={
-                    "model_type": rec.model_type,
-                    "model_weights_sha256": rec.weights_sha256,
-                    "n_genes_input": len(plan.gene_ids),
-                    "where": where,
-                    **notes,
-                    **({} if gene_ur is not None else {"gene_ur": None}),  # recorded as null for a model without one
-                },
-            )
-            source = {"kind": "model", "model": rec.ref, "model_type": rec.model_type, "sha256": rec.weights_sha256}
-            writer: EmbeddingWriter | None = None
-            progress.phase(f"embedding {n} cells with {rec.ref} ({n_actors} Ray actor{'s' if n_actors > 1 else ''})", total=n)
-            try:
-                obs = cells["obs_id"].to_numpy()
-                dsid = cells["dataset_id"].to_numpy()
-                for b in out.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
-                    pos, vec = b["pos"], np.asarray(b["vector"], dtype=np.float32)
-                    if vec.ndim == 1:
-                        vec = np.stack(list(vec))
-                    if writer is None:
-                        if dim is not None and vec.shape[1] != dim:
-                            raise UsageError(f"model {rec.ref} produced {vec.shape[1]}-dimensional URs, its record says {dim}", where=rec.ref)
-                        writer = EmbeddingWriter(lake, "cell", name, int(vec.shape[1]), source=source, lineage=lineage, normalization="none")
-                    writer.write(obs[pos], vec, soma_joinids=plan.joinids[pos], dataset_ids=dsid[pos])
-                    progress.advance(len(pos))
+        if used == "ray":
+            import ray
+
+            from aivc.ray_local import start_ray
+
+            started = start_ray(ray_address)
+            n_actors = actors or max(1, min(len(chunks), int(ray.available_resources().get("CPU", 1))))
+            threads = max(1, (os.cpu_count() or 1) // n_actors)
+            results = _run_ray(lake, rec, plan, chunks, batch_size, n_actors, threads)
+            what = f"{n_actors} Ray actor{'s' if n_actors > 1 else ''}"
+        else:
+            n_actors = 0
+            results = _run_local(lake, rec, plan, chunks, batch_size)
+            what = "in this process"
+        writer: EmbeddingWriter | None = None
+        progress.phase(f"embedding {n} cells with {rec.ref} ({what})", total=n)
+        try:
+            for pos, vec in results:
+                vec = np.asarray(vec, dtype=np.float32)
                 if writer is None:
-                    raise UsageError("no cells to embed in the chosen datasets", where="--datasets")
-                metrics: dict[str, Any] = {"n_cells": int(n), "actors": int(n_actors), "batch_size": int(batch_size)}
-                if "measurements" in notes:  # which measurements each dataset's cells were embedded from
-                    metrics["measurements"] = notes["measurements"]
-                return writer.commit(metrics=metrics)
-            except BaseException:
-                if writer is not None:
-                    writer.abort()
-                raise
+                    if dim is not None and vec.shape[1] != dim:
+                        raise UsageError(f"model {rec.ref} produced {vec.shape[1]}-dimensional URs, its record says {dim}", where=rec.ref)
+                    writer = EmbeddingWriter(lake, "cell", name, int(vec.shape[1]), source=source, lineage=lineage, normalization="none")
+                obs, dsid = cell_ids(pos)
+                writer.write(obs, vec, soma_joinids=plan.joinids[pos], dataset_ids=dsid)
+                progress.advance(len(pos))
+            if writer is None:
+                raise UsageError("no cells to embed in the chosen datasets", where="--datasets")
+            metrics: dict[str, Any] = {"n_cells": int(n), "engine": used, "engine_reason": reason, "actors": int(n_actors), "batch_size": int(batch_size)}
+            if "measurements" in notes:  # which measurements each dataset's cells were embedded from
+                metrics["measurements"] = notes["measurements"]
+            return writer.commit(metrics=metrics)
+        except BaseException:
+            close = getattr(results, "close", None)
+            if close is not None:
+                close()
+            if writer is not None:
+                writer.abort()
+            raise
     finally:
         if started:
+            import ray
+
             ray.shutdown()

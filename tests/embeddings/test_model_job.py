@@ -65,15 +65,22 @@ def _published(lake, ref, dataset_id):  # noqa: ANN001, ANN202
     return dict(zip(tbl.column("id").to_pylist(), vec, strict=True))
 
 
-def test_published_vectors_equal_model_applied_directly(train_lake, ray_session):  # noqa: ANN001
+@pytest.mark.parametrize("engine", ["ray", "local"])
+def test_published_vectors_equal_model_applied_directly(train_lake, ray_session, engine):  # noqa: ANN001
     from aivc.embeddings.model_job import embed_model
 
     genes = _lake_genes(train_lake, ["synth-a", "synth-b"])
     union = sorted(set(genes["synth-a"]["gene_id"]) | set(genes["synth-b"]["gene_id"]))
-    rec = _register_vae(train_lake, union, ["synth-a", "synth-b"], name="embed-direct")
-    v = embed_model(train_lake, rec.ref, chunk_rows=17, batch_size=8, actors=2)
+    rec = _register_vae(train_lake, union, ["synth-a", "synth-b"], name=f"embed-direct-{engine}")
+    # chunks of 17 cells: one chunk holds cells of both datasets
+    if engine == "ray":
+        v = embed_model(train_lake, rec.ref, chunk_rows=17, batch_size=8, actors=2)
+        assert v.metrics["engine"] == "ray" and v.metrics["actors"] == 2 and v.metrics["engine_reason"] == "auto: --actors 2 asks for a Ray actor pool"
+    else:
+        v = embed_model(train_lake, rec.ref, chunk_rows=17, batch_size=8)
+        assert v.metrics["engine"] == "local" and v.metrics["actors"] == 0 and v.metrics["engine_reason"] == "auto: 100 cells < 1000000"
 
-    assert v.ref == "cell:embed_direct@1" and v.n_rows == 100 and v.dim == 4
+    assert v.ref == f"cell:embed_direct_{engine}@1" and v.n_rows == 100 and v.dim == 4
     assert v.source["kind"] == "model" and v.lineage.model == rec.ref
     assert v.lineage.datasets == ("synth-a@1", "synth-b@1")
     # synth-b did not measure 10 of the union genes: masked, recorded
@@ -88,6 +95,28 @@ def test_published_vectors_equal_model_applied_directly(train_lake, ray_session)
         np.testing.assert_allclose(got, direct, rtol=1e-5, atol=1e-5)
     # the two datasets really are embedded differently (batch covariate and data)
     assert not np.allclose(np.stack(list(_published(train_lake, v.ref, "synth-a").values())).mean(0), np.stack(list(_published(train_lake, v.ref, "synth-b").values())).mean(0))
+
+
+def test_engines_give_identical_vectors_and_ray_address_means_ray(train_lake, ray_session):  # noqa: ANN001
+    from aivc.embeddings.model_job import choose_engine, embed_model
+
+    genes = _lake_genes(train_lake, ["synth-a"])["synth-a"]["gene_id"].tolist()
+    rec = _register_vae(train_lake, genes, ["synth-a"], name="engine-vae")
+    vr = embed_model(train_lake, rec.ref, chunk_rows=16, engine="ray", name="eng_ray")
+    vl = embed_model(train_lake, rec.ref, chunk_rows=16, engine="local", name="eng_local")
+    assert (vr.metrics["engine"], vl.metrics["engine"]) == ("ray", "local")
+    tr, xr = read_vectors(train_lake, vr)
+    tl, xl = read_vectors(train_lake, vl)
+    assert tr.column("id").to_pylist() == tl.column("id").to_pylist() and len(xr) == 100
+    np.testing.assert_array_equal(xr, xl)
+    assert choose_engine("auto", 10, ray_address="127.0.0.1:6379") == ("ray", "auto: --ray-address 127.0.0.1:6379 names a Ray cluster")
+    assert choose_engine("auto", 2_000_000)[0] == "ray" and choose_engine("auto", 999_999)[0] == "local"
+    before = list_versions(train_lake)
+    with pytest.raises(UsageError, match="cannot use --ray-address"):
+        embed_model(train_lake, rec.ref, engine="local", ray_address="127.0.0.1:6379")
+    with pytest.raises(UsageError, match="engine must be one of auto, ray, local"):
+        embed_model(train_lake, rec.ref, engine="gpu")
+    assert list_versions(train_lake) == before
 
 
 def test_unseen_dataset_gets_average_batch_and_masked_genes(lake, write_submission, ray_session):  # noqa: ANN001

@@ -37,8 +37,6 @@ object. A missed target is reported, not raised. Scratch data goes to ``--workdi
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import inspect
 import json
 import os
 import resource
@@ -419,13 +417,7 @@ def rows_of(res: dict[str, Any]) -> list[Row]:
     f = res["fetch"]
     r = f["aivc_s"] / f["pyarrow_s"]
     out.append(Row(f"fetch {f['n_ids']:,} ids (read_vectors)", f"{f['aivc_s']:.3f} s", f"pyarrow {f['pyarrow_s']:.3f} s", r, "<= 2x", r <= 2))
-    w = res["write"]
-    r = w["peak_mib"] / w["version_mib"]
-    out.append(Row("write peak RSS / version size", f"{w['peak_mib']:.0f} MiB", f"version {w['version_mib']:.0f} MiB", r, "<= 0.5x", r <= 0.5))
-    r = w["anon_peak_mib"] / w["version_mib"]
-    out.append(Row("  peak anonymous memory (RssAnon)", f"{w['anon_peak_mib']:.0f} MiB", f"version {w['version_mib']:.0f} MiB", r, "(info)", None))
-    grow = w["peak_mib"] - w["one_batch_peak_mib"]
-    out.append(Row("  peak RSS growth over 1 batch", f"{grow:+.0f} MiB", f"1 batch {w['one_batch_peak_mib']:.0f} MiB", grow / w["version_mib"], "(info)", None))
+    out.extend(write_rows(res["write"]))
     return out
 
 
@@ -462,6 +454,39 @@ def print_table(res: dict[str, Any], rows: list[Row]) -> None:
     )
 
 
+def write_rows(w: dict[str, Any]) -> list[Row]:
+    """The write's rows of the table (peak RSS against the version size)."""
+    r = w["peak_mib"] / w["version_mib"]
+    out = [Row("write peak RSS / version size", f"{w['peak_mib']:.0f} MiB", f"version {w['version_mib']:.0f} MiB", r, "<= 0.5x", r <= 0.5)]
+    r = w["anon_peak_mib"] / w["version_mib"]
+    out.append(Row("  peak anonymous memory (RssAnon)", f"{w['anon_peak_mib']:.0f} MiB", f"version {w['version_mib']:.0f} MiB", r, "(info)", None))
+    grow = w["peak_mib"] - w["one_batch_peak_mib"]
+    out.append(Row("  peak RSS growth over 1 batch", f"{grow:+.0f} MiB", f"1 batch {w['one_batch_peak_mib']:.0f} MiB", grow / w["version_mib"], "(info)", None))
+    return out
+
+
+def write_only_report(args: argparse.Namespace, w: dict[str, Any]) -> int:
+    """``--write-only``: the write's rows, as a table or JSON."""
+    rows = write_rows(w)
+    res = {"rows": args.rows, "dim": args.dim, "datasets": args.datasets, "write": w, "targets": [asdict(r) for r in rows], "pass": all(r.passed is not False for r in rows)}
+    if args.json:
+        print(json.dumps(res, indent=2, default=str))
+        return 0
+    print(f"\nfeature store write: {args.rows:,} x {args.dim} float32 cell URs, {args.datasets} datasets")
+    hdr = f"{'metric':<34} {'aivc':>14} {'peer':>24} {'ratio':>8} {'target':>14}  result"
+    print(hdr)
+    print("-" * len(hdr))
+    for r in rows:
+        verdict = ("info" if r.target == "(info)" else "n/a") if r.passed is None else ("PASS" if r.passed else "FAIL")
+        print(f"{r.metric:<34} {r.aivc:>14} {r.peer:>24} {r.ratio:>7.2f}x {r.target:>14}  {verdict}")
+    print(
+        f"write: {w['write_s']:.1f} s streaming + {w['commit_s']:.1f} s commit; peak RSS {w['peak_mib']:.0f} MiB "
+        f"(interpreter + numpy + pyarrow + duckdb after import: {w['baseline_mib']:.0f} MiB, of it anonymous {w['anon_baseline_mib']:.0f} MiB; "
+        f"file-backed library pages at the end: {w['rss_file_mib']:.0f} MiB)"
+    )
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, default=1_000_000)
@@ -475,6 +500,7 @@ def main() -> int:
     p.add_argument("--workdir", default="/work/bench-scratch/features")
     p.add_argument("--keep", action="store_true")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--write-only", action="store_true", help="measure only the streaming write (step 1) and print its rows")
     p.add_argument("--write-child", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.write_child:
@@ -492,6 +518,8 @@ def main() -> int:
         _log(f"writing one batch ({WRITE_BATCH:,} rows) in a subprocess: the process's fixed memory ...")
         write["one_batch_peak_mib"] = run_write(work / "lake-one-batch", args, rows=min(args.rows, WRITE_BATCH))["peak_mib"]
         shutil.rmtree(work / "lake-one-batch", ignore_errors=True)
+        if args.write_only:
+            return write_only_report(args, write)
         lake = Lake.open(work / "lake")
         _log("registering the fake datasets in the catalog ...")
         register_datasets(lake, args)

@@ -33,6 +33,15 @@ What it does
    time with no loading at all. Printed with the ratio aivc step / in-memory step
    (information; the target is the data-wait fraction).
 
+5. Loader peer, in the same run (``--peer-epochs``, default 2; needs ``tiledbsoma-ml`` from the
+   ``bench`` extra): ``tiledbsoma_ml.ExperimentDataset`` + ``experiment_dataloader`` against
+   aivc's ``CellDataset`` + ``make_loader`` on the run's training cells and genes at the same
+   pinned timestamp, same batch size and shuffle granularity, in this process; the peer once
+   with aivc's read size (``io_batch_size = chunk_rows``) and once with its default (65,536).
+   Samples/s loading alone and training the same model (same init, one torch thread), each
+   loader warmed by one untimed pass first, orders alternated. Target: aivc training
+   samples/s **>= 1.0x** each peer configuration.
+
 ``--json`` prints one JSON object instead. Exit status 1 when training failed.
 """
 
@@ -55,6 +64,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 WAIT_TARGET = 0.10
+LOADER_TARGET = 1.0  # aivc samples/s over tiledbsoma-ml's, training the same job
 
 
 def _log(msg: str) -> None:
@@ -140,6 +150,124 @@ def in_memory_peer(lake: Any, cfg: Any, run_dir: Path, epochs: int = 1) -> dict[
     return {"steps": steps, "seconds": secs, "step_s": secs / steps, "read_s_untimed": read_s, "n_train": int(len(joins))}
 
 
+def _batch_dict(x: np.ndarray, bt: np.ndarray, masks: Any) -> dict[str, Any]:
+    """The model's input from a peer's mini-batch (what aivc's loader hands over ready-made)."""
+    import torch
+
+    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    b = torch.from_numpy(bt)
+    return {"x": xt, "batch": b, "library": xt.sum(dim=1, keepdim=True), "mask": masks[b]}
+
+
+def loader_peer(lake: Any, cfg: Any, run_dir: Path, epochs: int = 2) -> dict[str, Any]:
+    """tiledbsoma-ml's loader against aivc's on the run's training cells: samples/s.
+
+    All stream the same cells (the plan's training split) and genes from the same SOMA
+    experiment at the same pinned timestamp, in this process, with the same batch size and
+    shuffle granularity (``shuffle_block`` / ``shuffle_chunk_size``). aivc:
+    :class:`CellDataset` through :func:`make_loader`, as the Ray Train worker does. Peers:
+    ``tiledbsoma_ml.ExperimentDataset`` over an ``axis_query`` of those cells and genes,
+    through ``experiment_dataloader`` (eager fetch of the next IO batch, no worker processes,
+    dense X), once with aivc's read size (``io_batch_size = chunk_rows``) and once with its
+    own default (65,536 cells per IO batch: more memory, fewer reads); its mini-batches are
+    turned into the model's input dict in the loop (aivc's loader yields it ready-made).
+    Each loader first runs one untimed pass (numba compiles tiledbsoma-ml's kernels on first
+    use; TileDB opens warm up), then: loading alone (one epoch, twice, alternating order)
+    and training (the same model, init and one torch thread, ``epochs`` epochs each,
+    alternating order).
+    """
+    import tiledbsoma
+    import tiledbsoma_ml
+    import torch
+    from tiledbsoma_ml.dataset import DEFAULT_IO_BATCH_SIZE
+
+    from aivc.training.data import CellDataset, TrainingPlan, make_loader
+    from aivc.training.models.cell_vae import CellVAE
+    from aivc.training.train_loop import _run_epoch
+
+    plan = TrainingPlan.load(run_dir / "plan", lake)
+    cells = plan.split_cells("train")
+    joins = cells["soma_joinid"].to_numpy(np.int64)
+    batch_of = np.zeros(int(joins.max()) + 1, dtype=np.int64)
+    batch_of[joins] = cells["batch"].to_numpy(np.int64)
+    masks = torch.from_numpy(plan.masks)
+    bs, chunk, block = cfg.optim.batch_size, cfg.data.chunk_rows, cfg.data.shuffle_block
+    aivc_ds = CellDataset(plan, "train", batch_size=bs, seed=cfg.seed, chunk_rows=chunk, pad=True, shuffle_block=block)
+    exp = tiledbsoma.Experiment.open(plan.soma_uri, tiledb_timestamp=plan.high_water)
+    query = exp.axis_query("RNA", obs_query=tiledbsoma.AxisQuery(coords=(joins,)), var_query=tiledbsoma.AxisQuery(coords=(plan.gene_joinids,)))
+    io_sizes = {"peer": max(block, chunk // block * block), "peer_default_io": DEFAULT_IO_BATCH_SIZE}
+    peer_ds = {k: tiledbsoma_ml.ExperimentDataset(query, layer_name="counts", batch_size=bs, io_batch_size=v, shuffle=True, shuffle_chunk_size=block, seed=cfg.seed) for k, v in io_sizes.items()}
+
+    def aivc_batches(epoch: int) -> Any:
+        aivc_ds.set_epoch(epoch)
+        return make_loader(aivc_ds, cfg.data.loader_workers)
+
+    def peer_batches(name: str) -> Any:
+        def make(epoch: int) -> Any:
+            peer_ds[name].set_epoch(epoch)
+            for x, obs in tiledbsoma_ml.experiment_dataloader(peer_ds[name]):
+                yield _batch_dict(x, batch_of[obs["soma_joinid"].to_numpy()], masks)
+
+        return make
+
+    makers = {"aivc": aivc_batches, **{k: peer_batches(k) for k in peer_ds}}
+    tools = list(makers)
+    first: dict[str, float] = {}
+    load: dict[str, list[float]] = {t: [] for t in tools}
+    n_seen: dict[str, int] = {}
+
+    def one_pass(tool: str, epoch: int) -> float:
+        t0, n = time.perf_counter(), 0
+        for b in makers[tool](epoch):
+            n += int(b["x"].shape[0])
+        n_seen[tool] = n
+        return n / (time.perf_counter() - t0)
+
+    try:
+        for tool in tools:
+            first[tool] = one_pass(tool, 99)
+        for rep in range(2):
+            for tool in (tools if rep == 0 else tools[::-1]):
+                load[tool].append(one_pass(tool, 100 + rep))
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # as the Ray Train worker
+        models, train = {}, {t: [0, 0.0, 0.0] for t in tools}  # samples, seconds, waiting
+        for tool in tools:
+            torch.manual_seed(cfg.seed)
+            m = CellVAE(plan.n_genes, plan.n_batches, **cfg.model.model_dump())
+            models[tool] = (m, torch.optim.Adam(m.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay))
+        try:
+            for epoch in range(epochs):
+                for tool in (tools if epoch % 2 == 0 else tools[::-1]):
+                    m, opt = models[tool]
+                    m.train()
+                    sums = _run_epoch(m, makers[tool](epoch), optimizer=opt)
+                    train[tool][0] += int(sums[3])
+                    train[tool][1] += sums[5]
+                    train[tool][2] += sums[4]
+        finally:
+            torch.set_num_threads(threads)
+    finally:
+        exp.close()
+    out: dict[str, Any] = {"n_train": int(len(joins)), "io_batch_size": io_sizes, "shuffle_chunk_size": block, "batch_size": bs, "epochs": epochs, "version": tiledbsoma_ml.__version__}
+    for tool in tools:
+        smp, secs, wait = train[tool]
+        out[tool] = {
+            "first_pass_samples_per_s": first[tool],
+            "load_samples_per_s": statistics.fmean(load[tool]),
+            "load_samples_per_s_runs": load[tool],
+            "samples_per_epoch": n_seen[tool],
+            "train_samples_per_s": smp / secs,
+            "train_seconds": secs,
+            "train_data_wait_fraction": wait / secs,
+        }
+    for k in peer_ds:
+        out[f"load_ratio_vs_{k}"] = out["aivc"]["load_samples_per_s"] / out[k]["load_samples_per_s"]
+        out[f"train_ratio_vs_{k}"] = out["aivc"]["train_samples_per_s"] / out[k]["train_samples_per_s"]
+    out["pass"] = all(out[f"train_ratio_vs_{k}"] >= LOADER_TARGET for k in peer_ds)
+    return out
+
+
 def run(a: argparse.Namespace) -> dict[str, Any]:
     from aivc.training.data import TrainingPlan
     from aivc.training.registry import get_model
@@ -167,6 +295,10 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     compute_step_s = [s * (1 - w) / steps for s, w in zip(secs, waits, strict=True)]
     _log("bench: peer: the same model, one epoch over the training cells in memory ...")
     peer = in_memory_peer(lake, cfg, run_dir(lake, res.run_id))
+    peers = None
+    if a.peer_epochs > 0:
+        _log(f"bench: peer: tiledbsoma-ml's loader against aivc's on the same training cells ({a.peer_epochs} training epochs each) ...")
+        peers = loader_peer(lake, cfg, run_dir(lake, res.run_id), epochs=a.peer_epochs)
     mean_wait = statistics.fmean(waits)
     mean_wait_warm = statistics.fmean(waits[1:]) if len(waits) > 1 else mean_wait
     step_med = statistics.median(step_s)
@@ -185,8 +317,11 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         "compute_step_s_median": statistics.median(compute_step_s),
         "peer_in_memory": peer,
         "step_ratio_vs_in_memory": step_med / peer["step_s"],
-        "target": {"data_wait_fraction": WAIT_TARGET},
-        "pass": mean_wait < WAIT_TARGET,
+        "loader_peer": peers,
+        "target": {"data_wait_fraction": WAIT_TARGET, "samples_per_s_vs_tiledbsoma_ml": LOADER_TARGET},
+        "pass_data_wait": mean_wait < WAIT_TARGET,
+        "pass_loader_peer": None if peers is None else peers["pass"],
+        "pass": mean_wait < WAIT_TARGET and (peers is None or peers["pass"]),
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0], "load_avg": os.getloadavg()},
     }
 
@@ -207,7 +342,19 @@ def print_human(r: dict[str, Any]) -> None:
     print(f"step time (epoch wall incl. validation / train steps): median {1000 * r['step_s_median']:.1f} ms; without the data wait {1000 * r['compute_step_s_median']:.1f} ms")
     print(f"peer (in-memory tensor, plain loop, 1 thread): {p['steps']} steps in {p['seconds']:.1f}s, {1000 * p['step_s']:.1f} ms per step")
     print(f"aivc step / in-memory step: {r['step_ratio_vs_in_memory']:.2f}x (information)")
-    print(f"data_wait_fraction: mean {100 * r['data_wait_fraction_mean']:.1f} % (after the first epoch {100 * r['data_wait_fraction_mean_after_first']:.1f} %, max {100 * r['data_wait_fraction_max']:.1f} %)   target < {100 * WAIT_TARGET:.0f} %   {'PASS' if r['pass'] else 'FAIL'}")
+    print(f"data_wait_fraction: mean {100 * r['data_wait_fraction_mean']:.1f} % (after the first epoch {100 * r['data_wait_fraction_mean_after_first']:.1f} %, max {100 * r['data_wait_fraction_max']:.1f} %)   target < {100 * WAIT_TARGET:.0f} %   {'PASS' if r['pass_data_wait'] else 'FAIL'}")
+    lp = r.get("loader_peer")
+    if lp:
+        print()
+        print(f"loaders on the same {lp['n_train']:,} training cells (batch {lp['batch_size']}, shuffle blocks of {lp['shuffle_chunk_size']}; tiledbsoma-ml {lp['version']}, same process, 1 torch thread for training):")
+        names = {"aivc": f"aivc CellDataset + make_loader (reads of {c['chunk_rows']})", "peer": f"tiledbsoma-ml, io_batch_size {lp['io_batch_size']['peer']:,} (aivc's read size)", "peer_default_io": f"tiledbsoma-ml, io_batch_size {lp['io_batch_size']['peer_default_io']:,} (its default)"}
+        print(f"  {'loader':<58} {'load samples/s':>14} {'train samples/s':>15} {'train wait':>10}")
+        for k, label in names.items():
+            t = lp[k]
+            print(f"  {label:<58} {t['load_samples_per_s']:>14,.0f} {t['train_samples_per_s']:>15,.0f} {100 * t['train_data_wait_fraction']:>9.1f}%")
+        for k in ("peer", "peer_default_io"):
+            ok = lp[f"train_ratio_vs_{k}"] >= LOADER_TARGET
+            print(f"  aivc / {names[k]}: training {lp[f'train_ratio_vs_{k}']:.2f}x   target >= {LOADER_TARGET:.1f}x   {'PASS' if ok else 'FAIL'}   (loading alone {lp[f'load_ratio_vs_{k}']:.2f}x, information)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -220,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=None, help="override optim.epochs (default: the config's, 20)")
     p.add_argument("--workdir", default="/work/bench-scratch/loader")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, as `aivc train --set` (e.g. data.loader_workers=2); repeatable")
+    p.add_argument("--peer-epochs", type=int, default=2, help="training epochs of each loader in the tiledbsoma-ml comparison (0: skip it)")
     p.add_argument("--fresh", action="store_true")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)

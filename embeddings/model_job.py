@@ -464,6 +464,8 @@ def embed_model(
     versions = _select(lake, None if datasets else rec.lineage.organism, datasets)
     plan, cell_ids, notes = build_apply_plan(lake, rec, versions, min_gene_overlap=min_gene_overlap, gene_tokens=bool(getattr(cls, "gene_tokens", False)), where=where)
     n = len(cell_ids)
+    if actors and n:  # an explicit pool gets at least one chunk per actor: every actor (on every node) works
+        chunk_rows = min(chunk_rows, -(-n // actors))
     chunks = [(lo, min(n, lo + chunk_rows)) for lo in range(0, n, chunk_rows)]
     dim = int(rec.init.get("latent_dim", 0)) or None
     used, reason = choose_engine(engine, n, actors=actors, ray_address=ray_address)

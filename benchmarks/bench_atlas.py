@@ -87,7 +87,7 @@ def bounds(n_genes: int, cells_per_dataset: int) -> dict[str, tuple[float, str]]
         "submit": (floor + 4 * dense(4096) + per_ds, "floor + 4 dense copies of a 4,096-row chunk + one dataset's obs"),
         "embed_pca": (floor + 4 * dense(4096), "floor + 4 dense copies of a 4,096-row chunk"),
         "train": (floor + ray + 4 * dense(4096), "floor + Ray + 4 dense copies of a 4,096-row read"),
-        "embed": (floor + ray + 2 * 4 * dense(1024), "floor + Ray + 2 actors x 4 copies of a 1,024-cell batch"),
+        "embed": (floor + ray + 2 * 4 * dense(1024), "floor + Ray + 2 chunks in flight (2 actors, or the local engine's read-ahead) x 4 copies of a 1,024-cell chunk (embed's chunk at 20k genes)"),
         "celltype": (floor + 256 * MiB, "floor + a bounded sample of URs"),
         "annotate": (floor + 4 * 65536 * 64 * 4, "floor + 4 copies of a 65,536-cell batch of 64-dim URs"),
         "queries": (floor + 256 * MiB, "floor + DuckDB streaming scans"),
@@ -295,7 +295,8 @@ class Atlas:
         return r | {"ref": r["json"]["model"], "metrics": r["json"].get("metrics")}
 
     def embed(self) -> dict[str, Any]:
-        r = self.aivc("embed", "embed", "model", self.state["stages"]["train"]["ref"])
+        model = self.a.embed_model or self.state["stages"]["train"]["ref"]
+        r = self.aivc("embed", "embed", "model", model)
         return r | {"ref": r["json"]["ref"]}
 
     def celltype(self) -> dict[str, Any]:
@@ -411,6 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=2, help="cell-vae epochs (--set optim.epochs)")
     p.add_argument("--stages", default=",".join(STAGES), help="comma-separated subset, in order")
     p.add_argument("--workdir", default="/work/bench-scratch/atlas")
+    p.add_argument("--embed-model", default=None, help="model REF the embed stage applies (default: the train stage's model)")
     p.add_argument("--resume", action="store_true", help="skip the stages (and datasets) a previous run finished")
     p.add_argument("--keep", action="store_true", help="keep the inputs and the lake")
     p.add_argument("--compare", default=None, help="CELLS_A,CELLS_B: print the two saved results side by side and exit")

@@ -319,6 +319,24 @@ class _Embedder:
         return {"pos": np.concatenate(pos), "vector": np.concatenate(vecs)}
 
 
+#: a chunk's dense float32 counts are at most this many bytes when ``chunk_rows`` is not given
+CHUNK_BYTES = 128 * 1024**2
+MAX_CHUNK_ROWS = 8192
+
+
+def auto_chunk_rows(n_columns: int, batch_size: int) -> int:
+    """Cells per chunk: :data:`MAX_CHUNK_ROWS`, fewer when their dense counts over
+    ``n_columns`` would pass :data:`CHUNK_BYTES` (a whole multiple of ``batch_size``, at
+    least one batch), so a chunk's memory does not grow with the model's gene count.
+
+    >>> auto_chunk_rows(2000, 1024), auto_chunk_rows(20000, 1024), auto_chunk_rows(20000, 256)
+    (8192, 1024, 1536)
+    """
+    fit = CHUNK_BYTES // (4 * max(1, n_columns))
+    rows = min(MAX_CHUNK_ROWS, fit)
+    return max(batch_size, rows - rows % batch_size) if rows >= batch_size else max(1, min(batch_size, MAX_CHUNK_ROWS))
+
+
 Engine = Literal["auto", "ray", "local"]
 ENGINES: tuple[str, ...] = ("auto", "ray", "local")
 #: ``engine="auto"`` embeds fewer cells than this in-process (see :func:`choose_engine`).
@@ -414,7 +432,7 @@ def embed_model(
     datasets: list[str] | None = None,
     name: str | None = None,
     batch_size: int = 1024,
-    chunk_rows: int = 8192,
+    chunk_rows: int | None = None,
     actors: int | None = None,
     ray_address: str | None = None,
     engine: str = "auto",
@@ -425,7 +443,8 @@ def embed_model(
     """Embed the lake's cells with a registered model and publish ``cell:<name>@N``.
 
     ``name`` defaults to the model's name with ``-`` as ``_`` (``cell-vae`` ->
-    ``cell:cell_vae``). ``engine``: ``auto`` (:func:`choose_engine`), ``ray`` (Ray Data
+    ``cell:cell_vae``). ``chunk_rows`` (cells read at a time) defaults to
+    :func:`auto_chunk_rows`. ``engine``: ``auto`` (:func:`choose_engine`), ``ray`` (Ray Data
     actor pool; ``actors`` defaults to the CPUs Ray offers, at most the number of
     chunks; ``ray_address`` connects to a cluster) or ``local`` (in this process, the
     same reader and model code). Both give the same vectors. The version's metrics
@@ -443,7 +462,7 @@ def embed_model(
     from aivc.training.registry import get_model
 
     progress = progress or NullProgress()
-    for opt, value in (("--batch-size", batch_size), ("--chunk-rows", chunk_rows)):
+    for opt, value in (("--batch-size", batch_size), ("--chunk-rows", 1 if chunk_rows is None else chunk_rows)):
         if value < 1:
             raise UsageError(f"{opt} must be at least 1, got {value}", where=opt)
     if actors is not None and actors < 1:
@@ -464,9 +483,10 @@ def embed_model(
     versions = _select(lake, None if datasets else rec.lineage.organism, datasets)
     plan, cell_ids, notes = build_apply_plan(lake, rec, versions, min_gene_overlap=min_gene_overlap, gene_tokens=bool(getattr(cls, "gene_tokens", False)), where=where)
     n = len(cell_ids)
+    rows = chunk_rows or auto_chunk_rows(len(plan.gene_ids), batch_size)
     if actors and n:  # an explicit pool gets at least one chunk per actor: every actor (on every node) works
-        chunk_rows = min(chunk_rows, -(-n // actors))
-    chunks = [(lo, min(n, lo + chunk_rows)) for lo in range(0, n, chunk_rows)]
+        rows = min(rows, -(-n // actors))
+    chunks = [(lo, min(n, lo + rows)) for lo in range(0, n, rows)]
     dim = int(rec.init.get("latent_dim", 0)) or None
     used, reason = choose_engine(engine, n, actors=actors, ray_address=ray_address)
     gene_ur = rec.lineage.gene_ur
@@ -517,7 +537,7 @@ def embed_model(
                 progress.advance(len(pos))
             if writer is None:
                 raise UsageError("no cells to embed in the chosen datasets", where="--datasets")
-            metrics: dict[str, Any] = {"n_cells": int(n), "engine": used, "engine_reason": reason, "actors": int(n_actors), "batch_size": int(batch_size)}
+            metrics: dict[str, Any] = {"n_cells": int(n), "engine": used, "engine_reason": reason, "actors": int(n_actors), "batch_size": int(batch_size), "chunk_rows": int(rows)}
             if "measurements" in notes:  # which measurements each dataset's cells were embedded from
                 metrics["measurements"] = notes["measurements"]
             return writer.commit(metrics=metrics)

@@ -48,6 +48,8 @@ ENTITIES: tuple[str, ...] = ("cell", "gene", "niche")
 #: ``soma_joinid`` and ``dataset_id``, and readable row by row as the datasets are
 PER_DATASET: tuple[str, ...] = ("cell", "niche")
 RECORD_NAME = "_version.json"
+#: rows of one write handled at a time (partitioned entities): bounds the writer's copies
+SLICE_ROWS = 16384
 RECORD_SCHEMA = "aivc.embedding_version"
 
 
@@ -226,9 +228,8 @@ class EmbeddingWriter:
             raise EmbeddingError(f"vector of id {ids_arr[i].as_py()!r} has NaN or infinite values", where=f"row {self.n_rows + i}")
         if ids_arr.null_count:
             raise EmbeddingError("ids must not be null", where=f"rows {self.n_rows}..")
-        import pandas as pd
-
-        self._id_hashes.append(pd.util.hash_array(ids_arr.to_numpy(zero_copy_only=False)))
+        # Python's own 64-bit string hash (SipHash; per process, and the writer lives in one)
+        self._id_hashes.append(np.fromiter(map(hash, ids_arr.to_pylist()), dtype=np.int64, count=len(ids_arr)))
         flat = pa.array(vec.reshape(-1), type=pa.float32())
         vector = pa.FixedSizeListArray.from_arrays(flat, self.dim)
         if self.entity in PER_DATASET:
@@ -240,16 +241,19 @@ class EmbeddingWriter:
                 raise EmbeddingError(f"{len(ids_arr)} ids but {len(joins)} soma_joinids and {len(ds)} dataset_ids", where=f"rows {self.n_rows}..")
             if ds.null_count:
                 raise EmbeddingError("dataset_ids must not be null", where=f"rows {self.n_rows}..")
-            table = pa.table({"id": ids_arr, "soma_joinid": joins, "dataset_id": ds, "vector": vector}, schema=self.schema)
-            enc = ds.dictionary_encode()
-            names, codes = enc.dictionary.to_pylist(), enc.indices.to_numpy(zero_copy_only=False)
-            if len(names) > 1:  # rows of several datasets: one stable reorder (one copy), then a slice per partition
-                order = np.argsort(codes, kind="stable")
-                table, codes = table.take(pa.array(order)), codes[order]
-            bounds = np.searchsorted(codes, np.arange(len(names) + 1)) if len(names) > 1 else np.array([0, len(codes)])
-            for c in sorted(range(len(names)), key=names.__getitem__):
-                lo, hi = int(bounds[c]), int(bounds[c + 1])
-                self._append(f"dataset={names[c]}", table.slice(lo, hi - lo))
+            whole = pa.table({"id": ids_arr, "soma_joinid": joins, "dataset_id": ds, "vector": vector}, schema=self.schema)
+            for start in range(0, whole.num_rows, SLICE_ROWS):  # a big batch in slices: any copy is one slice
+                table = whole.slice(start, SLICE_ROWS)
+                enc = table.column("dataset_id").combine_chunks().dictionary_encode()
+                names, codes = enc.dictionary.to_pylist(), enc.indices.to_numpy(zero_copy_only=False)
+                if len(names) > 1:  # rows of several datasets: one stable reorder, then a slice per partition
+                    order = np.argsort(codes, kind="stable")
+                    table, codes = table.take(pa.array(order)), codes[order]
+                bounds = np.searchsorted(codes, np.arange(len(names) + 1)) if len(names) > 1 else np.array([0, len(codes)])
+                for c in sorted(range(len(names)), key=names.__getitem__):
+                    lo, hi = int(bounds[c]), int(bounds[c + 1])
+                    self._append(f"dataset={names[c]}", table.slice(lo, hi - lo))
+                del table
         else:
             self._append("", pa.table({"id": ids_arr, "vector": vector}, schema=self.schema))
         self.n_rows += vec.shape[0]
@@ -293,7 +297,7 @@ class EmbeddingWriter:
         files = [str(p) for p in sorted(self.staging.rglob("*.parquet")) if not p.relative_to(self.staging).parts[0].startswith("_")]  # _members/: not rows
         if not files:
             raise EmbeddingError("no rows were written; an embedding version cannot be empty")
-        h = np.sort(np.concatenate(self._id_hashes)) if self._id_hashes else np.zeros(0, np.uint64)
+        h = np.sort(np.concatenate(self._id_hashes)) if self._id_hashes else np.zeros(0, np.int64)
         self._id_hashes = []
         if not (h[1:] == h[:-1]).any():  # no two ids share a 64-bit hash: no duplicates
             return

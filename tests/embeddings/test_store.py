@@ -107,6 +107,35 @@ def test_duplicate_ids_refused_at_commit(lake):
     assert {k for k, v in lake_snapshot(lake.root).items() if v != "dir"} == {k for k, v in before.items() if v != "dir"}
 
 
+def test_cell_rows_partitioned_in_order_and_cross_partition_duplicates_refused(lake, monkeypatch):
+    """Batches of mixed datasets, cut in slices smaller than a batch: each partition keeps its
+    rows in write order; a cell id written twice (other batch, other dataset) is refused."""
+    from aivc.store import features as F
+
+    monkeypatch.setattr(F, "SLICE_ROWS", 4)
+    w = EmbeddingWriter(lake, "cell", "mixed", 2, source={"kind": "test"})
+    ids = [f"c{i:02d}" for i in range(22)]
+    ds = ["b" if i % 3 else "a" for i in range(22)]
+    vec = np.arange(44, dtype=np.float32).reshape(22, 2)
+    for lo in (0, 10):
+        hi = 10 if lo == 0 else 22
+        w.write(ids[lo:hi], vec[lo:hi], soma_joinids=np.arange(lo, hi), dataset_ids=ds[lo:hi])
+    v = w.commit()
+    for d in ("a", "b"):
+        t = pq.read_table(version_dir(lake, "cell", "mixed", v.version) / f"dataset={d}" / "part-00000.parquet")
+        want = [i for i in range(22) if ds[i] == d]
+        assert t.column("id").to_pylist() == [ids[i] for i in want] and t.column("soma_joinid").to_pylist() == want
+        np.testing.assert_array_equal(np.stack(t.column("vector").to_numpy(zero_copy_only=False)), vec[want])
+    w = EmbeddingWriter(lake, "cell", "mixed", 2, source={"kind": "test"})
+    w.write(["x1", "x2"], np.ones((2, 2)), soma_joinids=np.arange(2), dataset_ids=["a", "b"])
+    w.write(["x3", "x2"], np.ones((2, 2)), soma_joinids=np.arange(2, 4), dataset_ids=["a", "a"])
+    with pytest.raises(EmbeddingError, match="'x2' \\(2 times\\)"):
+        w.commit()
+    w.abort()
+    with pytest.raises(EmbeddingError, match="dataset_ids must not be null"):
+        EmbeddingWriter(lake, "cell", "nulls", 2, source={"kind": "test"}).write(["y"], np.ones((1, 2)), soma_joinids=[0], dataset_ids=[None])
+
+
 def test_killed_publish_leaves_nothing_and_retry_works(lake2, tmp_path):
     script = tmp_path / "w.py"
     script.write_text(

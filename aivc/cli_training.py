@@ -20,15 +20,27 @@ def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def _epoch_printer(total: int, model_type: str) -> Any:
+def _epoch_printer(total: int | str, model_type: str) -> Any:
+    """Prints each epoch's metrics; ``show.total`` (``auto`` until the run resolves it) is the
+    epoch count it prints against."""
+
     def show(m: dict[str, Any]) -> None:
+        total = show.total  # type: ignore[attr-defined]
         val = f" validation_loss={_fmt(m['validation_loss'])}" if m.get("validation_loss") is not None else ""
         parts = f" (reconstruction {_fmt(m['train_reconstruction'])}, kl {_fmt(m['train_kl'])})" if model_type in ("cell-vae", "cell-multimodal-vae") else ""
         wait = f", data wait {m['data_wait_fraction']:.0%}" if m.get("data_wait_fraction") is not None else ""
         sys.stderr.write(f"epoch {m['epoch']}/{total} train_loss={_fmt(m['train_loss'])}{parts}{val} [{m['seconds']:.1f}s{wait}]\n")
         sys.stderr.flush()
 
+    show.total = total  # type: ignore[attr-defined]
     return show
+
+
+def _planned(s: dict[str, Any]) -> str:
+    if not s.get("epochs"):
+        return ""
+    warm = f", KL warm-up {s['kl_warmup_epochs']}" if s.get("kl_warmup_epochs") else ""
+    return f"; up to {s['epochs']} epochs{warm}"
 
 
 ConfigOpt = Annotated[Optional[str], typer.Option("--config", help="Config YAML (default: the packaged schemas/configs/<model type>.yaml).")]
@@ -49,12 +61,16 @@ def _train(model_type: str, config: str | None, set_: list[str] | None, workers:
         lk = Lake.open(lake)
         cfg = load_config(config, model_type=model_type, overrides=set_ or [])
 
+        printer = None if json_ else _epoch_printer(cfg.optim.epochs, cfg.model_type)
+
         def started(s: dict[str, Any]) -> None:
+            if printer is not None and s.get("epochs"):
+                printer.total = s["epochs"]
             what = f"resuming run {s['run_id']} after epoch {s['resumed_from_epoch']}" if s["resumed_from_epoch"] else f"run {s['run_id']}"
             tokens = f" with URs from {s['gene_ur']}" if s.get("gene_ur") else ""
             sys.stderr.write(
                 f"{what}: {s['n_train']} training + {s['n_validation']} validation cells, {s['n_genes']} genes{tokens}, "
-                f"{len(s['batches'])} batches; {s['workers']} Ray Train worker(s)\n"
+                f"{len(s['batches'])} batches; {s['workers']} Ray Train worker(s){_planned(s)}\n"
             )
 
         res = train(
@@ -63,7 +79,7 @@ def _train(model_type: str, config: str | None, set_: list[str] | None, workers:
             workers=workers,
             ray_address=ray_address,
             run_id=run_id,
-            on_epoch=None if json_ else _epoch_printer(cfg.optim.epochs, cfg.model_type),
+            on_epoch=printer,
             on_start=None if json_ else started,
         )
         if json_:
@@ -71,6 +87,8 @@ def _train(model_type: str, config: str | None, set_: list[str] | None, workers:
         else:
             val = res.metrics.get("validation_loss")
             extra = f", validation_loss {_fmt(val)}" if val is not None else ""
+            stop = res.metrics.get("best_epoch")
+            extra += f"; weights of epoch {stop}, the best validation loss" if stop else ""
             _console().print(f"registered {res.model_ref} (run {res.run_id}, {res.epochs} epochs, train_loss {_fmt(res.metrics['train_loss'])}{extra})")
         return 0
 
@@ -149,7 +167,11 @@ def niche_gnn(
         cfg = parse_settings(set_)
         spec = parse_graph(graph)
 
+        printer = None if json_ else _epoch_printer(cfg.optim.epochs, cfg.model_type)
+
         def started(s: dict[str, Any]) -> None:
+            if printer is not None and s.get("epochs"):
+                printer.total = s["epochs"]
             g = s["graph"]
             sys.stderr.write(
                 f"run {s['run_id']}: {s['n_cells']:,} located cells of {s['cells']} ({s['n_features']} dims) in {len(s['datasets'])} dataset(s); "

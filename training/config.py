@@ -84,6 +84,9 @@ class CellVaeArchitecture(_Strict):
     hidden_dim: int = Field(128, ge=1)
     n_layers: int = Field(1, ge=1)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    #: what the encoder reads: ``lognorm`` (log1p of counts scaled to 10,000 per cell, so a
+    #: cell's sequencing depth does not place it in the latent space) or ``log1p`` (raw)
+    encoder_input: Literal["lognorm", "log1p"] = "lognorm"
 
 
 class OptimConfig(_Strict):
@@ -95,6 +98,47 @@ class OptimConfig(_Strict):
 
 class VaeOptimConfig(OptimConfig):
     kl_warmup_epochs: int = Field(0, ge=0)
+
+
+#: ``optim.epochs: auto`` trains this many cell passes in all (scvi-tools' rule: 400 epochs
+#: up to 20,000 cells, fewer above), capped at :data:`AUTO_MAX_EPOCHS` epochs
+AUTO_CELL_PASSES = 20_000 * 400
+AUTO_MAX_EPOCHS = 400
+
+
+class CellVaeOptimConfig(VaeOptimConfig):
+    """cell-vae's optimiser: epochs scaled to the data, KL warm-up, early stopping.
+
+    ``epochs: auto`` resolves to ``min(400, round(8,000,000 / training cells))`` (at least
+    1): 400 epochs for 700 cells, 8 for a million. ``kl_warmup_epochs: auto`` is a quarter
+    of the epochs, at most 20. With ``early_stopping_patience`` N > 0 the run stops once the
+    validation loss has not improved (by 0.1 %) for N epochs after the warm-up, and the
+    model registered is the one with the lowest validation loss.
+    """
+
+    batch_size: int = Field(128, ge=1)
+    epochs: int | Literal["auto"] = "auto"
+    kl_warmup_epochs: int | Literal["auto"] = "auto"
+    early_stopping_patience: int = Field(20, ge=0)
+
+    @model_validator(mode="after")
+    def _positive(self) -> CellVaeOptimConfig:
+        if isinstance(self.epochs, int) and self.epochs < 1:
+            raise ValueError(f"optim.epochs must be at least 1 or auto, got {self.epochs}")
+        if isinstance(self.kl_warmup_epochs, int) and self.kl_warmup_epochs < 0:
+            raise ValueError(f"optim.kl_warmup_epochs must be at least 0 or auto, got {self.kl_warmup_epochs}")
+        return self
+
+
+def resolve_epochs(optim: OptimConfig, n_train: int) -> tuple[int, int]:
+    """(epochs, KL warm-up epochs) of a run on ``n_train`` training cells."""
+    epochs = optim.epochs
+    if epochs == "auto":
+        epochs = max(1, min(AUTO_MAX_EPOCHS, round(AUTO_CELL_PASSES / max(n_train, 1))))
+    warm = getattr(optim, "kl_warmup_epochs", 0)
+    if warm == "auto":
+        warm = min(20, int(epochs) // 4)
+    return int(epochs), int(warm)
 
 
 class CellTransformerArchitecture(_Strict):
@@ -149,7 +193,7 @@ class CellVaeConfig(_RunConfig):
     model_type: Literal["cell-vae"] = "cell-vae"
     name: str = Field("cell-vae", pattern=NAME_RULE.pattern)
     model: CellVaeArchitecture = CellVaeArchitecture()
-    optim: VaeOptimConfig = VaeOptimConfig()
+    optim: CellVaeOptimConfig = CellVaeOptimConfig()
 
 
 class CellTransformerConfig(_RunConfig):

@@ -44,6 +44,9 @@ def register_run(lake: Lake, cfg: TrainingConfig, rdir: Path, run_id: str, resul
     plan = TrainingPlan.load(rdir / "plan", lake)
     history = list(state["history"])
     final = history[-1]
+    best = state.get("best")  # early stopping: register the epoch with the lowest validation loss
+    weights = state["model"] if best is None else best["model"]
+    chosen = final if best is None else next(m for m in history if m["epoch"] == best["epoch"])
     resumed = int(final.get("resumed_from_epoch", 0))
     unmeasured = {ds: [g for g, m in zip(plan.gene_ids, plan.masks[b], strict=True) if not m] for b, ds in enumerate(plan.batch_categories)}
     base = plan.lineage()
@@ -62,18 +65,27 @@ def register_run(lake: Lake, cfg: TrainingConfig, rdir: Path, run_id: str, resul
         lake,
         cfg.name,
         model_type=cfg.model_type,
-        state_dict=state["model"],
+        state_dict=weights,
         init=init,
         config=cfg.model_dump(mode="json"),
         gene_ids=fields["gene_ids"],
         encodings=fields["encodings"],
-        metrics={k: v for k, v in final.items() if k not in ("seconds",)},
+        metrics={k: v for k, v in chosen.items() if k not in ("seconds",)},
         lineage=lineage,
         history=history,
-        training={"run_id": run_id, "epochs": int(state["epoch"]), "resumed_from_epoch": resumed, "workers": workers, "ray_version": ray.__version__, "torch_version": torch.__version__},
+        training={"run_id": run_id, "epochs": int(state["epoch"]), "resumed_from_epoch": resumed, "workers": workers, **_stopping(best, cfg), "ray_version": ray.__version__, "torch_version": torch.__version__},
     )
     rec_path = rdir / "run.json"
     run = json.loads(rec_path.read_text())
     run.update({"status": "registered", "model_ref": rec.ref, "epochs_done": int(state["epoch"]), "config": cfg.model_dump(mode="json"), "finished_at": utcnow()})
     write_json_atomic(rec_path, run)
     return TrainResult(run_id=run_id, model_ref=rec.ref, resumed_from_epoch=resumed, epochs=int(state["epoch"]), metrics=rec.metrics)
+
+
+def _stopping(best: dict[str, Any] | None, cfg: TrainingConfig) -> dict[str, Any]:
+    """The record's early-stopping fields: which epoch's weights were registered and whether
+    the run stopped (``patience`` epochs without improvement) before its planned last epoch."""
+    if best is None:
+        return {}
+    patience = int(getattr(cfg.optim, "early_stopping_patience", 0))
+    return {"best_epoch": int(best["epoch"]), "stopped_early": bool(patience) and int(best["bad_epochs"]) >= patience}

@@ -95,7 +95,7 @@ def prepare_run(lake: Lake, cfg: TrainingConfig, run_id: str) -> tuple[Path, boo
                 f"run {run_id!r} was started with a different config ({', '.join(changed)}); resume it with the same config or use a new --run-id",
                 where="--run-id",
             )
-        if rec.get("status") == "registered" and cfg.optim.epochs <= int(rec.get("epochs_done", 0)):
+        if rec.get("status") == "registered" and (cfg.optim.epochs == "auto" or cfg.optim.epochs <= int(rec.get("epochs_done", 0))):
             raise UsageError(
                 f"run {run_id!r} already finished and was registered as {rec.get('model_ref')}; raise optim.epochs to train it further or use a new --run-id",
                 where="--run-id",

@@ -115,6 +115,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
         model.set_gene_table(torch.from_numpy(np.array(loop_config["gene_vectors"], dtype=np.float32)))
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     start_epoch, history = 0, []
+    best: dict[str, Any] | None = None  # early stopping: the lowest validation loss so far
     ckpt = ray.train.get_checkpoint()
     if ckpt is None and loop_config.get("resume_dir"):
         ckpt = ray.train.Checkpoint.from_directory(loop_config["resume_dir"])
@@ -124,6 +125,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, history = int(state["epoch"]), list(state["history"])
+        best = state.get("best")
     # a multimodal batch may hold no cell of some measurement: its expert and decoder then get
     # no gradient in that step, which DDP must be told to expect
     ddp_kwargs = {"find_unused_parameters": True} if cfg.model_type == MULTIMODAL else None
@@ -138,10 +140,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     def loader(ds: CellDataset) -> Any:
         return make_loader(ds, cfg.data.loader_workers)
 
-    for epoch in range(start_epoch, cfg.optim.epochs):
+    epochs = int(loop_config.get("epochs") or cfg.optim.epochs)  # "auto", resolved by the driver
+    warm = int(loop_config.get("kl_warmup_epochs", getattr(cfg.optim, "kl_warmup_epochs", 0)) or 0)
+    patience = int(getattr(cfg.optim, "early_stopping_patience", 0))
+    for epoch in range(start_epoch, epochs):
+        if patience and best is not None and best["bad_epochs"] >= patience:
+            break  # resumed after it had already stopped early
         t0 = time.perf_counter()
         torch.manual_seed(cfg.seed * 1_000_003 + epoch * 1_009 + rank)  # sampling noise: resume-exact
-        warm = getattr(cfg.optim, "kl_warmup_epochs", 0)
         kl_weight = min(1.0, epoch / warm) if warm else 1.0
         train_ds.set_epoch(epoch)
         model.train()
@@ -164,15 +170,33 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
         for i, m in enumerate(parts):  # a multimodal model: each measurement's share of the reconstruction
             metrics[f"train_reconstruction_{m}"] = tr[6 + i] / max(tr[3], 1.0)
             metrics[f"validation_reconstruction_{m}"] = va[6 + i] / va[3] if va[3] else None
+        best = _track_best(best, metrics, core, patience, warm)
         history.append(metrics)
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if rank == 0:
-                state = {"model": core.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1, "history": history}
+                state = {"model": core.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1, "history": history, "best": best}
                 torch.save(state, Path(tmp) / STATE_FILE)
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"epoch_{epoch + 1:06d}")
         if rank == 0:
             with open(rdir / "progress.jsonl", "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(metrics) + "\n")
-    return {"resumed_from_epoch": start_epoch, "epochs": cfg.optim.epochs}
+        if best is not None and best["bad_epochs"] >= patience:
+            break  # every rank sees the same all-reduced validation loss: all stop together
+    return {"resumed_from_epoch": start_epoch, "epochs": epochs}
+
+
+def _track_best(best: dict[str, Any] | None, metrics: dict[str, Any], core: Any, patience: int, warm: int) -> dict[str, Any] | None:
+    """Early stopping's state after one epoch: the best model (lowest validation loss, once
+    the KL warm-up is over) and the epochs since it; None when early stopping is off or
+    there is no validation set. ``metrics`` gains ``best_epoch`` and ``epochs_without_improvement``."""
+    loss = metrics.get("validation_loss")
+    if not patience or loss is None or metrics["epoch"] <= warm:
+        return best
+    if best is None or loss < best["validation_loss"] - 1e-3 * abs(best["validation_loss"]):
+        best = {"epoch": metrics["epoch"], "validation_loss": loss, "bad_epochs": 0, "model": {k: v.detach().clone() for k, v in core.state_dict().items()}}
+    else:
+        best = best | {"bad_epochs": best["bad_epochs"] + 1}
+    metrics["best_epoch"], metrics["epochs_without_improvement"] = best["epoch"], best["bad_epochs"]
+    return best

@@ -112,14 +112,16 @@ def _train_locked(
     on_start: Callable[[dict[str, Any]], None] | None,
     object_store_memory: int | None,
 ) -> TrainResult:
+    from aivc.training.config import resolve_epochs
     from aivc.training.data import TrainingPlan
 
     rdir, resumed, gene_ur = prepare_run(lake, cfg, run_id)
     plan = TrainingPlan.load(rdir / "plan", lake)
     table = run_gene_table(lake, plan, gene_ur, rdir)
     init = model_init(cfg, plan, table, rdir / "plan")
+    counts = plan.cells["split"].value_counts()
+    epochs, warm = resolve_epochs(cfg.optim, int(counts.get("train", 0)))
     if on_start is not None:
-        counts = plan.cells["split"].value_counts()
         on_start(
             {
                 "run_id": run_id,
@@ -130,6 +132,8 @@ def _train_locked(
                 "n_genes": plan.n_genes,
                 "batches": list(plan.batch_categories),
                 "workers": workers,
+                "epochs": epochs,
+                "kl_warmup_epochs": warm,
                 "model_type": cfg.model_type,
                 "gene_ur": gene_ur,
             }
@@ -164,6 +168,8 @@ def _train_locked(
                 "run_dir": str(rdir),
                 "threads": 1,
                 "resume_dir": resume_from,
+                "epochs": epochs,
+                "kl_warmup_epochs": warm,
             },
             # on a cluster (--ray-address) one worker per node where it can, not all on the first node that fits them
             scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=False, resources_per_worker={"CPU": 1}, placement_strategy="SPREAD" if ray_address else "PACK"),

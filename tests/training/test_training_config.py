@@ -13,7 +13,8 @@ def test_packaged_yaml_is_the_defaults():
     cfg = load_config()
     assert cfg == CellVaeConfig()
     assert (cfg.model.latent_dim, cfg.model.hidden_dim, cfg.model.n_layers) == (16, 128, 1)
-    assert (cfg.optim.lr, cfg.optim.batch_size, cfg.optim.epochs, cfg.seed) == (1e-3, 256, 20, 0)
+    assert (cfg.optim.lr, cfg.optim.batch_size, cfg.optim.epochs, cfg.seed) == (1e-3, 128, "auto", 0)
+    assert (cfg.optim.kl_warmup_epochs, cfg.optim.early_stopping_patience, cfg.model.encoder_input) == ("auto", 20, "lognorm")
     assert cfg.data.n_top_genes is None and cfg.data.validation.by == "fraction"
 
 
@@ -31,7 +32,7 @@ def test_overrides_are_typed():
         ("model.latnt_dim=3", "unknown key 'model.latnt_dim'"),
         ("modle.latent_dim=3", "unknown key 'modle'"),
         ("optim.lr=fast", "optim.lr: Input should be a valid number"),
-        ("optim.epochs=0", "optim.epochs: Input should be greater than or equal to 1"),
+        ("optim.epochs=0", "optim.epochs must be at least 1 or auto, got 0"),
         ("data.validation.by=tissue", "data.validation.by: Input should be 'dataset', 'donor', 'fraction' or 'none'"),
         ("lr", "--set expects KEY=VALUE"),
         ("data=1", "unknown key 'data'"),

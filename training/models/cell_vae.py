@@ -1,6 +1,8 @@
 """``cell-vae``: a negative-binomial variational autoencoder with a batch covariate.
 
-The scVI baseline for cell URs (Lopez et al. 2018): the encoder reads ``log1p`` counts
+The scVI baseline for cell URs (Lopez et al. 2018): the encoder reads log counts
+(``encoder_input``: ``lognorm``, counts scaled to 10,000 per cell then ``log1p``, the
+default of new configs; ``log1p`` of raw counts, what models registered before it read)
 and a one-hot batch (dataset) and gives the mean and log-variance of a latent ``z``; the
 decoder maps ``z`` and the batch to gene proportions (softmax over the genes the cell's
 dataset measured) that, times the observed library size, are the means of a negative
@@ -68,12 +70,19 @@ class CellVAE(nn.Module):
         Width of the count vectors and number of batch categories.
     latent_dim, hidden_dim, n_layers, dropout
         Size of ``z``; width, depth and dropout of encoder and decoder MLPs.
+    encoder_input
+        ``log1p`` (of raw counts) or ``lognorm`` (of counts scaled to 10,000 per cell).
     """
 
-    def __init__(self, n_genes: int, n_batches: int, *, latent_dim: int = 16, hidden_dim: int = 128, n_layers: int = 1, dropout: float = 0.1) -> None:
+    def __init__(
+        self, n_genes: int, n_batches: int, *, latent_dim: int = 16, hidden_dim: int = 128, n_layers: int = 1, dropout: float = 0.1, encoder_input: str = "log1p"
+    ) -> None:
         super().__init__()
         if n_genes < 1 or n_batches < 1:
             raise ValueError(f"need at least one gene and one batch, got {n_genes} genes, {n_batches} batches")
+        if encoder_input not in ("log1p", "lognorm"):
+            raise ValueError(f"encoder_input must be log1p or lognorm, got {encoder_input!r}")
+        self.encoder_input = encoder_input
         self.n_genes, self.n_batches, self.latent_dim = n_genes, n_batches, latent_dim
         self.encoder = _mlp(n_genes + n_batches, hidden_dim, n_layers, dropout)
         self.z_mean = nn.Linear(hidden_dim, latent_dim)
@@ -93,6 +102,8 @@ class CellVAE(nn.Module):
         return out
 
     def encode(self, x: Tensor, batch: Tensor) -> tuple[Tensor, Tensor]:
+        if self.encoder_input == "lognorm":  # the measured genes' total: masked genes are zero here
+            x = x / x.sum(dim=-1, keepdim=True).clamp(min=1.0) * 1e4
         h = self.encoder(torch.cat([torch.log1p(x), self._onehot(batch)], dim=-1))
         return self.z_mean(h), self.z_logvar(h).clamp(-15.0, 15.0)
 

@@ -6,7 +6,9 @@ that each job's Ray actors (Ray Train workers, Ray Data actor pools) were placed
 nodes and that their work ran there, read from the cluster's GCS tables (actors, dead ones
 included, and task events, which record the node each task ran on; the state API of
 ``ray.util.state`` needs the dashboard, which the installed Ray cannot start), and that the
-results equal the same commands run on a local Ray on an identical copy of the lake.
+results equal a local run: training and embedding run at the same time on a local Ray over
+an identical copy of the lake (same weights, same URs), and the cluster's predictions equal
+those of the in-process engine with the same decoder over the same URs.
 
 The cluster is stopped through its node handles (by the pids Ray recorded when it started
 them), never with ``ray stop``, and is not advertised as this machine's current cluster:

@@ -99,8 +99,10 @@ def two_nodes(monkeypatch: pytest.MonkeyPatch) -> Iterator[TwoNodes]:
         yield nodes
     finally:
         started = [p.process.pid for n in cluster.list_all_nodes() for ps in n.all_processes.values() for p in ps]
-        actor_pids = [a["Pid"] for a in cluster.global_state.actor_table(None).values() if a["Pid"]]
-        cluster.global_state.disconnect()
+        try:
+            actor_pids = [a["Pid"] for a in cluster.global_state.actor_table(None).values() if a["Pid"]]
+        finally:
+            cluster.global_state.disconnect()
         # what Cluster.shutdown() does, less its reset of this process's Ray globals (a
         # local Ray another test started in this process keeps working)
         for n in list(cluster.worker_nodes):

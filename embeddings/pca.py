@@ -74,8 +74,10 @@ def embed_pca(
 
     progress.phase("PCA 2/3: covariance", total=n)
     cov = np.zeros((top.size, top.size))
-    for _, L in q.stream(feats.joinids, columns=("soma_joinid",), chunk_rows=params.chunk_rows, normalize=True):
-        Z = np.clip((L[:, top] - mean[top]) / sd, -params.clip, params.clip)
+    # normalized over every gene (sparse), densified over the top genes only: a chunk is
+    # chunk_rows x n_top_genes dense, not chunk_rows x all genes
+    for _, L in q.stream(feats.joinids, columns=("soma_joinid",), chunk_rows=params.chunk_rows, normalize=True, dense=False):
+        Z = np.clip((L[:, top].toarray() - mean[top]) / sd, -params.clip, params.clip)
         cov += Z.T @ Z
         progress.advance(L.shape[0])
     cov /= max(n - 1, 1)
@@ -97,8 +99,8 @@ def embed_pca(
     writer = EmbeddingWriter(lake, "cell", name, int(k), source=source, lineage=lineage, normalization="none")
     try:
         progress.phase("PCA 3/3: projecting and writing", total=n)
-        for part, L in q.stream(feats.joinids, chunk_rows=params.chunk_rows, normalize=True):
-            Z = np.clip((L[:, top] - mean[top]) / sd, -params.clip, params.clip)
+        for part, L in q.stream(feats.joinids, chunk_rows=params.chunk_rows, normalize=True, dense=False):
+            Z = np.clip((L[:, top].toarray() - mean[top]) / sd, -params.clip, params.clip)
             writer.write(part["obs_id"].to_numpy(), Z @ components, soma_joinids=part["soma_joinid"].to_numpy(), dataset_ids=part["dataset_id"].to_numpy())
             progress.advance(len(part))
         metrics = {

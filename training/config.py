@@ -111,7 +111,8 @@ class CellVaeOptimConfig(VaeOptimConfig):
 
     ``epochs: auto`` resolves to ``min(400, round(8,000,000 / training cells))`` (at least
     1): 400 epochs for 700 cells, 8 for a million. ``kl_warmup_epochs: auto`` is a quarter
-    of the epochs, at most 20. With ``early_stopping_patience`` N > 0 the run stops once the
+    of those automatic epochs, at most 20, whatever ``epochs`` says (so a resumed run that
+    trains longer keeps its warm-up). With ``early_stopping_patience`` N > 0 the run stops once the
     validation loss has not improved (by 0.1 %) for N epochs after the warm-up, and the
     model registered is the one with the lowest validation loss.
     """
@@ -132,12 +133,11 @@ class CellVaeOptimConfig(VaeOptimConfig):
 
 def resolve_epochs(optim: OptimConfig, n_train: int) -> tuple[int, int]:
     """(epochs, KL warm-up epochs) of a run on ``n_train`` training cells."""
-    epochs = optim.epochs
-    if epochs == "auto":
-        epochs = max(1, min(AUTO_MAX_EPOCHS, round(AUTO_CELL_PASSES / max(n_train, 1))))
+    auto = max(1, min(AUTO_MAX_EPOCHS, round(AUTO_CELL_PASSES / max(n_train, 1))))
+    epochs = auto if optim.epochs == "auto" else optim.epochs
     warm = getattr(optim, "kl_warmup_epochs", 0)
-    if warm == "auto":
-        warm = min(20, int(epochs) // 4)
+    if warm == "auto":  # from the data, not from optim.epochs: a resumed run may train longer
+        warm = min(20, auto // 4)
     return int(epochs), int(warm)
 
 

@@ -23,6 +23,10 @@ from aivc.training.config import parse_config
 from aivc.training.runs import STATE_FILE
 
 
+#: at most this long between checkpoints (besides the first and the last epoch)
+CHECKPOINT_SECONDS = 20.0
+
+
 def _seed_everything(seed: int) -> None:
     import random
 
@@ -143,6 +147,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     epochs = int(loop_config.get("epochs") or cfg.optim.epochs)  # "auto", resolved by the driver
     warm = int(loop_config.get("kl_warmup_epochs", getattr(cfg.optim, "kl_warmup_epochs", 0)) or 0)
     patience = int(getattr(cfg.optim, "early_stopping_patience", 0))
+    last_checkpoint = time.perf_counter()
     for epoch in range(start_epoch, epochs):
         if patience and best is not None and best["bad_epochs"] >= patience:
             break  # resumed after it had already stopped early
@@ -172,17 +177,26 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
             metrics[f"validation_reconstruction_{m}"] = va[6 + i] / va[3] if va[3] else None
         best = _track_best(best, metrics, core, patience, warm)
         history.append(metrics)
-        with tempfile.TemporaryDirectory() as tmp:
-            checkpoint = None
-            if rank == 0:
-                state = {"model": core.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1, "history": history, "best": best}
-                torch.save(state, Path(tmp) / STATE_FILE)
-                checkpoint = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"epoch_{epoch + 1:06d}")
+        stop = best is not None and best["bad_epochs"] >= patience
+        # a checkpoint (and Ray Train's report, which waits for every worker and writes it) on
+        # the first and last epoch and every CHECKPOINT_SECONDS between: a small model's epoch
+        # takes a fraction of a second, and a checkpoint per epoch cost it several times that.
+        # A killed run resumes from the last one and replays the epochs after it exactly
+        # (the sampling seeds depend on the epoch only). Every rank must agree: one vote each.
+        due = epoch == start_epoch or epoch + 1 == epochs or stop or time.perf_counter() - last_checkpoint >= CHECKPOINT_SECONDS
+        if _allreduce_sum([1.0 if due else 0.0])[0] > 0:
+            with tempfile.TemporaryDirectory() as tmp:
+                checkpoint = None
+                if rank == 0:
+                    state = {"model": core.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1, "history": history, "best": best}
+                    torch.save(state, Path(tmp) / STATE_FILE)
+                    checkpoint = ray.train.Checkpoint.from_directory(tmp)
+                ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"epoch_{epoch + 1:06d}")
+            last_checkpoint = time.perf_counter()
         if rank == 0:
             with open(rdir / "progress.jsonl", "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(metrics) + "\n")
-        if best is not None and best["bad_epochs"] >= patience:
+        if stop:
             break  # every rank sees the same all-reduced validation loss: all stop together
     return {"resumed_from_epoch": start_epoch, "epochs": epochs}
 

@@ -10,9 +10,36 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 from aivc.errors import UsageError
+
+ENGINES: tuple[str, ...] = ("auto", "ray", "local")
+
+
+def pick_engine(engine: str, n_cells: int, *, local_max: int, actors: int | None = None, ray_address: str | None = None) -> tuple[Literal["ray", "local"], str]:
+    """The engine a job runs on and why: an explicit ``engine`` wins; ``auto`` picks Ray for
+    a cluster address (``--ray-address`` always means Ray), an actor pool, or at least
+    ``local_max`` cells, else the in-process engine.
+
+    >>> pick_engine("auto", 700, local_max=1000)
+    ('local', 'auto: 700 cells < 1000')
+    >>> pick_engine("auto", 700, local_max=1000, actors=2)
+    ('ray', 'auto: --actors 2 asks for a Ray actor pool')
+    """
+    if engine in ("ray", "local"):
+        if engine == "local" and ray_address:
+            raise UsageError("--engine local runs in this process; it cannot use --ray-address (use --engine ray or auto)", where="--engine")
+        return engine, f"--engine {engine}"  # type: ignore[return-value]
+    if engine != "auto":
+        raise UsageError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}", where="--engine")
+    if ray_address:
+        return "ray", f"auto: --ray-address {ray_address} names a Ray cluster"
+    if actors:
+        return "ray", f"auto: --actors {actors} asks for a Ray actor pool"
+    if n_cells < local_max:
+        return "local", f"auto: {n_cells} cells < {local_max}"
+    return "ray", f"auto: {n_cells} cells >= {local_max}"
 
 #: how long a Ray Data actor pool may take to start all its actors (a pool the cluster
 #: cannot place fails after this, instead of waiting forever)

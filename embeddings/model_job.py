@@ -55,6 +55,7 @@ import numpy as np
 
 from aivc.errors import UsageError
 from aivc.progress import NullProgress, Progress
+from aivc.ray_local import pick_engine
 from aivc.store.catalog import Catalog, DatasetVersion
 from aivc.store.collection import sql_name
 from aivc.store.lake import Lake
@@ -338,7 +339,6 @@ def auto_chunk_rows(n_columns: int, batch_size: int) -> int:
 
 
 Engine = Literal["auto", "ray", "local"]
-ENGINES: tuple[str, ...] = ("auto", "ray", "local")
 #: ``engine="auto"`` embeds fewer cells than this in-process (see :func:`choose_engine`).
 AUTO_LOCAL_MAX_CELLS = 1_000_000
 
@@ -362,19 +362,7 @@ def choose_engine(engine: str, n_cells: int, *, actors: int | None = None, ray_a
     >>> choose_engine("ray", 10)
     ('ray', '--engine ray')
     """
-    if engine in ("ray", "local"):
-        if engine == "local" and ray_address:
-            raise UsageError("--engine local runs in this process; it cannot use --ray-address (use --engine ray or auto)", where="--engine")
-        return engine, f"--engine {engine}"  # type: ignore[return-value]
-    if engine != "auto":
-        raise UsageError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}", where="--engine")
-    if ray_address:
-        return "ray", f"auto: --ray-address {ray_address} names a Ray cluster"
-    if actors:
-        return "ray", f"auto: --actors {actors} asks for a Ray actor pool"
-    if n_cells < AUTO_LOCAL_MAX_CELLS:
-        return "local", f"auto: {n_cells} cells < {AUTO_LOCAL_MAX_CELLS}"
-    return "ray", f"auto: {n_cells} cells >= {AUTO_LOCAL_MAX_CELLS}"
+    return pick_engine(engine, n_cells, local_max=AUTO_LOCAL_MAX_CELLS, actors=actors, ray_address=ray_address)
 
 
 def _run_local(lake: Lake, rec: Any, plan: ApplyPlan, chunks: list[tuple[int, int]], batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:

@@ -60,10 +60,10 @@ from aivc.errors import UsageError
 from aivc.instruments.predictions import ROWS_SCHEMA, PredictionVersion, publish
 from aivc.instruments.registry import InstrumentError, InstrumentRecord, get_instrument, load_instrument
 from aivc.progress import NullProgress, Progress
+from aivc.ray_local import ENGINES, pick_engine
 from aivc.store.lake import Lake, utcnow
 
 Engine = Literal["auto", "ray", "local"]
-ENGINES: tuple[str, ...] = ("auto", "ray", "local")
 #: ``engine="auto"`` runs jobs of fewer stored vectors than this in-process (see the module docstring).
 AUTO_LOCAL_MAX_CELLS = 2_000_000
 KEY_COLUMNS = ("obs_id", "soma_joinid", "dataset_id")
@@ -305,17 +305,7 @@ def choose_engine(engine: str, n_cells: int, *, actors: int = 0, ray_address: st
     >>> choose_engine("local", 5_000_000)
     ('local', '--engine local')
     """
-    if engine == "ray" or engine == "local":
-        return engine, f"--engine {engine}"
-    if engine != "auto":
-        raise UsageError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}", where="--engine")
-    if ray_address:
-        return "ray", f"auto: --ray-address {ray_address} names a Ray cluster"
-    if actors:
-        return "ray", f"auto: --actors {actors} asks for a Ray actor pool"
-    if n_cells < AUTO_LOCAL_MAX_CELLS:
-        return "local", f"auto: {n_cells} cells < {AUTO_LOCAL_MAX_CELLS}"
-    return "ray", f"auto: {n_cells} cells >= {AUTO_LOCAL_MAX_CELLS}"
+    return pick_engine(engine, n_cells, local_max=AUTO_LOCAL_MAX_CELLS, actors=actors, ray_address=ray_address)
 
 
 def annotate(

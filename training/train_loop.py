@@ -149,8 +149,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     patience = int(getattr(cfg.optim, "early_stopping_patience", 0))
     last_checkpoint = time.perf_counter()
     for epoch in range(start_epoch, epochs):
-        if patience and best is not None and best["bad_epochs"] >= patience:
-            break  # resumed after it had already stopped early
         t0 = time.perf_counter()
         torch.manual_seed(cfg.seed * 1_000_003 + epoch * 1_009 + rank)  # sampling noise: resume-exact
         kl_weight = min(1.0, epoch / warm) if warm else 1.0

@@ -85,10 +85,17 @@ def two_nodes(monkeypatch: pytest.MonkeyPatch) -> Iterator[TwoNodes]:
     machine's address: Ray resolves 127.0.0.1 to it when a driver connects)."""
     import ray._private.utils
     from ray.cluster_utils import Cluster
+    from ray.experimental import internal_kv
 
     # Cluster writes its address to /tmp/ray/ray_current_cluster, where every ray.init()
     # without an address on this machine would find it and join it: not this one.
     monkeypatch.setattr(ray._private.utils, "write_ray_address", lambda *a, **k: None)
+    # Starting a head node points this process's internal-KV client at the new GCS
+    # (ray/_private/node.py). Left so after the cluster is gone, the next in-process Ray
+    # Train run's KV calls retry the dead GCS for 60 s and then Ray ends the whole process
+    # (pytest exited 1 mid-run in CI): put back the session's client when the cluster goes.
+    monkeypatch.setattr(internal_kv, "global_gcs_client", internal_kv.global_gcs_client)
+    monkeypatch.setattr(internal_kv, "_initialized", internal_kv._initialized)
     node = {"num_cpus": 2, "object_store_memory": 150 * 1024**2}
     cluster = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
     try:

@@ -58,6 +58,11 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+from proc_tree import run_sampled  # noqa: E402
+
 GiB = 1024**3
 MiB = 1024**2
 STAGES = ("generate", "validate", "submit", "stats", "embed_pca", "train", "embed", "celltype", "annotate", "queries")
@@ -95,78 +100,21 @@ def bounds(n_genes: int, cells_per_dataset: int) -> dict[str, tuple[float, str]]
 
 
 # -- measuring one child ---------------------------------------------------------------------
-def _children(pid: int) -> list[int]:
-    out: list[int] = []
-    try:
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            try:
-                with open(f"/proc/{pid}/task/{tid}/children") as fh:
-                    out.extend(int(x) for x in fh.read().split())
-            except OSError:
-                pass
-    except OSError:
-        pass
-    return out
-
-
-def _mem_kib(pid: int) -> tuple[int, int]:
-    """(Rss, Pss) of one process in KiB from smaps_rollup."""
-    rss = pss = 0
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as fh:
-            for line in fh:
-                if line.startswith("Rss:"):
-                    rss = int(line.split()[1])
-                elif line.startswith("Pss:"):
-                    pss = int(line.split()[1])
-    except OSError:
-        pass
-    return rss, pss
-
-
-def _tree(root: int) -> tuple[int, int, int]:
-    rss = pss = n = 0
-    stack, seen = [root], set()
-    while stack:
-        pid = stack.pop()
-        if pid in seen:
-            continue
-        seen.add(pid)
-        r, p = _mem_kib(pid)
-        rss, pss, n = rss + r, pss + p, n + 1
-        stack.extend(_children(pid))
-    return rss, pss, n
-
-
 def measure(cmd: list[str], log_dir: Path, interval: float = 0.25) -> dict[str, Any]:
     """Run ``cmd``; wall time, peak tree PSS/RSS, ru_maxrss, parsed JSON stdout."""
-    log_dir.mkdir(parents=True, exist_ok=True)
-    out_p, err_p = log_dir / "stdout.txt", log_dir / "stderr.txt"
     env = dict(os.environ, RAY_AUTH_MODE="disabled", GX_ANALYTICS_ENABLED="False", PYTHONWARNINGS="ignore")
-    with open(out_p, "wb") as out, open(err_p, "wb") as err:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
-        peak_rss = peak_pss = procs = 0
-        while True:
-            pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
-            if pid == proc.pid:
-                wall = time.perf_counter() - t0
-                break
-            r, p, n = _tree(proc.pid)
-            peak_rss, peak_pss, procs = max(peak_rss, r), max(peak_pss, p), max(procs, n)
-            time.sleep(interval)
-    rc = os.waitstatus_to_exitcode(status)
-    text = out_p.read_text(errors="replace")
+    m = run_sampled(cmd, log_dir=log_dir, env=env, interval=interval)
+    text = m.stdout_path.read_text(errors="replace")
     try:
         parsed = json.loads(text) if text.strip() else None
     except json.JSONDecodeError:
         parsed = None
     res = {
-        "cmd": " ".join(cmd), "rc": rc, "wall_s": round(wall, 2), "peak_pss_mib": round(peak_pss / 1024, 1),
-        "peak_rss_mib": round(peak_rss / 1024, 1), "maxrss_mib": round(ru.ru_maxrss / 1024, 1), "max_procs": procs, "json": parsed,
+        "cmd": " ".join(cmd), "rc": m.returncode, "wall_s": round(m.wall_s, 2), "peak_pss_mib": round(m.peak_pss_kib / 1024, 1),
+        "peak_rss_mib": round(m.peak_rss_kib / 1024, 1), "maxrss_mib": round(m.maxrss_kib / 1024, 1), "max_procs": m.max_procs, "json": parsed,
     }  # fmt: skip
-    if rc != 0:
-        res["stderr_tail"] = err_p.read_text(errors="replace")[-3000:]
+    if m.returncode != 0:
+        res["stderr_tail"] = m.stderr_path.read_text(errors="replace")[-3000:]
     return res
 
 

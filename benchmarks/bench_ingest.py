@@ -53,6 +53,11 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+from proc_tree import run_sampled  # noqa: E402
+
 
 TIME_TARGET = 1.3
 MEM_TARGET = 0.5
@@ -81,43 +86,6 @@ def _log(msg: str) -> None:
 
 
 # -- measuring one child ---------------------------------------------------------------------
-def _children(pid: int) -> list[int]:
-    out: list[int] = []
-    try:
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            try:
-                with open(f"/proc/{pid}/task/{tid}/children") as fh:
-                    out.extend(int(x) for x in fh.read().split())
-            except OSError:
-                pass
-    except OSError:
-        pass
-    return out
-
-
-def _rss_kib(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def _tree_rss_kib(root: int) -> int:
-    total, stack, seen = 0, [root], set()
-    while stack:
-        pid = stack.pop()
-        if pid in seen:
-            continue
-        seen.add(pid)
-        total += _rss_kib(pid)
-        stack.extend(_children(pid))
-    return total
-
-
 @dataclass
 class Measured:
     returncode: int
@@ -134,28 +102,14 @@ class Measured:
 
 def measure(cmd: list[str], *, cwd: Path, env: dict[str, str], log_dir: Path, interval: float = 0.05) -> Measured:
     """Run ``cmd`` in a fresh subprocess; wall time and peak RSS of exactly that child."""
-    log_dir.mkdir(parents=True, exist_ok=True)
-    out_p, err_p = log_dir / "stdout.txt", log_dir / "stderr.txt"
-    with open(out_p, "wb") as out, open(err_p, "wb") as err:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
-        peak = 0
-        while True:
-            pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
-            if pid == proc.pid:
-                wall = time.perf_counter() - t0
-                break
-            peak = max(peak, _tree_rss_kib(proc.pid))
-            time.sleep(interval)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    err_text = err_p.read_text(errors="replace")
+    m = run_sampled(cmd, log_dir=log_dir, env=env, cwd=cwd, interval=interval)
     return Measured(
-        returncode=proc.returncode,
-        wall_s=wall,
-        maxrss_mib=ru.ru_maxrss / 1024.0,  # Linux: KiB
-        tree_peak_mib=peak / 1024.0,
-        stdout=out_p.read_text(errors="replace"),
-        stderr_tail=err_text[-2000:],
+        returncode=m.returncode,
+        wall_s=m.wall_s,
+        maxrss_mib=m.maxrss_kib / 1024.0,  # Linux: KiB
+        tree_peak_mib=m.peak_rss_kib / 1024.0,
+        stdout=m.stdout_path.read_text(errors="replace"),
+        stderr_tail=m.stderr_path.read_text(errors="replace")[-2000:],
     )
 
 

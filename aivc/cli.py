@@ -190,6 +190,10 @@ def datasets(
         Optional[str],
         typer.Option("--principal", envvar="AIVC_PRINCIPAL", help="List as this user (`aivc access list`), or 'public'; default the lake owner."),
     ] = None,
+    organism: Annotated[Optional[str], typer.Option("--organism", help="Only this organism (NCBITaxon id or name, e.g. homo_sapiens).")] = None,
+    tissue: Annotated[Optional[str], typer.Option("--tissue", help="Only versions with cells of this tissue (label or UBERON id).")] = None,
+    assay: Annotated[Optional[str], typer.Option("--assay", help="Only versions with cells of this assay (label or EFO id).")] = None,
+    access: Annotated[Optional[str], typer.Option("--access", help="Only this access level: public, consortium or embargoed.")] = None,
     lake: LakeOpt = None,
     json_: JsonOpt = False,
     debug: DebugOpt = False,
@@ -197,35 +201,15 @@ def datasets(
     """List datasets and their versions."""
 
     def body() -> int:
-        from aivc.store.catalog import Catalog
+        from aivc.dataset_rows import COLUMNS, dataset_rows
         from aivc.store.lake import Lake
 
-        from aivc.store.access import visible_datasets
-
-        lk = Lake.open(lake)
-        cat = Catalog(lk)
-        visible = visible_datasets(lk, principal)
-        current = {v.ref for v in cat.current()}
-        rows = [
-            {
-                "id": v.dataset_id,
-                "version": v.version,
-                "title": v.title,
-                "organism": v.organism,
-                "n_cells": v.n_cells,
-                "n_genes": v.n_genes,
-                "access": v.access + (f" until {v.embargo_until}" if v.embargo_until else ""),
-                "committed_at": v.committed_at,
-                "current": v.ref in current,
-            }
-            for v in cat.all_versions()
-            if (not current_only or v.ref in current) and v.dataset_id in visible
-        ]
+        rows = dataset_rows(Lake.open(lake), principal, current_only=current_only, organism=organism, tissue=tissue, assay=assay, access=access)
         if json_:
             _print_json(rows)
             return 0
-        cols = ("id", "version", "title", "organism", "n_cells", "n_genes", "access", "committed_at", "current")
-        print_table(cols, [[("*" if r[c] else "") if c == "current" else r[c] for c in cols] for r in rows], title=f"datasets ({len(current)} current)")
+        n_current = sum(1 for r in rows if r["current"])
+        print_table(COLUMNS, [[("*" if r[c] else "") if c == "current" else r[c] for c in COLUMNS] for r in rows], title=f"datasets ({n_current} current)")
         return 0
 
     run_command(json_, debug, body)
@@ -374,6 +358,7 @@ from aivc.cli_instruments import register as _register_instruments  # noqa: E402
 _register_instruments(app)
 __import__("aivc.cli_perturb").cli_perturb.register(app)  # aivc manipulator train, aivc perturb
 __import__("aivc.cli_stats").cli_stats.register(app)  # aivc stats
+__import__("aivc.cli_serve").cli_serve.register(app)  # aivc serve
 
 
 def main() -> None:

@@ -34,7 +34,7 @@ embed_app = typer_app(
 )
 
 
-def _summary(v: Any) -> dict[str, Any]:
+def version_summary(v: Any) -> dict[str, Any]:
     return {
         "ref": v.ref,
         "entity": v.entity,
@@ -57,7 +57,7 @@ def list_(lake: LakeOpt = None, json_: JsonOpt = False, debug: DebugOpt = False)
         from aivc.store.features import list_versions
         from aivc.store.lake import Lake
 
-        rows = [_summary(v) for v in list_versions(Lake.open(lake))]
+        rows = [version_summary(v) for v in list_versions(Lake.open(lake))]
         if json_:
             _print_json(rows)
             return 0
@@ -127,7 +127,7 @@ def import_(
         finally:
             progress.close()
         if json_:
-            _print_json({"status": "published", **_summary(v)})
+            _print_json({"status": "published", **version_summary(v)})
         else:
             _console().print(f"published {v.ref}: {v.n_rows} x {v.dim} (SQL view {v.view_name})")
         return 0
@@ -167,7 +167,7 @@ def pca(
         finally:
             progress.close()
         if json_:
-            _print_json({"status": "published", **_summary(v), "metrics": v.metrics})
+            _print_json({"status": "published", **version_summary(v), "metrics": v.metrics})
         else:
             _console().print(f"published {v.ref}: {v.n_rows} cells x {v.dim} dims, explained variance {v.metrics['explained_variance_total']:.1%} (SQL view {v.view_name})")
         return 0
@@ -199,7 +199,7 @@ def coexpr(
         finally:
             progress.close()
         if json_:
-            _print_json({"status": "published", **_summary(v), "metrics": v.metrics})
+            _print_json({"status": "published", **version_summary(v), "metrics": v.metrics})
         else:
             _console().print(f"published {v.ref}: {v.n_rows} genes x {v.dim} dims (SQL view {v.view_name})")
         return 0
@@ -234,7 +234,7 @@ def image(
         finally:
             progress.close()
         if json_:
-            _print_json({"status": "published", **_summary(v), "lineage": v.lineage.to_record(), "metrics": v.metrics})
+            _print_json({"status": "published", **version_summary(v), "lineage": v.lineage.to_record(), "metrics": v.metrics})
         else:
             _console().print(f"published {v.ref}: {v.n_rows} cells x {v.dim} dims from image {v.lineage.extra['image']!r} of {v.lineage.datasets[0]} (SQL view {v.view_name})")
         return 0
@@ -274,7 +274,7 @@ def model(
             progress.close()
         masked = {d: o.get("masked", 0) for d, o in v.lineage.extra.get("gene_overlap", {}).items() if o.get("masked")}
         if json_:
-            _print_json({"status": "published", **_summary(v), "lineage": v.lineage.to_record(), "metrics": v.metrics})
+            _print_json({"status": "published", **version_summary(v), "lineage": v.lineage.to_record(), "metrics": v.metrics})
         else:
             note = "; masked unmeasured genes: " + ", ".join(f"{d} {n}" for d, n in masked.items()) if masked else ""
             what = "niches" if v.entity == "niche" else "cells"

@@ -20,7 +20,7 @@ def _csv(value: str | None) -> list[str] | None:
     return [x.strip() for x in value.split(",") if x.strip()] if value else None
 
 
-def _summary(r: Any) -> dict[str, Any]:
+def instrument_summary(r: Any) -> dict[str, Any]:
     m = r.metrics
     return {
         "ref": r.ref, "name": r.name, "version": r.version, "kind": r.kind, "type": r.type, "reads": r.reads,
@@ -29,7 +29,7 @@ def _summary(r: Any) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _prediction_summary(v: Any) -> dict[str, Any]:
+def prediction_summary(v: Any) -> dict[str, Any]:
     return {
         "ref": v.ref, "instrument_ref": v.instrument_ref, "embedding_ref": v.embedding_ref, "datasets": list(v.datasets), "n_rows": v.n_rows,
         "created_at": v.created_at, "sql_view": v.view_name, "summary": v.summary, "job": v.job,
@@ -67,7 +67,7 @@ def train_celltype(
         finally:
             progress.close()
         if json_:
-            _print_json({"status": "registered", **_summary(rec), "metrics": rec.metrics, "lineage": rec.lineage.to_record()})
+            _print_json({"status": "registered", **instrument_summary(rec), "metrics": rec.metrics, "lineage": rec.lineage.to_record()})
             return 0
         m = rec.metrics
         con = _console()
@@ -123,7 +123,7 @@ def train_niche_domain(
         finally:
             progress.close()
         if json_:
-            _print_json({"status": "registered", **_summary(rec), "metrics": rec.metrics, "lineage": rec.lineage.to_record()})
+            _print_json({"status": "registered", **instrument_summary(rec), "metrics": rec.metrics, "lineage": rec.lineage.to_record()})
             return 0
         m = rec.metrics
         _console().print(
@@ -175,7 +175,7 @@ def train_protein_cmd(
             progress.close()
         oof = rec.metrics["out_of_fold"]
         if json_:
-            _print_json({"status": "registered", **_summary(rec), "proteins": rec.outputs["proteins"], "metrics": rec.metrics, "lineage": rec.lineage.to_record()})
+            _print_json({"status": "registered", **instrument_summary(rec), "proteins": rec.outputs["proteins"], "metrics": rec.metrics, "lineage": rec.lineage.to_record()})
             return 0
         _console().print(
             f"registered {rec.ref}: {len(rec.outputs['proteins'])} proteins from {rec.metrics['n_train']} cells of {rec.reads}; out-of-fold mean Pearson "
@@ -195,7 +195,7 @@ def list_(lake: LakeOpt = None, json_: JsonOpt = False, debug: DebugOpt = False)
         from aivc.instruments.registry import list_instruments
         from aivc.store.lake import Lake
 
-        rows = [_summary(r) for r in list_instruments(Lake.open(lake))]
+        rows = [instrument_summary(r) for r in list_instruments(Lake.open(lake))]
         if json_:
             _print_json(rows)
             return 0
@@ -256,7 +256,7 @@ def predictions(
         from aivc.instruments.predictions import list_prediction_versions
         from aivc.store.lake import Lake
 
-        rows = [_prediction_summary(v) for v in list_prediction_versions(Lake.open(lake), instrument)]
+        rows = [prediction_summary(v) for v in list_prediction_versions(Lake.open(lake), instrument)]
         if json_:
             _print_json(rows)
             return 0
@@ -325,7 +325,7 @@ def annotate(
         finally:
             progress.close()
         folder = version_dir(lk, pv.instrument, pv.version)
-        res = _prediction_summary(pv) | {"status": "published", "folder": str(folder)}
+        res = prediction_summary(pv) | {"status": "published", "folder": str(folder)}
         if pv.report:
             res["report"] = str(folder / pv.report["html"])
         if json_:

@@ -6,7 +6,7 @@ Registered on the main app by :func:`register`; the rules themselves live in
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -165,6 +165,71 @@ def list_(lake: LakeOpt = None, json_: JsonOpt = False, debug: DebugOpt = False)
             level = d["access"] + (f" until {d['embargo_until']}" + ("" if d["embargo_active"] else " (lifted)") if d["embargo_until"] else "")
             rows.append((d["dataset_id"], level, ", ".join(d["granted_groups"]), ", ".join(d["visible_to"])))
         print_table(("dataset", "access", "granted groups", "visible to"), rows, title="datasets", out=con)
+        return 0
+
+    _run(json_, debug, body)
+
+
+token_app = typer_app(name="token", help="API tokens for the portal and its HTTP API (`aivc serve`): create, revoke, list.")
+access_app.add_typer(token_app, name="token")
+
+
+@token_app.command("create")
+def token_create(
+    user: Annotated[str, typer.Argument(help="The user the token signs in as (a user of `aivc access list`, or the lake owner).")],
+    expires: Annotated[Optional[float], typer.Option("--expires", help="Days until the token stops working (default: never).")] = None,
+    lake: LakeOpt = None,
+    json_: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Create a token and print it once (the lake keeps only its hash)."""
+
+    def body() -> int:
+        from aivc.store.lake import Lake
+        from aivc.store.tokens import create_token
+
+        token, info = create_token(Lake.open(lake), user, expires)
+        until = f", expires {info.expires_at}" if info.expires_at else ", no expiry"
+        _emit(json_, {"status": "ok", "token": token, "id": info.id, "user": info.user, "expires_at": info.expires_at}, f"{token}\n(token {info.id} for {info.user}{until}; shown only now, the lake keeps its hash)")
+        return 0
+
+    _run(json_, debug, body)
+
+
+@token_app.command("revoke")
+def token_revoke(
+    token_id: Annotated[str, typer.Argument(metavar="ID", help="The token's id (`aivc access token list`).")],
+    lake: LakeOpt = None,
+    json_: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Revoke a token: it stops working at once."""
+
+    def body() -> int:
+        from aivc.store.lake import Lake
+        from aivc.store.tokens import revoke_token
+
+        info = revoke_token(Lake.open(lake), token_id)
+        _emit(json_, {"status": "ok", **info.to_dict()}, f"revoked token {info.id} of {info.user} (at {info.revoked_at})")
+        return 0
+
+    _run(json_, debug, body)
+
+
+@token_app.command("list")
+def token_list(lake: LakeOpt = None, json_: JsonOpt = False, debug: DebugOpt = False) -> None:
+    """Tokens: id, user, created, expires, revoked (never the secrets)."""
+
+    def body() -> int:
+        from aivc.store.lake import Lake
+        from aivc.store.tokens import list_tokens
+
+        rows = [i.to_dict() for i in list_tokens(Lake.open(lake))]
+        if json_:
+            print_json(rows)
+            return 0
+        cols = ("id", "user", "created_at", "expires_at", "revoked_at")
+        print_table(cols, [[r[c] or "" for c in cols] for r in rows], title="API tokens")
         return 0
 
     _run(json_, debug, body)

@@ -180,6 +180,10 @@ def run_demo(lake_path: str | None, *, workdir: str | None = None, json_mode: bo
     from aivc.demo_spatial import run_spatial
 
     summary["spatial"] = run_spatial(lake, con, work / "spatial", json_mode)
+    serve = f"aivc serve --lake {lake.uri}"
+    summary["serve"] = {"command": serve, "url": "http://127.0.0.1:8000"}
+    con.rule(styled(("portal", "bold"), ": browse this lake's datasets, reports, SQL and embedding maps"))
+    con.print(f"{serve}   then open http://127.0.0.1:8000 (sign in with a token from `aivc access token create USER --lake {lake.uri}`)", highlight=False)
     return summary
 
 

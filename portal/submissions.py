@@ -163,7 +163,7 @@ class SubmissionQueue:
             finally:
                 self._proc = None
         try:
-            result = json.loads(out.strip().splitlines()[-1]) if out.strip() else None
+            result = json.loads(out[out.index("{") :]) if "{" in out else None  # aivc submit --json: one JSON object
         except ValueError:
             result = None
         if not isinstance(result, dict) or "status" not in result:

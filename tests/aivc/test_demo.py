@@ -30,6 +30,8 @@ def test_demo_end_to_end(tmp_path, ray_session):  # noqa: ANN001
     assert rea["summary"]["n_cells"] == 700 and rea["agreement"]["unlabelled"] == 350
     assert rea["agreement"]["exact"] + rea["agreement"]["ancestor"] + rea["agreement"]["descendant"] >= 0.7 * 350
     assert sum(r["n_cells"] for r in rea["part2"]) == 350
+    # and prints the command that serves its lake in the portal
+    assert out["serve"]["command"] == f"aivc serve --lake {(tmp_path / 'lake').resolve()}"
     assert Path(rea["report"]).is_file() and "<img" in Path(rea["report"]).read_text()
     # then real CITE-seq: protein predicted from RNA on held-out cells, next to a ridge baseline
     mm = out["multimodal"]

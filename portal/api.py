@@ -190,8 +190,9 @@ async def _save(upload: Any, dest: Path) -> int:
             n += len(chunk)
 
 
-@router.post("/submissions", status_code=202, summary="Upload data + manifest; validated and committed in the background")
-async def submit(request: Request, who: Annotated[str, Depends(require_user)]) -> JSONResponse:
+async def receive_submission(request: Request, who: str) -> dict[str, Any]:
+    """Stream a multipart upload (``data``; ``manifest`` as a file or text, or ``manifest_text``)
+    to its job folder and queue it; returns the queued status. Shared by the API and the Submit page."""
     from starlette.datastructures import UploadFile
 
     from aivc.portal.submissions import data_name
@@ -200,29 +201,39 @@ async def submit(request: Request, who: Annotated[str, Depends(require_user)]) -
     form = await _limited_form(request, request.app.state.max_upload_bytes)
     try:
         check_csrf(request, str(form.get("csrf") or "") or None)
-        data, manifest = form.get("data"), form.get("manifest")
-        if not isinstance(data, UploadFile):
+        data = form.get("data")
+        if not isinstance(data, UploadFile) or not data.filename:
             raise UsageError("the form has no file field 'data' (the .h5ad / .h5mu / .h5 to submit)", where="data")
         name = data_name(data.filename)
-        if isinstance(manifest, UploadFile):
-            manifest_bytes = await manifest.read(1024 * 1024 + 1)
-        elif isinstance(manifest, str) and manifest.strip():
-            manifest_bytes = manifest.encode()
-        else:
-            raise UsageError("the form has no field 'manifest' (the manifest YAML, as a file or as text)", where="manifest")
+        manifest_bytes = b""
+        for field in ("manifest", "manifest_text"):
+            m = form.get(field)
+            if isinstance(m, UploadFile) and m.filename:
+                manifest_bytes = await m.read(1024 * 1024 + 1)
+            elif isinstance(m, str) and m.strip():
+                manifest_bytes = m.encode()
+            if manifest_bytes.strip():
+                break
+        if not manifest_bytes.strip():
+            raise UsageError("the form has no manifest (field 'manifest': the manifest YAML, as a file or as text)", where="manifest")
         if len(manifest_bytes) > 1024 * 1024:
             raise PortalError(413, "the manifest is over 1 MiB", where="manifest", code="TOO_LARGE")
         sid, folder = queue.create(who)
         try:
             n = await _save(data, folder / name)
             (folder / "manifest.yaml").write_bytes(manifest_bytes)
-            st = queue.queue_job(sid, who, name, n)
+            return queue.queue_job(sid, who, name, n)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
     finally:
         await form.close()
-    return JSONResponse({**st, "status_url": f"/api/submissions/{sid}"}, status_code=202)
+
+
+@router.post("/submissions", status_code=202, summary="Upload data + manifest; validated and committed in the background")
+async def submit(request: Request, who: Annotated[str, Depends(require_user)]) -> JSONResponse:
+    st = await receive_submission(request, who)
+    return JSONResponse({**st, "status_url": f"/api/submissions/{st['submission_id']}"}, status_code=202)
 
 
 @router.get("/submissions/{submission_id}", summary="A submission's status, aivc submit --json answer and report")

@@ -201,7 +201,7 @@ def datasets(
     """List datasets and their versions."""
 
     def body() -> int:
-        from aivc.dataset_rows import COLUMNS, dataset_rows
+        from aivc.store.dataset_rows import COLUMNS, dataset_rows
         from aivc.store.lake import Lake
 
         rows = dataset_rows(Lake.open(lake), principal, current_only=current_only, organism=organism, tissue=tissue, assay=assay, access=access)

@@ -71,7 +71,7 @@ def datasets(
     access: str | None = None,
     current_only: bool = False,
 ) -> list[dict[str, Any]]:
-    from aivc.dataset_rows import dataset_rows
+    from aivc.store.dataset_rows import dataset_rows
 
     lake = lake_of(request)
     return dataset_rows(lake, _as(lake, who), current_only=current_only, organism=organism, tissue=tissue, assay=assay, access=access)
@@ -79,7 +79,7 @@ def datasets(
 
 @router.get("/datasets/{ref}", summary="One dataset: its versions, a version's record and report")
 def dataset(ref: str, request: Request, who: Annotated[str, Depends(principal)]) -> dict[str, Any]:
-    from aivc.dataset_rows import dataset_detail
+    from aivc.store.dataset_rows import dataset_detail
 
     lake = lake_of(request)
     return dataset_detail(lake, _check_ref(ref), _as(lake, who))
@@ -96,7 +96,7 @@ def _check_ref(ref: str) -> str:
 
 @router.get("/datasets/{ref}/export", summary="Download a dataset version as .h5ad or .h5mu")
 def export(ref: str, request: Request, background: BackgroundTasks, who: Annotated[str, Depends(principal)], format: str = "h5ad") -> FileResponse:  # noqa: A002
-    from aivc.dataset_rows import dataset_detail
+    from aivc.store.dataset_rows import dataset_detail
 
     lake = lake_of(request)
     detail = dataset_detail(lake, _check_ref(ref), _as(lake, who))  # 404 unless visible

@@ -1,0 +1,214 @@
+"""The portal's HTML pages (Jinja2, autoescaped), as the request's principal.
+
+Every page applies the lake's access rules exactly like the API: a dataset the principal may
+not see is a 404 like a missing one, and its cells never appear in a list, map or neighbours.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import FileResponse, RedirectResponse, Response
+
+from aivc.errors import NotFoundError, UsageError
+from aivc.portal.auth import PUBLIC, check_csrf, csrf_token, lake_of, principal
+
+router = APIRouter(include_in_schema=False)
+
+#: The README's example queries, offered on the SQL page.
+EXAMPLE_QUERIES = (
+    ("cells per dataset", "SELECT dataset_id, count(*) AS n_cells FROM cells GROUP BY dataset_id ORDER BY dataset_id"),
+    ("cell types", "SELECT cell_type, count(*) AS n FROM cells GROUP BY cell_type ORDER BY n DESC LIMIT 20"),
+    ("datasets", "SELECT * FROM datasets"),
+)
+_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+
+
+def _render(request: Request, name: str, who: str, status: int = 200, **ctx: Any) -> Response:
+    ctx.update(principal=who, csrf=csrf_token(request))
+    return request.app.state.templates.TemplateResponse(request, name, ctx, status_code=status)
+
+
+def _api() -> Any:
+    from aivc.portal import api
+
+    return api
+
+
+@router.get("/")
+def home() -> Response:
+    return RedirectResponse("/datasets", status_code=303)
+
+
+@router.get("/datasets")
+def datasets_page(request: Request, who: Annotated[str, Depends(principal)], organism: str = "", tissue: str = "", assay: str = "", access: str = "") -> Response:
+    from aivc.store.dataset_rows import dataset_rows
+
+    lake = lake_of(request)
+    api = _api()
+    rows = dataset_rows(lake, api._as(lake, who), current_only=True, organism=organism or None, tissue=tissue or None, assay=assay or None, access=access or None)
+    filters = {"organism": organism, "tissue": tissue, "assay": assay, "access": access}
+    return _render(request, "datasets.html", who, rows=rows, filters=filters)
+
+
+@router.get("/datasets/{ref}")
+def dataset_page(ref: str, request: Request, who: Annotated[str, Depends(principal)]) -> Response:
+    from aivc.store.dataset_rows import dataset_detail
+
+    lake = lake_of(request)
+    api = _api()
+    detail = dataset_detail(lake, api._check_ref(ref), api._as(lake, who))  # 404 unless visible
+    return _render(request, "dataset.html", who, d=detail, version=detail.get("version") or {}, report=detail.get("report"))
+
+
+@router.get("/submit")
+def submit_page(request: Request, who: Annotated[str, Depends(principal)]) -> Response:
+    if who == PUBLIC:
+        return RedirectResponse("/login", status_code=303)
+    return _render(request, "submit.html", who, limit_mib=request.app.state.max_upload_bytes // 2**20)
+
+
+@router.post("/submit")
+async def submit_post(request: Request, who: Annotated[str, Depends(principal)]) -> Response:
+    if who == PUBLIC:
+        return RedirectResponse("/login", status_code=303)
+    st = await _api().receive_submission(request, who)
+    return RedirectResponse(f"/submissions/{st['submission_id']}", status_code=303)
+
+
+@router.get("/submissions/{submission_id}")
+def submission_page(submission_id: str, request: Request, who: Annotated[str, Depends(principal)]) -> Response:
+    if who == PUBLIC:
+        return RedirectResponse("/login", status_code=303)
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", submission_id):
+        raise NotFoundError("no such submission", where="submission")
+    lake = lake_of(request)
+    st = request.app.state.submissions.status(submission_id, who, owner=_api()._owner(lake, who))
+    done = st.get("status") in ("committed", "rejected", "failed")
+    res = st.get("result") or {}
+    findings = {"errors": res.get("errors") or [], "warnings": res.get("warnings") or []}
+    return _render(request, "submission.html", who, st=st, done=done, findings=findings)
+
+
+@router.api_route("/sql.csv", methods=["POST"])
+async def sql_csv(request: Request, who: Annotated[str, Depends(principal)]) -> Response:
+    return await sql_page(request, who, csv_out=True)
+
+
+@router.api_route("/sql", methods=["GET", "POST"])
+async def sql_page(request: Request, who: Annotated[str, Depends(principal)], q: str = "", csv_out: bool = False) -> Response:
+    query, result, error = q[: _api().MAX_QUERY_CHARS], None, None
+    fmt = "csv" if csv_out else "html"
+    if request.method == "POST":
+        form = await request.form(max_files=0, max_fields=10, max_part_size=_api().MAX_QUERY_CHARS + 100)
+        check_csrf(request, str(form.get("csrf") or ""))
+        query = str(form.get("query") or "")
+        try:
+            if len(query) > _api().MAX_QUERY_CHARS:
+                raise UsageError(f"the query is longer than {_api().MAX_QUERY_CHARS} characters", where="query")
+            result = _api().run_sql(lake_of(request), who, query)
+        except UsageError as exc:  # includes refusals by the sandbox
+            error = exc.message.splitlines()[0]
+        except Exception as exc:  # noqa: BLE001 - an AivcError subclass such as a sandbox refusal
+            from aivc.errors import AivcError
+
+            if not isinstance(exc, AivcError):
+                raise
+            error = exc.message.splitlines()[0]
+        if result is not None and fmt == "csv":
+            buf = io.StringIO()
+            w = csv.writer(buf)
+            w.writerow(result["columns"])
+            w.writerows([[r[c] for c in result["columns"]] if isinstance(r, dict) else r for r in result["rows"]])
+            return Response(buf.getvalue(), media_type="text/csv", headers={"Content-Disposition": 'attachment; filename="query.csv"'})
+    return _render(request, "sql.html", who, query=query, result=result, error=error, examples=EXAMPLE_QUERIES, status=400 if error else 200)
+
+
+@router.get("/embeddings")
+def embeddings_page(request: Request, who: Annotated[str, Depends(principal)]) -> Response:
+    from aivc.cli_features import version_summary
+    from aivc.store.features import list_versions
+
+    rows = [version_summary(v) for v in list_versions(lake_of(request))]
+    return _render(request, "embeddings.html", who, rows=rows)
+
+
+def _prediction_refs(lake: Any) -> list[str]:
+    from aivc.instruments.predictions import list_prediction_versions
+
+    return [v.ref for v in list_prediction_versions(lake, None)]
+
+
+@router.get("/embeddings/{ref}")
+def embedding_map_page(ref: str, request: Request, who: Annotated[str, Depends(principal)]) -> Response:
+    from aivc.store.features import get_version
+
+    v = get_version(lake_of(request), ref)
+    fields = ["dataset_id", "cell_type", "batch", "donor_id", "tissue", "assay", "n_genes", "total_counts"]
+    return _render(request, "map.html", who, ref=v.ref, fields=fields, predictions=_prediction_refs(lake_of(request)))
+
+
+@router.get("/embeddings/{ref}/map.json")
+def embedding_map_data(ref: str, request: Request, who: Annotated[str, Depends(principal)], color: str = "dataset_id") -> dict[str, Any]:
+    """The principal's cells of the map: ids, x, y and one colour value per cell."""
+    from aivc.portal.maps import visible_map
+    from aivc.store.features import get_version
+
+    lake = lake_of(request)
+    api = _api()
+    v = get_version(lake, ref)
+    visible = api._visible(lake, who)
+    table = visible_map(lake, v.ref, visible)
+    ids = table.column("id").to_pylist()
+    values: dict[str, Any] = {}
+    if color.startswith("prediction:"):
+        from aivc.instruments.predictions import get_prediction_version, read_predictions
+
+        pt = read_predictions(lake, get_prediction_version(lake, color.split(":", 1)[1]), visible)
+        label = next((c for c in ("label", "prediction", "cell_type", "predicted") if c in pt.column_names), pt.column_names[-1])
+        idcol = "obs_id" if "obs_id" in pt.column_names else "id"
+        values = dict(zip(pt.column(idcol).to_pylist(), pt.column(label).to_pylist(), strict=False))
+    elif color == "dataset_id":
+        values = dict(zip(ids, table.column("dataset_id").to_pylist(), strict=False))
+    else:
+        if not _FIELD.fullmatch(color):
+            raise UsageError("colour by a cell field name (letters, digits, _)", where="color")
+        from aivc.instruments.sql import query as run_query
+
+        res = run_query(lake, f'SELECT obs_id, "{color}" AS value FROM cells', principal=api._as(lake, who), limit=max(1, len(ids)) * 2)
+        values = {r["obs_id"]: r["value"] for r in res.to_dicts()}
+    return {"ref": v.ref, "color": color, "ids": ids, "x": table.column("x").to_pylist(), "y": table.column("y").to_pylist(), "values": [values.get(i) for i in ids]}
+
+
+@router.get("/instruments")
+def instruments_page() -> Response:
+    return RedirectResponse("/models", status_code=303)
+
+
+@router.get("/models")
+def models_page(request: Request, who: Annotated[str, Depends(principal)]) -> Response:
+    from aivc.cli_features import version_summary
+    from aivc.cli_instruments import prediction_summary
+    from aivc.instruments.predictions import list_prediction_versions
+    from aivc.store.features import list_versions
+
+    lake = lake_of(request)
+    embeddings = [version_summary(v) for v in list_versions(lake)]
+    preds = [prediction_summary(v) for v in list_prediction_versions(lake, None)]
+    return _render(request, "models.html", who, models=[], embeddings=embeddings, instruments=[], predictions=preds)
+
+
+@router.get("/assets/plotly.min.js")
+def plotly_js() -> Response:
+    """plotly's bundled JS from the installed plotly package (nothing from the internet)."""
+    import plotly
+
+    return FileResponse(Path(plotly.__file__).parent / "package_data" / "plotly.min.js", media_type="application/javascript")
+
+
+__all__ = ["router", "PUBLIC"]

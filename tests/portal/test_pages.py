@@ -1,0 +1,80 @@
+"""The portal's HTML pages (TestClient): access rules on every page, escaping, SQL, maps."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.portal.conftest import CONSORTIUM_DS, PUBLIC_DS, PortalLake
+
+
+def _client(root) -> TestClient:  # noqa: ANN001
+    from aivc.portal.app import create_app
+
+    return TestClient(create_app(str(root)), follow_redirects=False)
+
+
+def sign_in(c: TestClient, token: str) -> None:
+    c.get("/login")
+    res = c.post("/login", data={"token": token, "csrf": c.cookies.get("aivc_csrf")})
+    assert res.status_code == 303, res.text
+
+
+@pytest.fixture(scope="module")
+def anon(portal_lake: PortalLake):
+    with _client(portal_lake.root) as c:
+        yield c
+
+
+def test_anonymous_never_sees_the_consortium_dataset(anon, portal_lake) -> None:  # noqa: ANN001
+    page = anon.get("/datasets")
+    assert page.status_code == 200 and PUBLIC_DS in page.text and CONSORTIUM_DS not in page.text
+    hidden, missing = anon.get(f"/datasets/{CONSORTIUM_DS}"), anon.get("/datasets/pbmc68k-part9")
+    assert hidden.status_code == missing.status_code == 404
+    assert hidden.text.replace(CONSORTIUM_DS, "X") == missing.text.replace("pbmc68k-part9", "X")  # only the id asked for
+    assert anon.get(f"/api/datasets/{CONSORTIUM_DS}/export").status_code == 404
+    m = anon.get(f"/embeddings/{portal_lake.embedding_ref}/map.json").json()
+    assert portal_lake.public_cell in m["ids"] and portal_lake.consortium_cell not in m["ids"]
+    assert set(m["values"]) == {PUBLIC_DS} and len(m["x"]) == len(m["ids"]) > 0
+    assert anon.get("/submit").status_code == 303
+    anon.get("/sql")
+    sql = anon.post("/sql", data={"query": "SELECT DISTINCT dataset_id FROM cells", "csrf": anon.cookies.get("aivc_csrf")})
+    assert sql.status_code == 200 and PUBLIC_DS in sql.text and CONSORTIUM_DS not in sql.text
+
+
+def test_signed_in_member_sees_both_and_downloads_csv(portal_lake) -> None:  # noqa: ANN001
+    if not portal_lake.tokens:
+        pytest.fail("store.tokens is missing: the portal fixture made no tokens")
+    with _client(portal_lake.root) as c:
+        sign_in(c, portal_lake.tokens["alice"])
+        page = c.get("/datasets")
+        assert CONSORTIUM_DS in page.text and "alice" in page.text
+        d = c.get(f"/datasets/{CONSORTIUM_DS}")
+        assert d.status_code == 200 and "export?format=h5ad" in d.text and "Validation report" in d.text
+        m = c.get(f"/embeddings/{portal_lake.embedding_ref}/map.json", params={"color": "dataset_id"}).json()
+        assert portal_lake.consortium_cell in m["ids"] and set(m["values"]) == {PUBLIC_DS, CONSORTIUM_DS}
+        by_type = c.get(f"/embeddings/{portal_lake.embedding_ref}/map.json", params={"color": "cell_type"}).json()
+        assert by_type["ids"] == m["ids"] and len(set(by_type["values"])) > 2 and None not in by_type["values"]
+        csv = c.post("/sql.csv", data={"query": "SELECT dataset_id, count(*) AS n FROM cells GROUP BY 1 ORDER BY 1", "csrf": c.cookies.get("aivc_csrf")})
+        assert csv.status_code == 200 and csv.text.splitlines()[0] == "dataset_id,n"
+        assert [r.split(",")[0] for r in csv.text.splitlines()[1:]] == [PUBLIC_DS, CONSORTIUM_DS]
+        assert c.get("/submit").status_code == 200
+        page = c.get(f"/embeddings/{portal_lake.embedding_ref}")
+        assert page.status_code == 200 and "/assets/plotly.min.js" in page.text
+        js = c.get("/assets/plotly.min.js")
+        assert js.status_code == 200 and len(js.content) > 1_000_000
+
+
+def test_sql_refused_by_the_sandbox_is_a_400_page(anon) -> None:  # noqa: ANN001
+    anon.get("/sql")
+    res = anon.post("/sql", data={"query": "COPY cells TO '/tmp/x.csv'", "csrf": anon.cookies.get("aivc_csrf")})
+    assert res.status_code == 400 and 'id="error"' in res.text
+
+
+def test_titles_and_labels_are_escaped(anon) -> None:  # noqa: ANN001
+    templates = anon.app.state.templates
+    html = templates.get_template("datasets.html").render(
+        rows=[{"id": "x", "version": 1, "title": "<script>alert(1)</script>", "access": "public"}],
+        filters={"organism": "", "tissue": "", "assay": "", "access": ""}, principal="public", csrf="c",
+    )
+    assert "<script>alert(1)</script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html

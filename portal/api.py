@@ -261,12 +261,31 @@ def neighbors(ref: str, obs_id: str, request: Request, who: Annotated[str, Depen
     return out
 
 
-@router.get("/predictions", summary="Prediction versions (aivc instruments predictions --json)")
-def predictions(request: Request, who: Annotated[str, Depends(principal)], instrument: str | None = None) -> list[dict[str, Any]]:
+def visible_predictions(lake: Any, who: str, instrument: str | None = None) -> list[dict[str, Any]]:
+    """``aivc instruments predictions --json`` rows as ``who`` may see them: only the datasets it
+    may see are named; a version that covers a hidden dataset loses its counts (they include the
+    hidden cells); a version of hidden datasets only is left out."""
     from aivc.cli_instruments import prediction_summary
     from aivc.instruments.predictions import list_prediction_versions
 
-    return [prediction_summary(v) for v in list_prediction_versions(lake_of(request), instrument)]
+    rows = [prediction_summary(v) for v in list_prediction_versions(lake, instrument)]
+    if _owner(lake, who):
+        return rows
+    allowed = _visible(lake, who)
+    out = []
+    for r in rows:
+        shown = [d for d in r["datasets"] if d.split("@", 1)[0] in allowed]
+        if not shown:
+            continue
+        if len(shown) < len(r["datasets"]):
+            r = r | {"datasets": shown, "n_rows": None, "summary": None, "job": None}
+        out.append(r)
+    return out
+
+
+@router.get("/predictions", summary="Prediction versions (aivc instruments predictions --json), as the principal may see them")
+def predictions(request: Request, who: Annotated[str, Depends(principal)], instrument: str | None = None) -> list[dict[str, Any]]:
+    return visible_predictions(lake_of(request), who, instrument)
 
 
 @router.get("/predictions/{ref}", summary="The rows of one prediction version, of the datasets the principal may see")

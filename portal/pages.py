@@ -193,14 +193,23 @@ def instruments_page() -> Response:
 @router.get("/models")
 def models_page(request: Request, who: Annotated[str, Depends(principal)]) -> Response:
     from aivc.cli_features import version_summary
-    from aivc.cli_instruments import prediction_summary
-    from aivc.instruments.predictions import list_prediction_versions
     from aivc.store.features import list_versions
 
+    from aivc.cli_instruments import instrument_summary
+    from aivc.instruments.registry import list_instruments
+    from aivc.training.registry import list_models
+
     lake = lake_of(request)
+    api = _api()
+    allowed = None if api._owner(lake, who) else api._visible(lake, who)
     embeddings = [version_summary(v) for v in list_versions(lake)]
-    preds = [prediction_summary(v) for v in list_prediction_versions(lake, None)]
-    return _render(request, "models.html", who, models=[], embeddings=embeddings, instruments=[], predictions=preds)
+    preds = api.visible_predictions(lake, who)
+    models = []
+    for m in list_models(lake):
+        ds = [d for d in m.lineage.datasets if allowed is None or d.split("@", 1)[0] in allowed]
+        models.append({"ref": m.ref, "model_type": m.model_type, "created_at": m.created_at, "datasets": ds})
+    instruments = [instrument_summary(r) for r in list_instruments(lake)]
+    return _render(request, "models.html", who, models=models, embeddings=embeddings, instruments=instruments, predictions=preds)
 
 
 @router.get("/assets/plotly.min.js")

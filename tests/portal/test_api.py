@@ -97,8 +97,12 @@ def test_neighbours_and_predictions_never_show_hidden_cells(client, portal_lake)
     both = client.get(f"/api/predictions/{pv}", params={"limit": 10_000}, headers=_bearer(portal_lake, "alice")).json()
     assert {r["dataset_id"] for r in both["rows"]} == {PUBLIC_DS, CONSORTIUM_DS} and both["n_rows"] == 700
     assert client.get(f"/api/predictions/{pv}", params={"dataset": CONSORTIUM_DS}).status_code == 404
-    listed = client.get("/api/predictions").json()
-    assert listed == _cli_json("instruments", "predictions", lake=portal_lake.root)
+    # the list of versions: the public sees only its datasets named, and no counts that include hidden cells
+    anon_list = client.get("/api/predictions")
+    assert CONSORTIUM_DS not in anon_list.text
+    assert [(r["ref"], r["datasets"], r["n_rows"]) for r in anon_list.json()] == [(pv, [f"{PUBLIC_DS}@1"], None)]
+    listed = client.get("/api/predictions", headers=_bearer(portal_lake, "alice")).json()
+    assert listed == _cli_json("instruments", "predictions", lake=portal_lake.root)  # alice sees every dataset: the CLI's answer
     assert client.get("/api/features").json() == _cli_json("features", "list", lake=portal_lake.root)
 
 

@@ -40,6 +40,9 @@ def test_anonymous_never_sees_the_consortium_dataset(anon, portal_lake) -> None:
     anon.get("/sql")
     sql = anon.post("/sql", data={"query": "SELECT DISTINCT dataset_id FROM cells", "csrf": anon.cookies.get("aivc_csrf")})
     assert sql.status_code == 200 and PUBLIC_DS in sql.text and CONSORTIUM_DS not in sql.text
+    models = anon.get("/models")
+    assert models.status_code == 200 and CONSORTIUM_DS not in models.text
+    assert "celltype@1" in models.text and "predictions:celltype@1" in models.text
 
 
 def test_signed_in_member_sees_both_and_downloads_csv(portal_lake) -> None:  # noqa: ANN001

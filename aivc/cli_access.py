@@ -61,14 +61,20 @@ def remove_user(
     json_: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Remove a user (it can no longer be used as --principal)."""
+    """Remove a user (it can no longer be used as --principal) and revoke its API tokens."""
 
     def body() -> int:
         from aivc.store.access import remove_user as do_remove
         from aivc.store.lake import Lake
+        from aivc.store.tokens import revoke_user_tokens
 
-        do_remove(Lake.open(lake), name)
-        _emit(json_, {"status": "ok", "user": name, "removed": True}, f"removed user {name}")
+        lk = Lake.open(lake)
+        do_remove(lk, name)
+        # its tokens stop working at once anyway (principal_for_token checks the user); revoking them
+        # keeps them dead if a user of the same name is added again later
+        revoked = [i.id for i in revoke_user_tokens(lk, name)]
+        tail = f"; revoked its {len(revoked)} token(s)" if revoked else ""
+        _emit(json_, {"status": "ok", "user": name, "removed": True, "revoked_tokens": revoked}, f"removed user {name}{tail}")
         return 0
 
     _run(json_, debug, body)

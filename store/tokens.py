@@ -31,6 +31,7 @@ import datetime as dt
 import hashlib
 import hmac
 import json
+import math
 import re
 import secrets
 from dataclasses import asdict, dataclass
@@ -109,17 +110,22 @@ def create_token(lake: Any, user: str, expires_days: float | None = None, *, now
 
     The token is returned once and never stored; ``expires_days`` (positive) sets an expiry.
     """
-    if expires_days is not None and not expires_days > 0:
+    if expires_days is not None and not (isinstance(expires_days, (int, float)) and math.isfinite(expires_days) and expires_days > 0):
         raise UsageError(f"--expires must be a positive number of days, not {expires_days}", where="--expires")
     _check_user(lake, user)
     t = _now(now)
+    try:
+        expires_at = _iso(t + dt.timedelta(days=expires_days)) if expires_days else None
+    except OverflowError:
+        raise UsageError(f"--expires {expires_days} days is past the year 9999; give fewer days (or none: no expiry)", where="--expires") from None
     secret = secrets.token_urlsafe(32)
     with lake.write_lock(wait=wait):
         tokens = _load(lake)
         tid = secrets.token_hex(6)
         while tid in tokens:
             tid = secrets.token_hex(6)
-        entry = {"user": user, "created_at": _iso(t), "expires_at": _iso(t + dt.timedelta(days=expires_days)) if expires_days else None, "revoked_at": None, "sha256": _hash(secret)}
+        seq = 1 + max((int(e.get("seq", 0)) for e in tokens.values()), default=0)  # creation order, for ties in time
+        entry = {"seq": seq, "user": user, "created_at": _iso(t), "expires_at": expires_at, "revoked_at": None, "sha256": _hash(secret)}
         tokens[tid] = entry
         _save(lake, tokens)
     return f"aivc_{tid}_{secret}", _info(tid, entry)
@@ -142,9 +148,24 @@ def revoke_token(lake: Any, token_id: str, *, now: dt.datetime | None = None, wa
         return _info(token_id, tokens[token_id])
 
 
+def revoke_user_tokens(lake: Any, user: str, *, now: dt.datetime | None = None, wait: float = 600.0) -> list[TokenInfo]:
+    """Revoke every live token of ``user`` (``aivc access remove-user`` does); returns those it revoked."""
+    with lake.write_lock(wait=wait):
+        tokens = _load(lake)
+        live = sorted(k for k, e in tokens.items() if e.get("user") == user and not e.get("revoked_at"))
+        if live:
+            t = _iso(_now(now))
+            for k in live:
+                tokens[k]["revoked_at"] = t
+            _save(lake, tokens)
+        return [_info(k, tokens[k]) for k in live]
+
+
 def list_tokens(lake: Any) -> list[TokenInfo]:
-    """Every token's id, user and times (never a secret or a hash), oldest first."""
-    return sorted((_info(k, e) for k, e in _load(lake).items()), key=lambda i: (i.created_at, i.id))
+    """Every token's id, user and times (never a secret or a hash), oldest first (ties in creation order)."""
+    tokens = _load(lake)
+    order = sorted(tokens, key=lambda k: (tokens[k]["created_at"], int(tokens[k].get("seq", 0)), k))
+    return [_info(k, tokens[k]) for k in order]
 
 
 def principal_for_token(lake: Any, token: str, *, now: dt.datetime | None = None) -> str:

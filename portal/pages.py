@@ -15,7 +15,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 
-from aivc.errors import NotFoundError, UsageError
+from aivc.errors import UsageError
+from aivc.portal import api
 from aivc.portal.auth import PUBLIC, check_csrf, csrf_token, lake_of, principal
 
 router = APIRouter(include_in_schema=False)
@@ -34,12 +35,6 @@ def _render(request: Request, name: str, who: str, status: int = 200, **ctx: Any
     return request.app.state.templates.TemplateResponse(request, name, ctx, status_code=status)
 
 
-def _api() -> Any:
-    from aivc.portal import api
-
-    return api
-
-
 @router.get("/")
 def home() -> Response:
     return RedirectResponse("/datasets", status_code=303)
@@ -50,7 +45,6 @@ def datasets_page(request: Request, who: Annotated[str, Depends(principal)], org
     from aivc.store.dataset_rows import dataset_rows
 
     lake = lake_of(request)
-    api = _api()
     rows = dataset_rows(lake, api._as(lake, who), current_only=True, organism=organism or None, tissue=tissue or None, assay=assay or None, access=access or None)
     filters = {"organism": organism, "tissue": tissue, "assay": assay, "access": access}
     return _render(request, "datasets.html", who, rows=rows, filters=filters)
@@ -61,7 +55,6 @@ def dataset_page(ref: str, request: Request, who: Annotated[str, Depends(princip
     from aivc.store.dataset_rows import dataset_detail
 
     lake = lake_of(request)
-    api = _api()
     detail = dataset_detail(lake, api._check_ref(ref), api._as(lake, who))  # 404 unless visible
     return _render(request, "dataset.html", who, d=detail, version=detail.get("version") or {}, report=detail.get("report"))
 
@@ -77,7 +70,7 @@ def submit_page(request: Request, who: Annotated[str, Depends(principal)]) -> Re
 async def submit_post(request: Request, who: Annotated[str, Depends(principal)]) -> Response:
     if who == PUBLIC:
         return RedirectResponse("/login", status_code=303)
-    st = await _api().receive_submission(request, who)
+    st = await api.receive_submission(request, who)
     return RedirectResponse(f"/submissions/{st['submission_id']}", status_code=303)
 
 
@@ -85,10 +78,8 @@ async def submit_post(request: Request, who: Annotated[str, Depends(principal)])
 def submission_page(submission_id: str, request: Request, who: Annotated[str, Depends(principal)]) -> Response:
     if who == PUBLIC:
         return RedirectResponse("/login", status_code=303)
-    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", submission_id):
-        raise NotFoundError("no such submission", where="submission")
     lake = lake_of(request)
-    st = request.app.state.submissions.status(submission_id, who, owner=_api()._owner(lake, who))
+    st = request.app.state.submissions.status(submission_id, who, owner=api._owner(lake, who))
     done = st.get("status") in ("committed", "rejected", "failed")
     res = st.get("result") or {}
     findings = {"errors": res.get("errors") or [], "warnings": res.get("warnings") or []}
@@ -102,16 +93,16 @@ async def sql_csv(request: Request, who: Annotated[str, Depends(principal)]) -> 
 
 @router.api_route("/sql", methods=["GET", "POST"])
 async def sql_page(request: Request, who: Annotated[str, Depends(principal)], q: str = "", csv_out: bool = False) -> Response:
-    query, result, error = q[: _api().MAX_QUERY_CHARS], None, None
+    query, result, error = q[: api.MAX_QUERY_CHARS], None, None
     fmt = "csv" if csv_out else "html"
     if request.method == "POST":
-        form = await request.form(max_files=0, max_fields=10, max_part_size=_api().MAX_QUERY_CHARS + 100)
+        form = await request.form(max_files=0, max_fields=10, max_part_size=api.MAX_QUERY_CHARS + 100)
         check_csrf(request, str(form.get("csrf") or ""))
         query = str(form.get("query") or "")
         try:
-            if len(query) > _api().MAX_QUERY_CHARS:
-                raise UsageError(f"the query is longer than {_api().MAX_QUERY_CHARS} characters", where="query")
-            result = _api().run_sql(lake_of(request), who, query)
+            if len(query) > api.MAX_QUERY_CHARS:
+                raise UsageError(f"the query is longer than {api.MAX_QUERY_CHARS} characters", where="query")
+            result = api.run_sql(lake_of(request), who, query)
         except UsageError as exc:  # includes refusals by the sandbox
             error = exc.message.splitlines()[0]
         except Exception as exc:  # noqa: BLE001 - an AivcError subclass such as a sandbox refusal
@@ -160,7 +151,6 @@ def embedding_map_data(ref: str, request: Request, who: Annotated[str, Depends(p
     from aivc.store.features import get_version
 
     lake = lake_of(request)
-    api = _api()
     v = get_version(lake, ref)
     visible = api._visible(lake, who)
     table = visible_map(lake, v.ref, visible)
@@ -200,7 +190,6 @@ def models_page(request: Request, who: Annotated[str, Depends(principal)]) -> Re
     from aivc.training.registry import list_models
 
     lake = lake_of(request)
-    api = _api()
     allowed = None if api._owner(lake, who) else api._visible(lake, who)
     embeddings = [version_summary(v) for v in list_versions(lake)]
     preds = api.visible_predictions(lake, who)

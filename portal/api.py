@@ -172,7 +172,7 @@ async def _limited_form(request: Request, limit: int) -> Any:
 
     inner = StarletteRequest(request.scope, receive=counted)
     try:
-        return await inner.form(max_files=2, max_fields=10, max_part_size=1024 * 1024)
+        return await inner.form(max_files=2, max_fields=80, max_part_size=1024 * 1024)
     except PortalError:
         raise
     except Exception as exc:  # python-multipart / starlette: malformed body
@@ -191,10 +191,16 @@ async def _save(upload: Any, dest: Path) -> int:
 
 
 async def receive_submission(request: Request, who: str) -> dict[str, Any]:
-    """Stream a multipart upload (``data``; ``manifest`` as a file or text, or ``manifest_text``)
-    to its job folder and queue it; returns the queued status. Shared by the API and the Submit page."""
+    """Stream a multipart upload to its job folder and queue it; returns the queued status.
+
+    Shared by the API and the Submit page. The data is the file field ``data``, or, with the
+    field ``reuse`` naming an earlier submission of the same user whose upload is still kept,
+    that upload (a fix of the manifest needs no new upload). The manifest is the field
+    ``manifest`` (a file or text), ``manifest_text``, or the Submit page's form fields
+    (:mod:`aivc.portal.manifest_form`), in that order."""
     from starlette.datastructures import UploadFile
 
+    from aivc.portal.manifest_form import has_form_fields, manifest_yaml_from_form
     from aivc.portal.submissions import data_name
 
     queue = request.app.state.submissions
@@ -202,9 +208,11 @@ async def receive_submission(request: Request, who: str) -> dict[str, Any]:
     try:
         check_csrf(request, str(form.get("csrf") or "") or None)
         data = form.get("data")
-        if not isinstance(data, UploadFile) or not data.filename:
+        reuse = str(form.get("reuse") or "").strip()
+        has_data = isinstance(data, UploadFile) and bool(data.filename)
+        if not has_data and not reuse:
             raise UsageError("the form has no file field 'data' (the .h5ad / .h5mu / .h5 to submit)", where="data")
-        name = data_name(data.filename)
+        name = data_name(data.filename) if has_data else queue.kept_data(reuse, who, owner=_owner(lake_of(request), who))[1]
         manifest_bytes = b""
         for field in ("manifest", "manifest_text"):
             m = form.get(field)
@@ -214,15 +222,20 @@ async def receive_submission(request: Request, who: str) -> dict[str, Any]:
                 manifest_bytes = m.encode()
             if manifest_bytes.strip():
                 break
+        if not manifest_bytes.strip() and has_form_fields(form):
+            manifest_bytes = manifest_yaml_from_form(form)
         if not manifest_bytes.strip():
-            raise UsageError("the form has no manifest (field 'manifest': the manifest YAML, as a file or as text)", where="manifest")
+            raise UsageError("the form has no manifest (field 'manifest': the manifest YAML, as a file or as text; or the manifest form)", where="manifest")
         if len(manifest_bytes) > 1024 * 1024:
             raise PortalError(413, "the manifest is over 1 MiB", where="manifest", code="TOO_LARGE")
         sid, folder = queue.create(who)
         try:
-            n = await _save(data, folder / name)
+            if has_data:
+                n = await _save(data, folder / name)
+            else:
+                n = queue.link_data(reuse, who, folder, owner=_owner(lake_of(request), who))
             (folder / "manifest.yaml").write_bytes(manifest_bytes)
-            return queue.queue_job(sid, who, name, n)
+            return queue.queue_job(sid, who, name, n, resubmits=reuse or None)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise

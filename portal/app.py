@@ -148,6 +148,7 @@ def create_app(lake_root: str | Path, *, max_upload_bytes: int = 2 * 1024**3, ru
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        queue.start()  # sweeps uploads left by a stopped server
         try:
             yield
         finally:

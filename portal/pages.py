@@ -60,10 +60,25 @@ def dataset_page(ref: str, request: Request, who: Annotated[str, Depends(princip
 
 
 @router.get("/submit")
-def submit_page(request: Request, who: Annotated[str, Depends(principal)]) -> Response:
+def submit_page(request: Request, who: Annotated[str, Depends(principal)], resubmit: str = "") -> Response:
+    """The upload form; ``?resubmit=ID`` starts from a rejected submission's manifest and offers
+    its kept upload, so that fixing the manifest needs no new upload."""
+    from aivc.portal.manifest_form import form_spec
+
     if who == PUBLIC:
         return RedirectResponse("/login", status_code=303)
-    return _render(request, "submit.html", who, limit_mib=request.app.state.max_upload_bytes // 2**20)
+    queue, manifest, reuse = request.app.state.submissions, "", None
+    if resubmit:
+        owner = api._owner(lake_of(request), who)
+        st = queue.status(resubmit, who, owner=owner)  # 404 for a bad id or another user's
+        manifest = (queue.folder(resubmit) / "manifest.yaml").read_text(errors="replace")
+        try:
+            reuse = {"id": resubmit, "data": queue.kept_data(resubmit, who, owner=owner)[1], "bytes": st.get("bytes")}
+        except UsageError:
+            reuse = None  # committed, or the upload has expired: upload the file again
+    return _render(
+        request, "submit.html", who, limit_mib=request.app.state.max_upload_bytes // 2**20, spec=form_spec(), manifest=manifest, reuse=reuse
+    )  # fmt: skip
 
 
 @router.post("/submit")

@@ -9,6 +9,13 @@ write lock like any two writers. A job's state is ``status.json`` beside its fil
 atomically (temporary file + rename), so every server worker answers ``GET
 /api/submissions/{id}`` alike: ``queued`` → ``running`` → ``committed`` / ``rejected`` /
 ``failed``, with the ``aivc submit --json`` answer and the validation report.
+
+What is kept: a committed job's data file is deleted (the lake holds the data now); a rejected
+or failed job's upload is kept for :data:`KEEP_UPLOAD_S` so that the user can fix the manifest
+and resubmit it without uploading again (``reuse``). When a server starts it sweeps the
+folder (:meth:`SubmissionQueue.sweep`): uploads cut off before they were queued are removed,
+a job queued or running in a server process that no longer exists is marked ``failed``
+(nothing was committed: the lake's write is atomic), and old kept uploads are deleted.
 """
 
 from __future__ import annotations
@@ -36,6 +43,10 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,120}$")
 DONE = ("committed", "rejected", "failed")
 #: Longest a job may run before it is stopped (seconds).
 JOB_TIMEOUT_S = 6 * 3600
+#: How long a rejected or failed job's upload is kept for a resubmission (seconds).
+KEEP_UPLOAD_S = 7 * 24 * 3600
+#: An upload folder without a status this old was cut off (the server stopped mid-upload).
+STALE_UPLOAD_S = 3600
 
 
 def _now() -> str:
@@ -67,6 +78,42 @@ def write_json_atomic(path: Path, obj: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_text(json.dumps(obj, indent=1, default=str))
     os.replace(tmp, path)
+
+
+def _die_with_parent() -> Any:
+    """A ``preexec_fn`` that has Linux end the job with SIGTERM when its server dies (so a job is
+    never left running unwatched: its status could not be written); ``None`` elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+    import signal
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here, not in the forked child
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig = 1
+
+    def preexec() -> None:
+        prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+    return preexec
+
+
+_DIE_WITH_PARENT = _die_with_parent()
+
+
+def _alive(pid: Any) -> bool:
+    """Whether a process ``pid`` exists on this machine (a server worker that queued a job)."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class SubmissionQueue:
@@ -107,10 +154,31 @@ class SubmissionQueue:
             st["elapsed_s"] = round(time.time() - float(st.get("started_unix", time.time())), 1)
         return st
 
-    def queue_job(self, submission_id: str, user: str, data: str, n_bytes: int) -> dict[str, Any]:
+    def kept_data(self, submission_id: str, principal: str, owner: bool = False) -> tuple[Path, str]:
+        """The kept upload of an earlier job of ``principal``: ``(path, name)``, else a usage error."""
+        st = self.status(submission_id, principal, owner=owner)
+        path = self.folder(submission_id) / str(st.get("data") or "")
+        if st["status"] not in ("rejected", "failed") or not path.is_file():
+            raise UsageError(f"submission {submission_id}'s upload is not kept (only a rejected or failed one is, for a while); upload the data file", where="reuse")
+        return path, data_name(path.name)
+
+    def link_data(self, submission_id: str, principal: str, folder: Path, owner: bool = False) -> int:
+        """Put the kept upload of ``submission_id`` into the new job ``folder`` (a hard link where
+        the file system allows, else a copy); returns its size in bytes."""
+        import shutil
+
+        src, name = self.kept_data(submission_id, principal, owner=owner)
+        try:
+            os.link(src, folder / name)
+        except OSError:
+            shutil.copyfile(src, folder / name)
+        return (folder / name).stat().st_size
+
+    def queue_job(self, submission_id: str, user: str, data: str, n_bytes: int, resubmits: str | None = None) -> dict[str, Any]:
         st = {
             "submission_id": submission_id, "status": "queued", "user": user, "data": data, "bytes": n_bytes,
             "queued_at": _now(), "started_at": None, "finished_at": None, "result": None, "report": None, "error": None,
+            "pid": os.getpid(), "resubmits": resubmits,
         }  # fmt: skip
         write_json_atomic(self.folder(submission_id) / "status.json", st)
         if self.run_jobs:
@@ -142,7 +210,41 @@ class SubmissionQueue:
         return st
 
     def _finish(self, sid: str, change: dict[str, Any]) -> None:
-        self._update(sid, change | {"finished_at": _now()})
+        st = self._update(sid, change | {"finished_at": _now()})
+        if st["status"] == "committed":  # the lake holds the data now
+            (self.folder(sid) / str(st["data"])).unlink(missing_ok=True)
+
+    def sweep(self, now: float | None = None) -> dict[str, int]:
+        """Tidy the uploads folder (see the module docstring); returns what it did, by kind."""
+        import shutil
+
+        now = time.time() if now is None else now
+        done = {"removed_partial": 0, "marked_failed": 0, "expired_uploads": 0}
+        if not self.root.is_dir():
+            return done
+        for d in self.root.iterdir():
+            if not d.is_dir() or not ID_RE.fullmatch(d.name):
+                continue
+            path = d / "status.json"
+            try:
+                st = json.loads(path.read_text())
+            except FileNotFoundError:
+                if now - d.stat().st_mtime > STALE_UPLOAD_S:
+                    shutil.rmtree(d, ignore_errors=True)
+                    done["removed_partial"] += 1
+                continue
+            except ValueError:
+                continue
+            if st.get("status") in ("queued", "running") and not _alive(st.get("pid")):
+                why = "the server stopped before this submission finished; nothing was committed (submit it again)"
+                write_json_atomic(path, st | {"status": "failed", "error": why, "finished_at": _now()})
+                done["marked_failed"] += 1
+            elif st.get("status") in ("rejected", "failed"):
+                data = d / str(st.get("data") or "")
+                if data.is_file() and now - path.stat().st_mtime > KEEP_UPLOAD_S:
+                    data.unlink(missing_ok=True)
+                    done["expired_uploads"] += 1
+        return done
 
     def _run(self, sid: str) -> None:
         d = self.folder(sid)
@@ -153,8 +255,11 @@ class SubmissionQueue:
         ]  # fmt: skip
         env = dict(os.environ, GX_ANALYTICS_ENABLED="False", RAY_AUTH_MODE="disabled")
         with open(d / "stderr.txt", "w") as err:
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, text=True, env=env, cwd=str(d))
+            proc = subprocess.Popen(
+                cmd, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, text=True, env=env, cwd=str(d), preexec_fn=_DIE_WITH_PARENT
+            )  # fmt: skip
             self._proc = proc
+            self._update(sid, {"job_pid": proc.pid})
             try:
                 out, _ = proc.communicate(timeout=JOB_TIMEOUT_S)
             except subprocess.TimeoutExpired:
@@ -190,6 +295,12 @@ class SubmissionQueue:
             for p in sorted((d / "report").glob("**/report.json")):
                 report = json.loads(p.read_text())
         self._finish(sid, {"status": result["status"], "result": result, "report": report})
+
+    def start(self) -> None:
+        """Sweep the folder, then (when jobs run here) start the worker."""
+        self.sweep()
+        if self.run_jobs:
+            self._ensure_worker()
 
     def stop(self) -> None:
         """Stop the worker; a running job's subprocess is terminated by its pid."""

@@ -99,3 +99,52 @@ def test_serve_refuses_bad_options_in_one_line(tmp_path) -> None:  # noqa: ANN00
     assert res.exit_code == 2 and json.loads(res.stdout)["errors"][0]["code"] == "LAKE_NOT_FOUND"
     res = CliRunner().invoke(app, ["serve", "--lake", str(tmp_path), "--workers", "0"])
     assert res.exit_code == 2 and "--workers" in res.output and "Traceback" not in res.output
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    return "\nState:\tZ" in state  # a zombie has ended; only its exit status is left
+
+
+def test_a_killed_server_takes_its_running_job_with_it_and_the_next_one_says_so(fresh_lake, pbmc_files) -> None:  # noqa: ANN001
+    import httpx
+    import yaml
+
+    from aivc.demo import pbmc_manifest
+    from aivc.store.lake import Lake
+    from aivc.store.tokens import create_token
+
+    token, _ = create_token(Lake.open(fresh_lake), "alice")
+    auth = {"Authorization": f"Bearer {token}"}
+    (h1, _), _ = pbmc_files
+    proc, url = start_server(fresh_lake)
+    try:
+        man = yaml.safe_dump(pbmc_manifest("killed-mid-job", labelled=True, title="killed"))
+        r = httpx.post(url + "/api/submissions", headers=auth, data={"manifest_text": man}, files={"data": ("p.h5ad", h1.read_bytes())}, timeout=60)
+        assert r.status_code == 202, r.text
+        sid = r.json()["submission_id"]
+        deadline = time.monotonic() + 60
+        while (st := httpx.get(f"{url}/api/submissions/{sid}", headers=auth).json()).get("job_pid") is None:
+            assert time.monotonic() < deadline and st["status"] in ("queued", "running"), st
+            time.sleep(0.05)
+        job = st["job_pid"]
+        os.kill(proc.pid, signal.SIGKILL)  # no shutdown handler runs
+        proc.wait()
+        deadline = time.monotonic() + 20
+        while not _gone(job):
+            assert time.monotonic() < deadline, "the job outlived its server"
+            time.sleep(0.1)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    proc, url = start_server(fresh_lake)
+    try:
+        st = httpx.get(f"{url}/api/submissions/{sid}", headers=auth).json()
+        assert st["status"] == "failed" and "nothing was committed" in st["error"], st
+        ids = [d["id"] for d in httpx.get(url + "/api/datasets", headers=auth).json()]
+        assert "killed-mid-job" not in ids and PUBLIC_DS in ids
+    finally:
+        stop_server(proc)

@@ -135,7 +135,7 @@ def create_app(lake_root: str | Path, *, max_upload_bytes: int = 2 * 1024**3, ru
     from fastapi.staticfiles import StaticFiles
     from fastapi.templating import Jinja2Templates
 
-    from aivc.portal import api, auth
+    from aivc.portal import api, auth, cards
     from aivc.portal.submissions import SubmissionQueue
     from aivc.store.lake import Lake
 
@@ -171,6 +171,7 @@ def create_app(lake_root: str | Path, *, max_upload_bytes: int = 2 * 1024**3, ru
         pages = None
     if pages is not None:
         app.include_router(pages.router)
+        app.include_router(cards.router)  # model / instrument cards, reannotation reports
 
     @app.get("/docs", include_in_schema=False)
     def docs() -> HTMLResponse:

@@ -190,32 +190,6 @@ def embedding_map_data(ref: str, request: Request, who: Annotated[str, Depends(p
     return {"ref": v.ref, "color": color, "ids": ids, "x": table.column("x").to_pylist(), "y": table.column("y").to_pylist(), "values": [values.get(i) for i in ids]}
 
 
-@router.get("/instruments")
-def instruments_page() -> Response:
-    return RedirectResponse("/models", status_code=303)
-
-
-@router.get("/models")
-def models_page(request: Request, who: Annotated[str, Depends(principal)]) -> Response:
-    from aivc.cli_features import version_summary
-    from aivc.store.features import list_versions
-
-    from aivc.cli_instruments import instrument_summary
-    from aivc.instruments.registry import list_instruments
-    from aivc.training.registry import list_models
-
-    lake = lake_of(request)
-    allowed = None if api._owner(lake, who) else api._visible(lake, who)
-    embeddings = [version_summary(v) for v in list_versions(lake)]
-    preds = api.visible_predictions(lake, who)
-    models = []
-    for m in list_models(lake):
-        ds = [d for d in m.lineage.datasets if allowed is None or d.split("@", 1)[0] in allowed]
-        models.append({"ref": m.ref, "model_type": m.model_type, "created_at": m.created_at, "datasets": ds})
-    instruments = [instrument_summary(r) for r in list_instruments(lake)]
-    return _render(request, "models.html", who, models=models, embeddings=embeddings, instruments=instruments, predictions=preds)
-
-
 @router.get("/assets/plotly.min.js")
 def plotly_js() -> Response:
     """plotly's bundled JS from the installed plotly package (nothing from the internet)."""

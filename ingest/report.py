@@ -234,7 +234,7 @@ def _qc_section(qc: pd.DataFrame | None, summary: Mapping[str, Mapping[str, floa
             for col, stats in summary.items()
         ]
         parts.append(_table(("metric", "min", "median", "mean", "max"), rows, numeric=(1, 2, 3, 4)))
-    plots = _qc_plots(qc)
+    plots = qc_figures(qc)
     if plots:
         figures = "".join(
             f'<figure data-plot="{_e(key)}">{svg}<figcaption>{_e(caption)}</figcaption></figure>'
@@ -264,7 +264,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], numeric: Iterab
 # ----------------------------------------------------------------------------- plots
 
 
-def _qc_plots(qc: pd.DataFrame) -> list[tuple[str, str, str]]:
+def qc_figures(qc: pd.DataFrame) -> list[tuple[str, str, str]]:
     """The QC plots as ``(key, caption, inline SVG)``; those lacking their columns are skipped.
 
     Drawn by :mod:`aivc.ingest.qc_plots` from numpy histograms (no plotting library).

@@ -56,7 +56,26 @@ def dataset_page(ref: str, request: Request, who: Annotated[str, Depends(princip
 
     lake = lake_of(request)
     detail = dataset_detail(lake, api._check_ref(ref), api._as(lake, who))  # 404 unless visible
-    return _render(request, "dataset.html", who, d=detail, version=detail.get("version") or {}, report=detail.get("report"))
+    version = detail.get("version") or {}
+    plots = _qc_figures(lake, who, detail["id"], version.get("version"))
+    return _render(request, "dataset.html", who, d=detail, version=version, report=detail.get("report"), plots=plots)
+
+
+def _qc_figures(lake: Any, who: str, dataset_id: str, version: Any) -> list[tuple[str, str, Any]]:
+    """The validation report's QC plots (inline SVG drawn by aivc's own code, no script) of
+    one dataset version, from the per-cell QC columns of the ``cells_all_versions`` view."""
+    import pandas as pd
+    from markupsafe import Markup
+
+    from aivc.ingest.report import qc_figures
+    from aivc.store.sql import query, sql_str
+
+    if not isinstance(version, int):
+        return []
+    sql = f"SELECT n_counts, n_genes, pct_mito FROM cells_all_versions WHERE dataset_id = {sql_str(dataset_id)} AND dataset_version = {version}"
+    res = query(lake, sql, principal=api._as(lake, who))
+    qc = pd.DataFrame(res.rows, columns=res.columns)
+    return [(key, caption, Markup(svg)) for key, caption, svg in qc_figures(qc)]  # our SVG: numbers, escaped labels
 
 
 @router.get("/submit")

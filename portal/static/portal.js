@@ -1,11 +1,4 @@
-// aivc portal: the embedding map (plotly, served locally) and QC plots. Text goes in via textContent (never innerHTML).
-function aivcQc() {
-  var el = document.getElementById("qc-data");
-  if (!el || !window.Plotly) return;
-  var qc = JSON.parse(el.textContent), names = [], vals = [];
-  for (var k in qc) { if (typeof qc[k] === "number") { names.push(k); vals.push(qc[k]); } }
-  Plotly.newPlot("qc-plot", [{type: "bar", x: names, y: vals}], {margin: {t: 10}});
-}
+// aivc portal: the embedding map (plotly, served locally). Text goes in via textContent (never innerHTML).
 function aivcWebgl() {  // plotly's scattergl draws nothing without WebGL (it shows a notice instead)
   try { var c = document.createElement("canvas"); return !!(c.getContext("webgl") || c.getContext("experimental-webgl")); } catch (e) { return false; }
 }

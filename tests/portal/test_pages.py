@@ -81,3 +81,30 @@ def test_titles_and_labels_are_escaped(anon) -> None:  # noqa: ANN001
         filters={"organism": "", "tissue": "", "assay": "", "access": ""}, principal="public", csrf="c",
     )
     assert "<script>alert(1)</script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+
+def test_a_dataset_page_draws_its_qc_plots_and_the_validation_report(anon, portal_lake) -> None:  # noqa: ANN001
+    import re
+
+    import numpy as np
+
+    from aivc.store.dataset_rows import dataset_detail
+    from aivc.store.lake import Lake
+    from aivc.store.sql import query
+
+    page = anon.get(f"/datasets/{PUBLIC_DS}")
+    assert page.status_code == 200
+    for key in ("n_counts", "n_genes", "pct_mito", "scatter"):
+        assert f'id="qc-{key}"' in page.text, key
+    lake = Lake.open(portal_lake.root)
+    genes = np.array([r[0] for r in query(lake, f"SELECT n_genes FROM cells WHERE dataset_id = '{PUBLIC_DS}'").rows], dtype=float)
+    fig = page.text[page.text.index('id="qc-n_genes"') :]
+    counts = [int(n) for n in re.findall(r'data-n="(\d+)"', fig[: fig.index("</figure>")])]
+    assert sum(counts) == len(genes) == 350  # every cell of this version is in the histogram
+    median = float(re.search(r'data-median="([0-9.]+)"', fig).group(1))
+    assert median == pytest.approx(float(np.median(genes)), rel=0.01)
+    report = dataset_detail(lake, PUBLIC_DS, None)["report"]
+    met = sum(bool(e["success"]) for e in report["expectations"])
+    assert f"Expectations ({met} of {len(report['expectations'])} met)" in page.text
+    assert f"Warnings ({len(report['warnings'])})" in page.text and report["warnings"][0]["code"] in page.text
+    assert "<svg" in page.text and "<script" not in fig[: fig.index("</figure>")]

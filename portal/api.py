@@ -258,10 +258,12 @@ def submission(submission_id: str, request: Request, who: Annotated[str, Depends
 # -- features, neighbours, predictions ------------------------------------------------------
 @router.get("/features", summary="Embedding versions (aivc features list --json)")
 def features(request: Request, who: Annotated[str, Depends(principal)]) -> list[dict[str, Any]]:
-    from aivc.cli_features import version_summary
-    from aivc.store.features import list_versions
+    """Versions made from a dataset the principal may see; ``n_rows`` only where it sees all of
+    them (the count includes the cells of the others), ``datasets`` only those it sees."""
+    from aivc.portal.cards import view_of, visible_embeddings
 
-    return [version_summary(v) for v in list_versions(lake_of(request))]
+    lake = lake_of(request)
+    return visible_embeddings(lake, view_of(lake, who))
 
 
 @router.get("/neighbors/{ref}/{obs_id}", summary="Nearest neighbours of one stored vector (aivc neighbors --json)")

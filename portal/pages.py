@@ -156,36 +156,42 @@ async def sql_page(request: Request, who: Annotated[str, Depends(principal)], q:
 
 @router.get("/embeddings")
 def embeddings_page(request: Request, who: Annotated[str, Depends(principal)]) -> Response:
-    from aivc.cli_features import version_summary
-    from aivc.store.features import list_versions
+    from aivc.portal.cards import view_of, visible_embeddings
 
-    rows = [version_summary(v) for v in list_versions(lake_of(request))]
-    return _render(request, "embeddings.html", who, rows=rows)
+    lake = lake_of(request)
+    return _render(request, "embeddings.html", who, rows=visible_embeddings(lake, view_of(lake, who)))
 
 
-def _prediction_refs(lake: Any) -> list[str]:
-    from aivc.instruments.predictions import list_prediction_versions
+def _prediction_refs(lake: Any, who: str) -> list[str]:
+    return [r["ref"] for r in api.visible_predictions(lake, who)]
 
-    return [v.ref for v in list_prediction_versions(lake, None)]
+
+def _visible_version(lake: Any, who: str, ref: str) -> Any:
+    """The embedding version ``ref`` if it holds cells of a dataset ``who`` may see; otherwise
+    the same 404 as for a missing version."""
+    from aivc.portal.cards import lineage_datasets, lookup, not_found, view_of
+    from aivc.store.features import get_version
+
+    v = lookup(lake, "embedding", ref, get_version)
+    if not view_of(lake, who).sees_any(lineage_datasets(v.lineage)):
+        raise not_found("embedding", ref)
+    return v
 
 
 @router.get("/embeddings/{ref}")
 def embedding_map_page(ref: str, request: Request, who: Annotated[str, Depends(principal)]) -> Response:
-    from aivc.store.features import get_version
-
-    v = get_version(lake_of(request), ref)
-    fields = ["dataset_id", "cell_type", "batch", "donor_id", "tissue", "assay", "n_genes", "total_counts"]
-    return _render(request, "map.html", who, ref=v.ref, fields=fields, predictions=_prediction_refs(lake_of(request)))
+    v = _visible_version(lake_of(request), who, ref)
+    fields = ["dataset_id", "cell_type", "donor_id", "tissue", "assay", "disease", "sex", "n_genes", "n_counts", "pct_mito"]
+    return _render(request, "map.html", who, ref=v.ref, fields=fields, predictions=_prediction_refs(lake_of(request), who))
 
 
 @router.get("/embeddings/{ref}/map.json")
 def embedding_map_data(ref: str, request: Request, who: Annotated[str, Depends(principal)], color: str = "dataset_id") -> dict[str, Any]:
     """The principal's cells of the map: ids, x, y and one colour value per cell."""
     from aivc.portal.maps import visible_map
-    from aivc.store.features import get_version
 
     lake = lake_of(request)
-    v = get_version(lake, ref)
+    v = _visible_version(lake, who, ref)
     visible = api._visible(lake, who)
     table = visible_map(lake, v.ref, visible)
     ids = table.column("id").to_pylist()
@@ -194,7 +200,7 @@ def embedding_map_data(ref: str, request: Request, who: Annotated[str, Depends(p
         from aivc.instruments.predictions import get_prediction_version, read_predictions
 
         pt = read_predictions(lake, get_prediction_version(lake, color.split(":", 1)[1]), visible)
-        label = next((c for c in ("label", "prediction", "cell_type", "predicted") if c in pt.column_names), pt.column_names[-1])
+        label = next((c for c in ("predicted_label", "label", "prediction", "cell_type") if c in pt.column_names), pt.column_names[-1])
         idcol = "obs_id" if "obs_id" in pt.column_names else "id"
         values = dict(zip(pt.column(idcol).to_pylist(), pt.column(label).to_pylist(), strict=False))
     elif color == "dataset_id":

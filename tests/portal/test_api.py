@@ -103,7 +103,10 @@ def test_neighbours_and_predictions_never_show_hidden_cells(client, portal_lake)
     assert [(r["ref"], r["datasets"], r["n_rows"]) for r in anon_list.json()] == [(pv, [f"{PUBLIC_DS}@1"], None)]
     listed = client.get("/api/predictions", headers=_bearer(portal_lake, "alice")).json()
     assert listed == _cli_json("instruments", "predictions", lake=portal_lake.root)  # alice sees every dataset: the CLI's answer
-    assert client.get("/api/features").json() == _cli_json("features", "list", lake=portal_lake.root)
+    cli_rows = _cli_json("features", "list", lake=portal_lake.root)
+    alice_rows = client.get("/api/features", headers=_bearer(portal_lake, "alice")).json()
+    assert [{k: v for k, v in r.items() if k not in ("model", "datasets")} for r in alice_rows] == cli_rows  # the CLI's rows, and their lineage
+    assert [r["n_rows"] for r in client.get("/api/features").json()] == [None] * len(cli_rows)  # the public: no count of hidden cells
 
 
 @pytest.mark.parametrize("path", ["/api/datasets/..%2F..%2Fetc%2Fpasswd", "/api/datasets/%2e%2e", "/api/submissions/..%2F..%2Faccess.json", "/api/submissions/0123456789abcdef"])

@@ -124,7 +124,7 @@ def _click_a_cell(browser: Any, server: str, ref: str) -> tuple[dict[str, Any], 
     ActionChains(browser).move_to_element_with_offset(browser.find_element("id", "map"), dx, dy).click().perform()
     assert _wait(lambda: browser.find_element("id", "clicked").text) == f"cell {p['id']}"
     items = _wait(lambda: browser.find_elements("css selector", "#neighbour-list li"))
-    return plotted, [json.loads(li.text) for li in items]
+    return plotted, [json.loads(li.get_attribute("data-row")) for li in items]
 
 
 def _dataset(obs_id: str) -> str:
@@ -146,8 +146,7 @@ def test_anonymous_visitor_cannot_see_the_consortium_dataset(server, browser_wit
     assert browser.find_element("id", "error").text.replace("pbmc68k-part9", "X") == hidden  # like a missing one
     browser.get(server + f"/datasets/{PUBLIC_DS}")
     assert browser.find_element("id", "report").is_displayed()
-    if os.environ.get("AIVC_SCREENSHOTS") == "1":
-        browser.save_screenshot(str(DOCS / "portal-report.png"))
+    assert browser.find_elements("css selector", "#qc-plots svg")  # the QC plots are drawn
     plotted, neighbours = _click_a_cell(browser, server, portal_lake.embedding_ref)
     assert set(plotted["types"]) == {"scatter"}  # no WebGL: SVG points, still clickable
     assert plotted["n"] == 350 and {_dataset(i) for i in plotted["ids"]} == {PUBLIC_DS}
@@ -173,6 +172,18 @@ def test_sign_in_run_sql_and_click_a_cell_on_the_map(server, browser, portal_lak
     assert len(neighbours) == 10 and [n["rank"] for n in neighbours] == list(range(1, 11))
     assert clicked not in {n["obs_id"] for n in neighbours} and {n["obs_id"] for n in neighbours} <= set(plotted["ids"])
     assert all(n["dataset_id"] == _dataset(n["obs_id"]) in (PUBLIC_DS, CONSORTIUM_DS) for n in neighbours)
+    # a link from the reannotation report opens the map coloured by that prediction: one trace per predicted label
+    colour = f"prediction:{portal_lake.prediction_ref}"
+    browser.get(server + f"/embeddings/{portal_lake.embedding_ref}?color={colour}")
+    _wait(lambda: browser.find_element("id", "map").get_attribute("data-color") == colour, 60)
+    names = browser.execute_script("return document.getElementById('map').data.map(function (t) { return t.name; });")
+    from aivc.instruments.sql import query
+    from aivc.store.lake import Lake
+
+    view = "predictions_" + portal_lake.prediction_ref.split(":", 1)[1].replace("@", "_v")
+    labels = {r[0] for r in query(Lake.open(portal_lake.root), f"SELECT DISTINCT predicted_label FROM {view}").rows}
+    assert len(labels) > 3
+    assert set(names) == {("(none)" if x is None else x) for x in labels}
 
 
 @pytest.fixture
@@ -219,17 +230,15 @@ def test_submit_a_bad_file_read_the_error_fix_and_resubmit(submit_server, browse
     assert len(errors) == 1
     code, where, what = (td.text for td in errors[0].find_elements("css selector", "td"))
     assert code == "MATRIX_LOG_TRANSFORMED" and where.startswith("X[cell ") and "log-transformed" in what and "not an integer" in what
+    if os.environ.get("AIVC_SCREENSHOTS") == "1":
+        browser.save_screenshot(str(DOCS / "portal-report.png"))
 
     browser.find_element("css selector", "#rejected a").click()  # back to the form, to fix and resubmit
     _wait(lambda: "/submit" in browser.current_url and browser.find_element("id", "submit-form"))
-    if browser.find_elements("id", "no-reuse"):  # the form offers the rejected upload again: upload the fixed file instead
-        browser.find_element("id", "no-reuse").click()
+    assert browser.find_element("id", "reuse").is_selected()  # it offers the rejected upload again; the file was wrong, so upload the fixed one
+    browser.find_element("id", "no-reuse").click()
     browser.find_element("id", "data").send_keys(str(good))
-    prefilled = browser.find_element("id", "manifest-text").get_attribute("value")
-    if prefilled:  # the form starts from the rejected submission's manifest
-        assert yaml.safe_load(prefilled) == man
-    else:
-        browser.find_element("id", "manifest-file").send_keys(str(man_file))
+    assert yaml.safe_load(browser.find_element("id", "manifest-text").get_attribute("value")) == man  # the manifest it was
     browser.find_element("id", "submit").click()
     _wait(lambda: "/submissions/" in browser.current_url)
     assert _wait_done(browser) == "committed"

@@ -108,3 +108,16 @@ def test_a_dataset_page_draws_its_qc_plots_and_the_validation_report(anon, porta
     assert f"Expectations ({met} of {len(report['expectations'])} met)" in page.text
     assert f"Warnings ({len(report['warnings'])})" in page.text and report["warnings"][0]["code"] in page.text
     assert "<svg" in page.text and "<script" not in fig[: fig.index("</figure>")]
+
+
+def test_embedding_lists_count_only_visible_cells_and_the_map_colours_by_real_fields(anon, portal_lake) -> None:  # noqa: ANN001
+    feats = anon.get("/api/features").json()
+    row = next(r for r in feats if r["ref"] == portal_lake.embedding_ref)
+    assert row["n_rows"] is None and row["datasets"] == [f"{PUBLIC_DS}@1"]  # 700 would count the hidden cells
+    assert ">700<" not in anon.get("/embeddings").text
+    page = anon.get(f"/embeddings/{portal_lake.embedding_ref}")
+    assert page.status_code == 200 and 'value="n_genes"' in page.text and 'value="batch"' not in page.text
+    m = anon.get(f"/embeddings/{portal_lake.embedding_ref}/map.json?color=n_genes").json()
+    assert len(m["values"]) == 350 and all(isinstance(v, int) and v > 0 for v in m["values"])
+    assert anon.get("/embeddings/cell%3Apca%4099").status_code == 404
+    assert anon.get(f"/embeddings/{portal_lake.embedding_ref}/map.json?color=x%22;DROP").status_code == 400

@@ -45,7 +45,7 @@ def datasets_page(request: Request, who: Annotated[str, Depends(principal)], org
     from aivc.store.dataset_rows import dataset_rows
 
     lake = lake_of(request)
-    rows = dataset_rows(lake, api._as(lake, who), current_only=True, organism=organism or None, tissue=tissue or None, assay=assay or None, access=access or None)
+    rows = dataset_rows(lake, api._as(lake, who), current_only=True, organism=organism or None, tissue=tissue or None, assay=assay or None, access=access or None, with_terms=True)
     filters = {"organism": organism, "tissue": tissue, "assay": assay, "access": access}
     return _render(request, "datasets.html", who, rows=rows, filters=filters)
 

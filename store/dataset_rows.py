@@ -64,8 +64,11 @@ def dataset_rows(
     tissue: str | None = None,
     assay: str | None = None,
     access: str | None = None,
+    with_terms: bool = False,
 ) -> list[dict[str, Any]]:
     """Rows of the dataset versions ``principal`` may see (``None``: the lake owner).
+
+    With ``with_terms`` each row also lists the ``tissues`` and ``assays`` (labels) of its cells.
 
     ``organism`` matches the NCBITaxon id or the name (``homo_sapiens``); ``tissue`` and
     ``assay`` a label or ontology term id of any of the version's cells; ``access`` the
@@ -89,7 +92,24 @@ def dataset_rows(
         if want and versions:
             terms = _terms(lake, principal, column)
             versions = [v for v in versions if want.strip().lower() in terms.get(v.ref, set())]
-    return [dataset_row(v, current) for v in versions]
+    rows = [dataset_row(v, current) for v in versions]
+    if with_terms and rows:
+        for column in ("tissue", "assay"):
+            labels = _labels(lake, principal, column)
+            for r in rows:
+                r[f"{column}s"] = labels.get(f"{r['id']}@{r['version']}", [])
+    return rows
+
+
+def _labels(lake: Any, principal: Any, column: str) -> dict[str, list[str]]:
+    """``dataset ref -> sorted labels of column`` over the cells the principal may see."""
+    from aivc.store.sql import query
+
+    res = query(lake, f"SELECT DISTINCT dataset_id, dataset_version, {column} FROM cells_all_versions WHERE {column} IS NOT NULL", principal=principal)
+    out: dict[str, list[str]] = {}
+    for ds, ver, label in res.rows:
+        out.setdefault(f"{ds}@{ver}", []).append(str(label))
+    return {k: sorted(v) for k, v in out.items()}
 
 
 def dataset_detail(lake: Any, ref: str, principal: Any = None) -> dict[str, Any]:

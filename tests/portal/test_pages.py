@@ -121,3 +121,18 @@ def test_embedding_lists_count_only_visible_cells_and_the_map_colours_by_real_fi
     assert len(m["values"]) == 350 and all(isinstance(v, int) and v > 0 for v in m["values"])
     assert anon.get("/embeddings/cell%3Apca%4099").status_code == 404
     assert anon.get(f"/embeddings/{portal_lake.embedding_ref}/map.json?color=x%22;DROP").status_code == 400
+
+
+def test_the_datasets_page_lists_tissues_and_assays_and_filters_by_them(anon) -> None:  # noqa: ANN001
+    import re
+
+    from aivc.store.lake import Lake
+    from aivc.store.sql import query
+
+    row = re.search(rf"<tr><td><a href=\"/datasets/{PUBLIC_DS}\">.*?</tr>", anon.get("/datasets").text).group(0)
+    cells = re.findall(r"<td>(.*?)</td>", row)
+    assay = query(Lake.open(anon.app.state.lake.root), f"SELECT DISTINCT assay FROM cells WHERE dataset_id = '{PUBLIC_DS}'").rows
+    assert cells[6] == "blood" and [(cells[7].replace("&#39;", "'"),)] == assay, cells  # 10x 3' v1
+    assert PUBLIC_DS in anon.get("/datasets?tissue=blood").text
+    assert "no dataset you may see matches" in anon.get("/datasets?tissue=liver").text
+    assert "no dataset you may see matches" in anon.get("/datasets?access=consortium").text  # hidden, not just filtered

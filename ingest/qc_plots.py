@@ -1,4 +1,5 @@
-"""The validation report's QC plots, drawn as inline SVG from numpy histograms.
+"""The reports' plots, drawn as inline SVG: the validation report's QC histograms and
+scatter, and the reannotation report's map of cells by category and its confusion heatmap.
 
 Each plot is one ``<svg>`` element written as text: bars, points, axes, ticks and labels,
 no external resource and no plotting library (rendering four plots takes milliseconds, where
@@ -20,7 +21,7 @@ import html
 import math
 import numpy as np
 
-__all__ = ["histogram", "scatter", "MAX_SCATTER_POINTS", "N_BINS"]
+__all__ = ["histogram", "scatter", "category_scatter", "heatmap", "MAX_SCATTER_POINTS", "N_BINS"]
 
 #: The scatter plot draws at most this many cells (a fixed random sample).
 MAX_SCATTER_POINTS = 5_000
@@ -36,6 +37,11 @@ _VIRIDIS = np.array(
      (39, 173, 129), (92, 200, 99), (170, 220, 50), (253, 231, 37)], dtype=float,
 )  # fmt: skip
 _N_COLOURS = 24
+#: matplotlib's tab20 (the first 10 are tab10): one colour per category, repeating after 20.
+_CATEGORY = (
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+    "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#c7c7c7", "#dbdb8d", "#9edae5",
+)  # fmt: skip
 
 
 def histogram(values: np.ndarray, name: str, *, log: bool = False) -> str:
@@ -137,6 +143,89 @@ def scatter(x: np.ndarray, y: np.ndarray, colour: np.ndarray | None, *, xlabel: 
         )
     if c is not None:
         parts.append(_colour_bar(cmin, cmax, _W - right + 16, clabel))
+    return "".join(parts) + "</svg>"
+
+
+def category_scatter(x: np.ndarray, y: np.ndarray, labels: np.ndarray, *, xlabel: str, ylabel: str, marked: np.ndarray | None = None, marked_label: str = "") -> str:
+    """An SVG scatter plot (linear axes) of points coloured by their category ``labels``, with
+    a legend; points where ``marked`` is true are drawn as grey crosses under ``marked_label``."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    labels = np.asarray(labels).astype(str)
+    marked = np.zeros(len(x), dtype=bool) if marked is None else np.asarray(marked, dtype=bool)
+    ok = np.isfinite(x) & np.isfinite(y)
+    if not ok.any():
+        return _empty("no points", xlabel)
+    cats = sorted(set(labels[ok & ~marked]))
+    right = _RIGHT + 170
+    xs = _Scale(float(x[ok].min()), float(x[ok].max()), _LEFT, _W - right, False, pad=0.03)
+    ys = _Scale(float(y[ok].min()), float(y[ok].max()), _H - _BOTTOM, _TOP, False, pad=0.03)
+    parts = [_open(f"scatter plot of {ylabel} against {xlabel} by category")]
+    parts += _axes(xs, ys, xlabel, ylabel)
+    sx, sy = xs.array(np.where(ok, x, 0.0)), ys.array(np.where(ok, y, 0.0))
+    legend = ['<g font-size="10" fill="#1f2328">']
+    shown = cats[:18]
+    for i, cat in enumerate(cats):
+        pick = ok & ~marked & (labels == cat)
+        colour = _CATEGORY[i % len(_CATEGORY)]
+        dots = "".join(f"M{a:.1f} {b:.1f}h0" for a, b in zip(sx[pick], sy[pick], strict=True))
+        parts.append(f'<path d="{dots}" stroke="{colour}" stroke-opacity="0.8" stroke-width="3.5" stroke-linecap="round" data-label="{_e(cat)}" data-n="{int(pick.sum())}"/>')
+        if cat in shown:
+            ly = _TOP + 6 + 14 * shown.index(cat)
+            legend.append(f'<circle cx="{_W - right + 18}" cy="{ly:.1f}" r="3.5" fill="{colour}"/><text x="{_W - right + 26}" y="{ly + 3.5:.1f}">{_e(_short(cat, 19))} ({int(pick.sum())})<title>{_e(cat)}</title></text>')
+    if len(cats) > len(shown):
+        legend.append(f'<text x="{_W - right + 12}" y="{_TOP + 6 + 14 * len(shown) + 3.5:.1f}">and {len(cats) - len(shown)} more</text>')
+    mk = ok & marked
+    if mk.any():
+        crosses = "".join(f"M{a - 2.5:.1f} {b - 2.5:.1f}l5 5M{a - 2.5:.1f} {b + 2.5:.1f}l5 -5" for a, b in zip(sx[mk], sy[mk], strict=True))
+        parts.append(f'<path d="{crosses}" stroke="{_AXIS}" stroke-width="1" data-label="{_e(marked_label)}" data-n="{int(mk.sum())}"/>')
+        ly = _TOP + 6 + 14 * (len(shown) + (1 if len(cats) > len(shown) else 0))
+        legend.append(f'<text x="{_W - right + 14}" y="{ly + 3.5:.1f}" fill="{_AXIS}">× {_e(marked_label)} ({int(mk.sum())})</text>')
+    legend.append("</g>")
+    return "".join(parts + legend) + "</svg>"
+
+
+def heatmap(matrix: np.ndarray, rows: list[str], columns: list[str], *, xlabel: str, ylabel: str, clabel: str) -> str:
+    """An SVG heatmap of ``matrix`` (values in [0, 1]) on a white-to-blue scale, each cell with
+    its value as a tooltip and ``data-v``; row and column labels are shortened to 22 characters."""
+    m = np.asarray(matrix, dtype=float)
+    if m.size == 0:
+        return _empty("no rows", xlabel)
+    left, bottom, top, right = 150, 120, 12, 80
+    w, h = 560, max(200, 16 * len(rows) + bottom + top)
+    cw, ch = (w - left - right) / max(len(columns), 1), (h - top - bottom) / max(len(rows), 1)
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {w} {h}" width="{w}" height="{h}" role="img" '
+        f'aria-label="{_e(f"heatmap of {ylabel} by {xlabel}")}" font-family="system-ui,sans-serif" '
+        f'style="max-width:100%;height:auto;border:1px solid #d0d7de;background:#fff">'
+    ]
+    for i, r in enumerate(rows):
+        for j, c in enumerate(columns):
+            v = float(m[i, j]) if np.isfinite(m[i, j]) else 0.0
+            shade = int(round(255 - 200 * min(max(v, 0.0), 1.0)))
+            fill = f"#{shade:02x}{min(255, shade + 25):02x}ff" if v > 0 else "#ffffff"
+            parts.append(
+                f'<rect x="{left + j * cw:.1f}" y="{top + i * ch:.1f}" width="{cw:.1f}" height="{ch:.1f}" fill="{fill}" '
+                f'stroke="#eaeef2" data-v="{v:.4g}"><title>{_e(f"{r} -> {c}: {v:.2f}")}</title></rect>'
+            )
+    labels = ['<g font-size="9" fill="#1f2328">']
+    for i, r in enumerate(rows):
+        labels.append(f'<text x="{left - 4}" y="{top + (i + 0.5) * ch + 3:.1f}" text-anchor="end">{_e(_short(r, 26))}<title>{_e(r)}</title></text>')
+    for j, c in enumerate(columns):
+        x = left + (j + 0.5) * cw
+        labels.append(f'<text x="{x:.1f}" y="{h - bottom + 10}" text-anchor="end" transform="rotate(-60 {x:.1f} {h - bottom + 10})">{_e(_short(c, 22))}<title>{_e(c)}</title></text>')
+    labels.append("</g>")
+    parts += labels
+    parts.append(f'<text x="{left + (w - left - right) / 2:.1f}" y="{h - 4}" font-size="11" text-anchor="middle">{_e(xlabel)}</text>')
+    parts.append(f'<text x="10" y="{top + (h - top - bottom) / 2:.1f}" font-size="11" text-anchor="middle" transform="rotate(-90 10 {top + (h - top - bottom) / 2:.1f})">{_e(ylabel)}</text>')
+    bar_x = w - right + 16
+    for k in range(10):
+        v = (k + 0.5) / 10
+        shade = int(round(255 - 200 * v))
+        y0 = top + (h - top - bottom) * (1 - (k + 1) / 10)
+        parts.append(f'<rect x="{bar_x}" y="{y0:.1f}" width="10" height="{(h - top - bottom) / 10 + 0.3:.1f}" fill="#{shade:02x}{min(255, shade + 25):02x}ff"/>')
+    parts.append(f'<text x="{bar_x + 14}" y="{top + 8}" font-size="9">1</text><text x="{bar_x + 14}" y="{h - bottom}" font-size="9">0</text>')
+    cy = top + (h - top - bottom) / 2
+    parts.append(f'<text x="{bar_x + 40}" y="{cy:.1f}" font-size="10" text-anchor="middle" transform="rotate(90 {bar_x + 40} {cy:.1f})">{_e(clabel)}</text>')
     return "".join(parts) + "</svg>"
 
 
@@ -252,6 +341,10 @@ def _viridis(t: float) -> str:
     i = min(int(pos), len(_VIRIDIS) - 2)
     rgb = _VIRIDIS[i] + (pos - i) * (_VIRIDIS[i + 1] - _VIRIDIS[i])
     return "#" + "".join(f"{int(round(v)):02x}" for v in rgb)
+
+
+def _short(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
 
 
 def _fmt(v: float) -> str:

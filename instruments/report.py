@@ -1,7 +1,7 @@
 """The reannotation report: where a decoder's predictions agree with the submitted labels.
 
 Written as ``report.json`` (schema_name ``aivc.prediction_report``) and one self-contained
-``report.html`` (inline styles, PNG plots as ``data:`` URIs, every piece of text
+``report.html`` (inline styles, inline SVG plots drawn by :mod:`aivc.ingest.qc_plots`, every piece of text
 HTML-escaped, nothing loaded from anywhere) into the prediction version's folder before
 it is published. Sections:
 
@@ -32,9 +32,7 @@ Example
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 import math
 import os
@@ -47,6 +45,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from aivc.ingest import qc_plots
 from aivc.instruments.agreement import CATEGORIES, RollUp, agreement_counts, agreement_many, agreement_rows, is_unlabelled, rollup_agreement
 from aivc.instruments.registry import InstrumentRecord
 from aivc.store.lake import Lake
@@ -150,7 +149,7 @@ def build_report(lake: Lake, folder: Path, rec: InstrumentRecord, *, rollup: Rol
     images: dict[str, str] = {}
     map_info = _map(lake, rec, df, images)
     if confusion["rows"]:
-        images["confusion"] = _plot(lambda ax: _heatmap(ax, confusion, label_of), size=(7.5, 5.5))
+        images["confusion"] = _heatmap(confusion, label_of)
     rolled = _rollup(df, rollup, label_of) if rollup is not None else None
     data: dict[str, Any] = {
         "prediction": None,
@@ -248,16 +247,6 @@ def rollup_headline(r: Mapping[str, Any]) -> str:
 
 
 # -- plots -------------------------------------------------------------------------------------
-def _plot(draw: Any, size: tuple[float, float] = (6.5, 5.0)) -> str:
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=size, dpi=100, layout="constrained")
-    draw(fig.add_subplot())
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
 def _map(lake: Lake, rec: InstrumentRecord, df: pd.DataFrame, images: dict[str, str]) -> dict[str, Any]:
     """PCA of (a fixed sample of) the URs, coloured by predicted type."""
     from aivc.store.features import read_vectors
@@ -276,34 +265,19 @@ def _map(lake: Lake, rec: InstrumentRecord, df: pd.DataFrame, images: dict[str, 
     xy = centred @ vt[:2].T if vt.shape[0] >= 2 else np.column_stack([centred[:, 0], np.zeros(len(centred))])
     explained = (s[:2] ** 2 / (s**2).sum()).tolist() if s.sum() > 0 else [0.0, 0.0]
     labels = df["predicted_label"].to_numpy()[idx]
-    abstain = df["abstain"].to_numpy()[idx]
-
-    def draw(ax: Any) -> None:
-        import matplotlib
-
-        cmap = matplotlib.colormaps["tab10" if len(set(labels)) <= 10 else "tab20"]
-        for i, lab in enumerate(sorted(set(labels))):
-            m = (labels == lab) & ~abstain
-            ax.scatter(xy[m, 0], xy[m, 1], s=6, color=cmap(i % 20), label=str(lab), linewidths=0, rasterized=True)
-        if abstain.any():
-            ax.scatter(xy[abstain, 0], xy[abstain, 1], s=10, color="#6e7781", marker="x", label="abstain (novel)", linewidths=0.8)
-        ax.set_xlabel(f"PC1 ({explained[0]:.0%})")
-        ax.set_ylabel(f"PC2 ({explained[1]:.0%})" if len(explained) > 1 else "PC2")
-        ax.legend(fontsize=7, markerscale=2, loc="best", frameon=False)
-
-    images["map"] = _plot(draw)
+    abstain = df["abstain"].to_numpy()[idx].astype(bool)
+    x1 = f"PC1 ({explained[0]:.0%})"
+    y1 = f"PC2 ({explained[1]:.0%})" if len(explained) > 1 else "PC2"
+    images["map"] = qc_plots.category_scatter(xy[:, 0], xy[:, 1], labels, xlabel=x1, ylabel=y1, marked=abstain, marked_label="abstain (novel)")
     return {"method": "pca", "n_points": int(len(idx)), "explained_variance_ratio": [_r(e) for e in explained]}
 
 
-def _heatmap(ax: Any, confusion: Mapping[str, Any], label_of: Mapping[str, str]) -> None:
+def _heatmap(confusion: Mapping[str, Any], label_of: Mapping[str, str]) -> str:
     m = np.asarray(confusion["counts"], dtype=float)
     frac = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
-    im = ax.imshow(frac, cmap="Blues", vmin=0, vmax=1, aspect="auto")
-    ax.set_xticks(range(len(confusion["columns"])), [label_of.get(t, t) for t in confusion["columns"]], rotation=60, ha="right", fontsize=7)
-    ax.set_yticks(range(len(confusion["rows"])), [label_of.get(t, t) for t in confusion["rows"]], fontsize=7)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("submitted")
-    ax.figure.colorbar(im, ax=ax, label="fraction of submitted row")
+    rows = [label_of.get(t, t) for t in confusion["rows"]]
+    cols = [label_of.get(t, t) for t in confusion["columns"]]
+    return qc_plots.heatmap(frac, rows, cols, xlabel="predicted", ylabel="submitted", clabel="fraction of submitted row")
 
 
 # -- HTML --------------------------------------------------------------------------------------
@@ -432,7 +406,7 @@ def _rollup_section(r: Mapping[str, Any] | None) -> str:
 def _figure(img: str | None, caption: str) -> str:
     if not img:
         return '<p class="note">No plot (no cells).</p>'
-    return f'<figure><img alt="{_e(caption)}" src="{img}"><figcaption>{_e(caption)}</figcaption></figure>'
+    return f"<figure>{img}<figcaption>{_e(caption)}</figcaption></figure>"  # inline SVG drawn by aivc.ingest.qc_plots
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]], numeric: Any = (), cls: str = "") -> str:

@@ -137,7 +137,12 @@ def test_html_is_self_contained(reported):
     _, _, rep, html, _ = reported
     ids = re.findall(r'<h2 id="([a-z-]+)"', html)
     assert ids == ["summary", "agreement", "per-class", "confusion", "disagreements", "map", "conformal", "novelty", "rollup"]
-    assert html.count("data:image/png;base64,") == 2
+    assert html.count("<svg") == 2 and "data:image" not in html  # the map and the confusion heatmap, inline SVG
+    n_map = sum(int(n) for n in re.findall(r'data-n="(\d+)"', html[html.index('id="map"') :].split("</svg>")[0]))
+    assert n_map == rep["map"]["n_points"] == 350  # every plotted cell is in one category's path (or the abstentions')
+    conf = html[html.index('id="confusion"') :].split("</svg>")[0]
+    m = rep["confusion"]
+    assert len(re.findall(r"<rect [^>]*data-v=", conf)) == len(m["rows"]) * len(m["columns"])
     assert not re.search(r"(src|href)=\"(https?:)?//", html) and "<script" not in html and "<link" not in html
     assert "predictions:celltype@1" in html and "CD8-positive, alpha-beta cytotoxic T cell" in html
     assert rep["disagreements"][0]["obs_id"] in html

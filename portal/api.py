@@ -209,6 +209,11 @@ async def receive_submission(request: Request, who: str) -> dict[str, Any]:
         check_csrf(request, str(form.get("csrf") or "") or None)
         data = form.get("data")
         reuse = str(form.get("reuse") or "").strip()
+        if reuse:
+            from aivc.portal.submissions import ID_RE
+
+            if not ID_RE.fullmatch(reuse):
+                raise UsageError("'reuse' must be the id of an earlier submission (16 hex digits)", where="reuse")
         has_data = isinstance(data, UploadFile) and bool(data.filename)
         if not has_data and not reuse:
             raise UsageError("the form has no file field 'data' (the .h5ad / .h5mu / .h5 to submit)", where="data")
@@ -269,9 +274,11 @@ def features(request: Request, who: Annotated[str, Depends(principal)]) -> list[
 @router.get("/neighbors/{ref}/{obs_id}", summary="Nearest neighbours of one stored vector (aivc neighbors --json)")
 def neighbors(ref: str, obs_id: str, request: Request, who: Annotated[str, Depends(principal)], k: Annotated[int, Query(ge=1, le=1000)] = 10) -> dict[str, Any]:
     from aivc.cli_neighbors import find
+    from aivc.portal.cards import view_of, visible_embedding
 
     lake = lake_of(request)
-    out = find(lake, ref, obs_id, k=k, principal=_as(lake, who))
+    v = visible_embedding(lake, view_of(lake, who), ref)  # a hidden version is a missing one
+    out = find(lake, v.ref, obs_id, k=k, principal=_as(lake, who))
     out["principal"] = who
     return out
 
@@ -312,12 +319,14 @@ def prediction_rows(
     offset: Annotated[int, Query(ge=0)] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_ROWS)] = 1000,
 ) -> dict[str, Any]:
-    from aivc.instruments.predictions import get_prediction_version, read_predictions
+    from aivc.instruments.predictions import read_predictions
+    from aivc.portal.cards import view_of, visible_prediction
 
     lake = lake_of(request)
-    v = get_prediction_version(lake, ref)
+    v = visible_prediction(lake, view_of(lake, who), ref)  # a hidden version is a missing one
     allowed = _visible(lake, who)
     if dataset is not None:
+        dataset = dataset.split("@", 1)[0]  # ID or ID@VERSION, as /api/predictions lists them
         if dataset not in allowed:
             raise NotFoundError(f"no dataset {dataset[:80]!r} in this lake", where="dataset")
         allowed = {dataset}

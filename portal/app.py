@@ -48,12 +48,22 @@ def status_of(exc: AivcError) -> int:
 
 
 def _wants_json(request: Request) -> bool:
-    return request.url.path.startswith("/api/") or request.url.path == "/api"
+    """Errors are JSON under /api and for the map page's data (``/embeddings/REF/map.json``),
+    pages elsewhere."""
+    path = request.url.path
+    return path.startswith("/api/") or path == "/api" or (path.startswith("/embeddings/") and path.endswith("/map.json"))
+
+
+#: An error message is cut to this many characters (some repeat the input, which may be long).
+MAX_MESSAGE_CHARS = 300
 
 
 def error_response(request: Request, status: int, message: str, where: str = "", code: str = "") -> Response:
     """One error, as JSON under /api and as a page elsewhere (the message escaped)."""
     message = message.splitlines()[0] if message else "error"
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = message[: MAX_MESSAGE_CHARS - 1] + "…"
+    where = where[:MAX_MESSAGE_CHARS]
     if _wants_json(request):
         return JSONResponse({"error": message, "where": where, "code": code}, status_code=status)
     templates = getattr(request.app.state, "templates", None)
@@ -179,7 +189,7 @@ def create_app(lake_root: str | Path, *, max_upload_bytes: int = 2 * 1024**3, ru
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, Any]:
-        return {"status": "ok", "lake": lake.uri}
+        return {"status": "ok"}  # not the lake's location: anyone may ask
 
     return app
 

@@ -191,7 +191,7 @@ def models_page(request: Request, who: Annotated[str, Depends(principal)]) -> Re
     instruments = [_instrument_row(r, view) for r in visible_instruments(lake, view)]
     return _render(
         request, "models.html", who, models=models, model_refs={m["ref"] for m in models}, embeddings=embeddings,
-        instruments=instruments, predictions=api.visible_predictions(lake, who),
+        instruments=instruments, instrument_refs={i["ref"] for i in instruments}, predictions=api.visible_predictions(lake, who),
     )  # fmt: skip
 
 
@@ -352,12 +352,25 @@ def label_stats(table: Any) -> dict[str, Any]:
     return {"label_column": label, "overall": overall, "labels": rows}
 
 
-def _visible_version(lake: Any, view: View, ref: str) -> Any:
+def visible_prediction(lake: Any, view: View, ref: str) -> Any:
+    """The prediction version ``ref`` if it covers a dataset ``view`` may see; otherwise the
+    404 of a missing version (worded alike, naming no other version)."""
     from aivc.instruments.predictions import get_prediction_version
 
     v = lookup(lake, "prediction version", ref, get_prediction_version)
     if not view.sees_any(v.datasets):
         raise not_found("prediction version", ref)
+    return v
+
+
+def visible_embedding(lake: Any, view: View, ref: str) -> Any:
+    """The embedding version ``ref`` if it holds cells of a dataset ``view`` may see; otherwise
+    the 404 of a missing version."""
+    from aivc.store.features import get_version
+
+    v = lookup(lake, "embedding", ref, get_version)
+    if not view.sees_any(lineage_datasets(v.lineage)):
+        raise not_found("embedding", ref)
     return v
 
 
@@ -377,7 +390,7 @@ def stored_report(ref: str, request: Request, who: Annotated[str, Depends(princi
 
     lake = lake_of(request)
     view = view_of(lake, who)
-    v = _visible_version(lake, view, ref)
+    v = visible_prediction(lake, view, ref)
     name = v.report.get("html")
     path = version_dir(lake, v.instrument, v.version) / str(name) if name else None
     if not view.sees_all(v.datasets) or path is None or "/" in str(name) or not path.is_file():
@@ -391,7 +404,7 @@ def prediction_report(ref: str, request: Request, who: Annotated[str, Depends(pr
 
     lake = lake_of(request)
     view = view_of(lake, who)
-    v = _visible_version(lake, view, ref)
+    v = visible_prediction(lake, view, ref)
     shown = view.shown(v.datasets)
     full = view.sees_all(v.datasets)
     stats = label_stats(read_predictions(lake, v, {d.split("@", 1)[0] for d in shown}))
@@ -417,4 +430,4 @@ def prediction_report(ref: str, request: Request, who: Annotated[str, Depends(pr
     )  # fmt: skip
 
 
-__all__ = ["router", "View", "label_stats", "training_summary", "calibration_rows"]
+__all__ = ["router", "View", "label_stats", "training_summary", "calibration_rows", "visible_prediction", "visible_embedding", "view_of"]

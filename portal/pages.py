@@ -130,7 +130,7 @@ async def sql_page(request: Request, who: Annotated[str, Depends(principal)], q:
     query, result, error = q[: api.MAX_QUERY_CHARS], None, None
     fmt = "csv" if csv_out else "html"
     if request.method == "POST":
-        form = await request.form(max_files=0, max_fields=10, max_part_size=api.MAX_QUERY_CHARS + 100)
+        form = await request.form(max_files=0, max_fields=10, max_part_size=12 * api.MAX_QUERY_CHARS)  # URL-encoded: up to 12 bytes a character
         check_csrf(request, str(form.get("csrf") or ""))
         query = str(form.get("query") or "")
         try:
@@ -167,15 +167,9 @@ def _prediction_refs(lake: Any, who: str) -> list[str]:
 
 
 def _visible_version(lake: Any, who: str, ref: str) -> Any:
-    """The embedding version ``ref`` if it holds cells of a dataset ``who`` may see; otherwise
-    the same 404 as for a missing version."""
-    from aivc.portal.cards import lineage_datasets, lookup, not_found, view_of
-    from aivc.store.features import get_version
+    from aivc.portal.cards import view_of, visible_embedding
 
-    v = lookup(lake, "embedding", ref, get_version)
-    if not view_of(lake, who).sees_any(lineage_datasets(v.lineage)):
-        raise not_found("embedding", ref)
-    return v
+    return visible_embedding(lake, view_of(lake, who), ref)
 
 
 @router.get("/embeddings/{ref}")
@@ -197,9 +191,10 @@ def embedding_map_data(ref: str, request: Request, who: Annotated[str, Depends(p
     ids = table.column("id").to_pylist()
     values: dict[str, Any] = {}
     if color.startswith("prediction:"):
-        from aivc.instruments.predictions import get_prediction_version, read_predictions
+        from aivc.instruments.predictions import read_predictions
+        from aivc.portal.cards import view_of, visible_prediction
 
-        pt = read_predictions(lake, get_prediction_version(lake, color.split(":", 1)[1]), visible)
+        pt = read_predictions(lake, visible_prediction(lake, view_of(lake, who), color.split(":", 1)[1]), visible)
         label = next((c for c in ("predicted_label", "label", "prediction", "cell_type") if c in pt.column_names), pt.column_names[-1])
         idcol = "obs_id" if "obs_id" in pt.column_names else "id"
         values = dict(zip(pt.column(idcol).to_pylist(), pt.column(label).to_pylist(), strict=False))
@@ -210,7 +205,11 @@ def embedding_map_data(ref: str, request: Request, who: Annotated[str, Depends(p
             raise UsageError("colour by a cell field name (letters, digits, _)", where="color")
         from aivc.instruments.sql import query as run_query
 
-        res = run_query(lake, f'SELECT obs_id, "{color}" AS value FROM cells', principal=api._as(lake, who), limit=max(1, len(ids)) * 2)
+        from aivc.store.sql import sql_str
+
+        on_map = sorted(set(table.column("dataset_id").to_pylist()))  # the map's datasets, not every visible one
+        sql = f'SELECT obs_id, "{color}" AS value FROM cells WHERE dataset_id IN ({", ".join(map(sql_str, on_map)) or "NULL"})'
+        res = run_query(lake, sql, principal=api._as(lake, who), limit=None)
         values = {r["obs_id"]: r["value"] for r in res.to_dicts()}
     return {"ref": v.ref, "color": color, "ids": ids, "x": table.column("x").to_pylist(), "y": table.column("y").to_pylist(), "values": [values.get(i) for i in ids]}
 

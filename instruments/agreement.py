@@ -91,15 +91,20 @@ def agreement(predicted: str, submitted: str | None, onto: Ontologies | None = N
 
 def agreement_many(predicted: Sequence[str], submitted: Sequence[str | None], onto: Ontologies | None = None) -> np.ndarray:
     """``agreement`` for aligned sequences, as an array of category strings (each distinct pair computed once)."""
-    pairs: dict[tuple[str, str | None], str] = {}
-    out = np.empty(len(predicted), dtype=object)
-    for i, (p, s) in enumerate(zip(predicted, submitted, strict=True)):
-        key = (p, s)
-        hit = pairs.get(key)
-        if hit is None:
-            hit = pairs[key] = agreement(p, s, onto).value
-        out[i] = hit
-    return out
+    import pandas as pd
+
+    if len(predicted) != len(submitted):
+        raise ValueError(f"predicted and submitted differ in length: {len(predicted)} and {len(submitted)}")
+    if not len(predicted):
+        return np.empty(0, dtype=object)
+    frame = pd.DataFrame({"p": pd.Series(predicted, dtype=object), "s": pd.Series(submitted, dtype=object)})
+    codes = frame.groupby(["p", "s"], dropna=False, sort=False).ngroup().to_numpy()  # one code per distinct pair
+    first = np.unique(codes, return_index=True)[1]
+    values = np.empty(len(first), dtype=object)
+    for code, i in enumerate(first):
+        p, s = frame.at[i, "p"], frame.at[i, "s"]
+        values[code] = agreement(p, None if s is None or s != s else s, onto).value  # NaN (s != s): not labelled
+    return values[codes]
 
 
 def agreement_counts(categories: Iterable[str]) -> dict[str, Any]:
@@ -113,15 +118,18 @@ def agreement_counts(categories: Iterable[str]) -> dict[str, Any]:
     >>> c["fractions_of_labelled"]["exact"], c["unlabelled_fraction_of_cells"]
     (0.666667, 0.25)
     """
-    cats = list(categories)
-    counts = {c: sum(1 for x in cats if x == c) for c in CATEGORIES}
-    labelled = len(cats) - counts["unlabelled"]
+    from collections import Counter
+
+    tally = Counter(categories)
+    counts = {c: int(tally.get(c, 0)) for c in CATEGORIES}
+    n = sum(tally.values())
+    labelled = n - counts["unlabelled"]
     fractions = {c: _frac(counts[c], labelled) for c in CATEGORIES if c != "unlabelled"}
     agree = sum(counts[c] for c in AGREEING)
     return {
-        "n_cells": len(cats), "n_labelled": labelled, "n_unlabelled": counts["unlabelled"], "counts": counts,
-        "fractions_of_labelled": fractions, "unlabelled_fraction_of_cells": _frac(counts["unlabelled"], len(cats)),
-        "fractions": {**fractions, "unlabelled": _frac(counts["unlabelled"], len(cats))},
+        "n_cells": n, "n_labelled": labelled, "n_unlabelled": counts["unlabelled"], "counts": counts,
+        "fractions_of_labelled": fractions, "unlabelled_fraction_of_cells": _frac(counts["unlabelled"], n),
+        "fractions": {**fractions, "unlabelled": _frac(counts["unlabelled"], n)},
         "agree": agree, "agree_fraction": _frac(agree, labelled),
     }  # fmt: skip
 

@@ -120,8 +120,11 @@ def build_report(lake: Lake, folder: Path, rec: InstrumentRecord, *, rollup: Rol
     df["agreement"] = agreement_many(df["predicted_term_id"].tolist(), df["submitted_term_id"].tolist())
     classes = [c["term_id"] for c in rec.outputs.get("classes", [])]
     label_of = {c["term_id"]: c["label"] for c in rec.outputs.get("classes", [])}
-    label_of.update({t: lab for t, lab in zip(df["submitted_term_id"], df["submitted_label"], strict=True) if isinstance(t, str) and isinstance(lab, str)})
-    labelled = ~df["submitted_term_id"].map(is_unlabelled).astype(bool)
+    pairs = df[["submitted_term_id", "submitted_label"]].drop_duplicates()
+    label_of.update({t: lab for t, lab in zip(pairs["submitted_term_id"], pairs["submitted_label"], strict=True) if isinstance(t, str) and isinstance(lab, str)})
+    terms = df["submitted_term_id"].astype(object)
+    unlabelled_terms = {t for t in terms.dropna().unique() if is_unlabelled(t)}
+    labelled = terms.notna() & ~terms.isin(unlabelled_terms)
     known = labelled & df["submitted_term_id"].isin(classes)
     alpha = float(rec.outputs.get("alpha", rec.config.get("alpha", 0.1)))
 
@@ -206,7 +209,9 @@ def _confusion(df: pd.DataFrame, classes: list[str], label_of: Mapping[str, str]
 
 
 def _conformal(df: pd.DataFrame, labelled: pd.Series, known: pd.Series, alpha: float) -> dict[str, Any]:
-    covered = np.array([t in s for t, s in zip(df["submitted_term_id"], df["prediction_set"], strict=True)], dtype=bool)
+    sets = df["prediction_set"].explode()  # one row per (cell, term in its set), index = the cell's row
+    covered = (sets.to_numpy() == df["submitted_term_id"].to_numpy()[df.index.get_indexer(sets.index)])
+    covered = pd.Series(covered, index=sets.index).groupby(level=0).any().reindex(df.index, fill_value=False).to_numpy(dtype=bool)
     sizes = df["set_size"].to_numpy()
     per_class = {str(t): {"n": int(len(g)), "coverage": _r(covered[g.index].mean())} for t, g in df[known].groupby("submitted_term_id")}
     return {

@@ -21,11 +21,23 @@ from aivc.portal.auth import PUBLIC, check_csrf, csrf_token, lake_of, principal
 
 router = APIRouter(include_in_schema=False)
 
-#: The README's example queries, offered on the SQL page.
+#: The README's example queries, offered on the SQL page (a test checks each is in the README
+#: word for word and runs on a portal lake).
 EXAMPLE_QUERIES = (
-    ("cells per dataset", "SELECT dataset_id, count(*) AS n_cells FROM cells GROUP BY dataset_id ORDER BY dataset_id"),
-    ("cell types", "SELECT cell_type, count(*) AS n FROM cells GROUP BY cell_type ORDER BY n DESC LIMIT 20"),
-    ("datasets", "SELECT * FROM datasets"),
+    ("cells per type", "SELECT cell_type, count(*) AS n FROM cells GROUP BY 1 ORDER BY n DESC"),
+    ("median counts per donor", "SELECT d.title, c.donor_id, median(c.n_counts) FROM cells c JOIN datasets d USING (dataset_id) GROUP BY ALL"),
+    ("genes measured", "SELECT dataset_id, count(*) AS genes_measured FROM dataset_genes GROUP BY 1"),
+    ("embedding versions", "SELECT ref, dim, n_rows, model, view_name, alias_name, is_latest FROM embedding_versions ORDER BY ref"),
+    (
+        "cell-type centroids",
+        "WITH x AS (SELECT c.cell_type, generate_subscripts(e.vector, 1) AS i, unnest(e.vector) AS v FROM cell_pca e JOIN cells c USING (obs_id)), "
+        "m AS (SELECT cell_type, i, avg(v) AS v FROM x GROUP BY ALL) SELECT cell_type, list(v ORDER BY i) AS centroid FROM m GROUP BY cell_type ORDER BY cell_type",
+    ),
+    (
+        "reannotation disagreements",
+        "SELECT c.cell_type, p.predicted_label, p.prediction_set, p.abstain FROM predictions_celltype p JOIN cells c USING (obs_id) "
+        "WHERE p.predicted_term_id <> c.cell_type_ontology_term_id ORDER BY p.probability DESC LIMIT 20",
+    ),
 )
 _FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 

@@ -136,3 +136,16 @@ def test_the_datasets_page_lists_tissues_and_assays_and_filters_by_them(anon) ->
     assert PUBLIC_DS in anon.get("/datasets?tissue=blood").text
     assert "no dataset you may see matches" in anon.get("/datasets?tissue=liver").text
     assert "no dataset you may see matches" in anon.get("/datasets?access=consortium").text  # hidden, not just filtered
+
+
+def test_the_sql_pages_examples_are_the_readmes_and_run(anon) -> None:  # noqa: ANN001
+    from pathlib import Path
+
+    from aivc.portal.pages import EXAMPLE_QUERIES
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    anon.get("/sql")
+    for label, q in EXAMPLE_QUERIES:
+        assert f'aivc sql "{q}"' in readme, label
+        page = anon.post("/sql", data={"query": q, "csrf": anon.cookies.get("aivc_csrf")})
+        assert page.status_code == 200 and 'id="n-rows"' in page.text and 'id="error"' not in page.text, (label, page.text[-500:])

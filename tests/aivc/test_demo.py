@@ -32,7 +32,7 @@ def test_demo_end_to_end(tmp_path, ray_session):  # noqa: ANN001
     assert sum(r["n_cells"] for r in rea["part2"]) == 350
     # and prints the command that serves its lake in the portal
     assert out["serve"]["command"] == f"aivc serve --lake {(tmp_path / 'lake').resolve()}"
-    assert Path(rea["report"]).is_file() and "<img" in Path(rea["report"]).read_text()
+    assert Path(rea["report"]).is_file() and Path(rea["report"]).read_text().count("<svg") == 2  # the map and the confusion heatmap
     # then real CITE-seq: protein predicted from RNA on held-out cells, next to a ridge baseline
     mm = out["multimodal"]
     assert [s["status"] for s in mm["submissions"]] == ["committed", "committed"]

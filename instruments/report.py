@@ -113,7 +113,8 @@ def build_report(lake: Lake, folder: Path, rec: InstrumentRecord, *, rollup: Rol
     import pyarrow.dataset as pds
 
     files = sorted(str(f) for f in folder.rglob("*.parquet"))
-    pred = pds.dataset(files, format="parquet").to_table().to_pandas() if files else pd.DataFrame(columns=["obs_id", "dataset_id"])
+    table = pds.dataset(files, format="parquet").to_table() if files else None
+    pred = table.to_pandas() if table is not None else pd.DataFrame(columns=["obs_id", "dataset_id", "prediction_set"])
     datasets = sorted(pred["dataset_id"].unique().tolist())
     df = pred.merge(_submitted(lake, datasets), on="obs_id", how="left")
     df["submitted_term_id"] = df["submitted_term_id"].where(df["submitted_term_id"].notna(), None)
@@ -131,7 +132,7 @@ def build_report(lake: Lake, folder: Path, rec: InstrumentRecord, *, rollup: Rol
     agreement = agreement_counts(df["agreement"])
     by_dataset = {d: agreement_counts(g["agreement"]) for d, g in df.groupby("dataset_id")}
     per_class = _per_class(df[labelled], classes, label_of)
-    conformal = _conformal(df, labelled, known, alpha)
+    conformal = _conformal(df, labelled, known, alpha, _covered(table, df["submitted_term_id"].to_numpy(dtype=object)))
     novelty = {
         "n_abstain": int(df["abstain"].sum()),
         "fraction": _r(df["abstain"].mean()) if len(df) else None,
@@ -189,10 +190,15 @@ def _r(x: Any, nd: int = 6) -> float | None:
 def _per_class(df: pd.DataFrame, classes: list[str], label_of: Mapping[str, str]) -> dict[str, Any]:
     terms = list(classes) + sorted(set(df["submitted_term_id"]) - set(classes))
     rows = []
-    sub, pred = df["submitted_term_id"].to_numpy(), df["predicted_term_id"].to_numpy()
-    for t in terms:
-        tp = int(((sub == t) & (pred == t)).sum())
-        support, n_pred = int((sub == t).sum()), int((pred == t).sum())
+    n = len(terms)
+    sub = pd.Categorical(df["submitted_term_id"], categories=terms).codes  # -1: not one of terms
+    pred = pd.Categorical(df["predicted_term_id"], categories=terms).codes
+    hit = (sub == pred) & (sub >= 0)
+    supports = np.bincount(sub[sub >= 0], minlength=n)
+    n_preds = np.bincount(pred[pred >= 0], minlength=n)
+    tps = np.bincount(sub[hit], minlength=n)
+    for i, t in enumerate(terms):
+        tp, support, n_pred = int(tps[i]), int(supports[i]), int(n_preds[i])
         p = tp / n_pred if n_pred else None
         r = tp / support if support else None
         f1 = 2 * p * r / (p + r) if p and r else (0.0 if (p is not None and r is not None) else None)
@@ -208,10 +214,23 @@ def _confusion(df: pd.DataFrame, classes: list[str], label_of: Mapping[str, str]
     return {"rows": rows, "columns": classes, "counts": tab.to_numpy().astype(int).tolist(), "note": "rows: submitted term, columns: predicted term"}
 
 
-def _conformal(df: pd.DataFrame, labelled: pd.Series, known: pd.Series, alpha: float) -> dict[str, Any]:
-    sets = df["prediction_set"].explode()  # one row per (cell, term in its set), index = the cell's row
-    covered = (sets.to_numpy() == df["submitted_term_id"].to_numpy()[df.index.get_indexer(sets.index)])
-    covered = pd.Series(covered, index=sets.index).groupby(level=0).any().reindex(df.index, fill_value=False).to_numpy(dtype=bool)
+def _covered(table: Any, submitted: np.ndarray) -> np.ndarray:
+    """Whether each prediction row's set holds its submitted term (rows in the table's order,
+    which the left merge onto the submitted labels keeps), from Arrow's flat list values."""
+    import pyarrow.compute as pc
+
+    if table is None or table.num_rows == 0:
+        return np.zeros(len(submitted), dtype=bool)
+    if table.num_rows != len(submitted):  # the merge onto the submitted labels must keep one row per prediction
+        raise ValueError(f"{table.num_rows} prediction rows but {len(submitted)} merged rows")
+    sets = table["prediction_set"]
+    flat = pc.list_flatten(sets).to_numpy(zero_copy_only=False)
+    parent = pc.list_parent_indices(sets).to_numpy()
+    hit = flat == submitted[parent]
+    return np.bincount(parent[hit], minlength=len(submitted)) > 0
+
+
+def _conformal(df: pd.DataFrame, labelled: pd.Series, known: pd.Series, alpha: float, covered: np.ndarray) -> dict[str, Any]:
     sizes = df["set_size"].to_numpy()
     per_class = {str(t): {"n": int(len(g)), "coverage": _r(covered[g.index].mean())} for t, g in df[known].groupby("submitted_term_id")}
     return {

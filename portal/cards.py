@@ -95,6 +95,16 @@ def lookup(lake: Any, what: str, ref: str, get: Callable[[Any, str], Any]) -> An
         raise not_found(what, ref) from None
 
 
+def visible_record(lake: Any, view: View, what: str, ref: str, get: Callable[[Any, str], Any]) -> tuple[Any, bool]:
+    """The record ``ref`` (a model, instrument or embedding version, found by ``get``) and
+    whether ``view`` sees every dataset of its lineage; :func:`not_found` when it sees none."""
+    rec = lookup(lake, what, ref, get)
+    refs = lineage_datasets(rec.lineage)
+    if not view.sees_any(refs):
+        raise not_found(what, ref)
+    return rec, view.sees_all(refs)
+
+
 def lineage_datasets(lineage: Any) -> list[str]:
     """The dataset versions a lineage names (``datasets``, and a perturbation's one ``dataset``)."""
     refs = list(lineage.datasets)
@@ -224,11 +234,7 @@ def model_card(ref: str, request: Request, who: Annotated[str, Depends(principal
 
     lake = lake_of(request)
     view = view_of(lake, who)
-    m = lookup(lake, "model", ref, get_model)
-    refs = lineage_datasets(m.lineage)
-    if not view.sees_any(refs):
-        raise not_found("model", ref)
-    full = view.sees_all(refs)
+    m, full = visible_record(lake, view, "model", ref, get_model)
     embeddings = [e for e in visible_embeddings(lake, view) if e["model"] == m.ref]
     instruments = [_instrument_row(r, view) for r in visible_instruments(lake, view, {e["ref"] for e in embeddings})]
     details = None
@@ -243,7 +249,7 @@ def model_card(ref: str, request: Request, who: Annotated[str, Depends(principal
         }
     facts = [("type", m.model_type), ("created", m.created_at), ("genes", show(len(m.gene_ids))), ("organism", show(m.lineage.organism)), ("weights sha256", m.weights_sha256[:16] or "—")]
     return _render(
-        request, "model_card.html", who, m=m, facts=facts, datasets=view.shown(refs), gene_ur=m.lineage.gene_ur,
+        request, "model_card.html", who, m=m, facts=facts, datasets=view.shown(lineage_datasets(m.lineage)), gene_ur=m.lineage.gene_ur,
         embeddings=embeddings, instruments=instruments, details=details,
     )  # fmt: skip
 
@@ -286,11 +292,7 @@ def instrument_card(ref: str, request: Request, who: Annotated[str, Depends(prin
 
     lake = lake_of(request)
     view = view_of(lake, who)
-    r = lookup(lake, "instrument", ref, get_instrument)
-    refs = lineage_datasets(r.lineage)
-    if not view.sees_any(refs):
-        raise not_found("instrument", ref)
-    full = view.sees_all(refs)
+    r, full = visible_record(lake, view, "instrument", ref, get_instrument)
     emb = next((e for e in visible_embeddings(lake, view) if e["ref"] == r.reads), None)
     models = {m.ref for m in visible_models(lake, view)}
     model = emb["model"] if emb is not None and emb["model"] in models else None
@@ -301,7 +303,7 @@ def instrument_card(ref: str, request: Request, who: Annotated[str, Depends(prin
     return _render(
         request, "instrument_card.html", who, r=r, facts=facts, reads=r.reads, reads_visible=emb is not None, model=model,
         classes=_classes(r, full), proteins=[str(p) for p in r.outputs.get("proteins") or []][:500],
-        columns=sorted((r.outputs.get("columns") or {}).items()), datasets=view.shown(refs), predictions=preds,
+        columns=sorted((r.outputs.get("columns") or {}).items()), datasets=view.shown(lineage_datasets(r.lineage)), predictions=preds,
         description=r.description if full else "", calibration=calibration_rows(r) if full else [],
         metrics=scalars(r.metrics, _SKIP_METRICS + ("calibration",)) if full else [], config=scalars(r.config) if full else [],
     )  # fmt: skip
@@ -368,10 +370,7 @@ def visible_embedding(lake: Any, view: View, ref: str) -> Any:
     the 404 of a missing version."""
     from aivc.store.features import get_version
 
-    v = lookup(lake, "embedding", ref, get_version)
-    if not view.sees_any(lineage_datasets(v.lineage)):
-        raise not_found("embedding", ref)
-    return v
+    return visible_record(lake, view, "embedding", ref, get_version)[0]
 
 
 def _summary_rows(summary: Mapping[str, Any]) -> list[tuple[str, str]]:

@@ -67,14 +67,14 @@ def browser_without_webgl() -> Iterator[Any]:
 
 
 def _wait(cond: Callable[[], Any], timeout: float = 30) -> Any:
-    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.common.exceptions import WebDriverException
 
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         try:
             v = cond()
-        except (NoSuchElementException, StaleElementReferenceException):  # a page reloading itself
-            v = None
+        except WebDriverException:  # a page reloading itself: no such element, a stale one, or
+            v = None  # "node does not belong to the document" (chromedriver's words for the same race)
         if v:
             return v
         time.sleep(0.2)
@@ -199,7 +199,8 @@ def submit_server(fresh_lake: Path) -> Iterator[str]:
 def _wait_done(browser: Any) -> str:
     """The submission page's final status (it reloads itself every 2 s until then)."""
     done = ("committed", "rejected", "failed")
-    return _wait(lambda: (s := browser.find_element("id", "status").text) in done and s, 240)
+    status = "var e = document.getElementById('status'); return e ? e.textContent : null;"  # one call: no element handle to go stale
+    return _wait(lambda: (s := browser.execute_script(status)) in done and s, 240)
 
 
 def test_submit_a_bad_file_read_the_error_fix_and_resubmit(submit_server, browser, portal_lake, pbmc_files, tmp_path) -> None:  # noqa: ANN001

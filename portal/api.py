@@ -217,7 +217,8 @@ async def receive_submission(request: Request, who: str) -> dict[str, Any]:
         has_data = isinstance(data, UploadFile) and bool(data.filename)
         if not has_data and not reuse:
             raise UsageError("the form has no file field 'data' (the .h5ad / .h5mu / .h5 to submit)", where="data")
-        name = data_name(data.filename) if has_data else queue.kept_data(reuse, who, owner=_owner(lake_of(request), who))[1]
+        owner = _owner(lake_of(request), who)
+        name = data_name(data.filename) if has_data else queue.kept_data(reuse, who, owner=owner)[1]
         manifest_bytes = b""
         for field in ("manifest", "manifest_text"):
             m = form.get(field)
@@ -238,7 +239,7 @@ async def receive_submission(request: Request, who: str) -> dict[str, Any]:
             if has_data:
                 n = await _save(data, folder / name)
             else:
-                n = queue.link_data(reuse, who, folder, owner=_owner(lake_of(request), who))
+                n = queue.link_data(reuse, who, folder, owner=owner)
             (folder / "manifest.yaml").write_bytes(manifest_bytes)
             return queue.queue_job(sid, who, name, n, resubmits=reuse or None)
         except BaseException:
@@ -323,8 +324,9 @@ def prediction_rows(
     from aivc.portal.cards import view_of, visible_prediction
 
     lake = lake_of(request)
-    v = visible_prediction(lake, view_of(lake, who), ref)  # a hidden version is a missing one
-    allowed = _visible(lake, who)
+    view = view_of(lake, who)
+    v = visible_prediction(lake, view, ref)  # a hidden version is a missing one
+    allowed = set(view.allowed)
     if dataset is not None:
         dataset = dataset.split("@", 1)[0]  # ID or ID@VERSION, as /api/predictions lists them
         if dataset not in allowed:

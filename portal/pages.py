@@ -7,6 +7,7 @@ not see is a 404 like a missing one, and its cells never appear in a list, map o
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import re
 from pathlib import Path
@@ -75,19 +76,27 @@ def dataset_page(ref: str, request: Request, who: Annotated[str, Depends(princip
 
 def _qc_figures(lake: Any, who: str, dataset_id: str, version: Any) -> list[tuple[str, str, Any]]:
     """The validation report's QC plots (inline SVG drawn by aivc's own code, no script) of
-    one dataset version, from the per-cell QC columns of the ``cells_all_versions`` view."""
-    import pandas as pd
+    one dataset version the principal may see (the caller checked), from the per-cell QC
+    columns of the ``cells_all_versions`` view. A committed version never changes, so its
+    plots are drawn once per server process."""
     from markupsafe import Markup
-
-    from aivc.ingest.report import qc_figures
-    from aivc.store.sql import query, sql_str
 
     if not isinstance(version, int):
         return []
+    figures = _version_qc_figures(lake.uri, str(lake.info().get("lake_id")), dataset_id, version)
+    return [(key, caption, Markup(svg)) for key, caption, svg in figures]  # our SVG: numbers, escaped labels
+
+
+@functools.lru_cache(maxsize=64)
+def _version_qc_figures(uri: str, lake_id: str, dataset_id: str, version: int) -> tuple[tuple[str, str, str], ...]:
+    """``(key, caption, svg)`` of one committed version, keyed by the lake's id (a lake
+    recreated at the same path is another lake)."""
+    from aivc.ingest.report import qc_figures
+    from aivc.store.lake import Lake
+    from aivc.store.sql import query, sql_str
+
     sql = f"SELECT n_counts, n_genes, pct_mito FROM cells_all_versions WHERE dataset_id = {sql_str(dataset_id)} AND dataset_version = {version}"
-    res = query(lake, sql, principal=api._as(lake, who))
-    qc = pd.DataFrame(res.rows, columns=res.columns)
-    return [(key, caption, Markup(svg)) for key, caption, svg in qc_figures(qc)]  # our SVG: numbers, escaped labels
+    return tuple(qc_figures(query(Lake.open(uri), sql).to_pandas()))  # as the owner: the version is visible in full
 
 
 @router.get("/submit")
@@ -194,19 +203,21 @@ def embedding_map_page(ref: str, request: Request, who: Annotated[str, Depends(p
 @router.get("/embeddings/{ref}/map.json")
 def embedding_map_data(ref: str, request: Request, who: Annotated[str, Depends(principal)], color: str = "dataset_id") -> dict[str, Any]:
     """The principal's cells of the map: ids, x, y and one colour value per cell."""
+    from aivc.portal.cards import view_of, visible_embedding
     from aivc.portal.maps import visible_map
 
     lake = lake_of(request)
-    v = _visible_version(lake, who, ref)
-    visible = api._visible(lake, who)
+    view = view_of(lake, who)  # the principal's datasets, read once for every check below
+    v = visible_embedding(lake, view, ref)
+    visible = set(view.allowed)
     table = visible_map(lake, v.ref, visible)
     ids = table.column("id").to_pylist()
     values: dict[str, Any] = {}
     if color.startswith("prediction:"):
         from aivc.instruments.predictions import read_predictions
-        from aivc.portal.cards import view_of, visible_prediction
+        from aivc.portal.cards import visible_prediction
 
-        pt = read_predictions(lake, visible_prediction(lake, view_of(lake, who), color.split(":", 1)[1]), visible)
+        pt = read_predictions(lake, visible_prediction(lake, view, color.split(":", 1)[1]), visible)
         label = next((c for c in ("predicted_label", "label", "prediction", "cell_type") if c in pt.column_names), pt.column_names[-1])
         idcol = "obs_id" if "obs_id" in pt.column_names else "id"
         values = dict(zip(pt.column(idcol).to_pylist(), pt.column(label).to_pylist(), strict=False))
@@ -221,7 +232,7 @@ def embedding_map_data(ref: str, request: Request, who: Annotated[str, Depends(p
 
         on_map = sorted(set(table.column("dataset_id").to_pylist()))  # the map's datasets, not every visible one
         sql = f'SELECT obs_id, "{color}" AS value FROM cells WHERE dataset_id IN ({", ".join(map(sql_str, on_map)) or "NULL"})'
-        res = run_query(lake, sql, principal=api._as(lake, who), limit=None)
+        res = run_query(lake, sql, principal=None if view.owner else who, limit=None)
         values = {r["obs_id"]: r["value"] for r in res.to_dicts()}
     return {"ref": v.ref, "color": color, "ids": ids, "x": table.column("x").to_pylist(), "y": table.column("y").to_pylist(), "values": [values.get(i) for i in ids]}
 

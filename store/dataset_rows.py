@@ -44,14 +44,24 @@ def _matches(value: str | None, *candidates: Any) -> bool:
     return any(str(c).strip().lower() == want for c in candidates if c is not None)
 
 
-def _terms(lake: Any, principal: Any, column: str) -> dict[str, set[str]]:
-    """``dataset ref -> {labels and term ids of column}`` over the cells the principal may see."""
+_TERM_COLUMNS = ("tissue", "assay")
+
+
+def _terms(lake: Any, principal: Any) -> dict[str, dict[str, dict[str, str]]]:
+    """``dataset ref -> column -> {term id or label: label}`` of the tissue and assay of the
+    cells the principal may see: one query for the filters and the listed labels alike."""
     from aivc.store.sql import query
 
-    res = query(lake, f"SELECT DISTINCT dataset_id, dataset_version, {column}, {column}_ontology_term_id FROM cells_all_versions", principal=principal)
-    out: dict[str, set[str]] = {}
-    for ds, ver, label, term in res.rows:
-        out.setdefault(f"{ds}@{ver}", set()).update(str(x).lower() for x in (label, term) if x is not None)
+    cols = ", ".join(f"{c}, {c}_ontology_term_id" for c in _TERM_COLUMNS)
+    res = query(lake, f"SELECT DISTINCT dataset_id, dataset_version, {cols} FROM cells_all_versions", principal=principal)
+    out: dict[str, dict[str, dict[str, str]]] = {}
+    for ds, ver, *values in res.rows:
+        entry = out.setdefault(f"{ds}@{ver}", {c: {} for c in _TERM_COLUMNS})
+        for i, column in enumerate(_TERM_COLUMNS):
+            label, term = values[2 * i], values[2 * i + 1]
+            for key in (label, term):
+                if key is not None:
+                    entry[column][str(key).lower()] = "" if label is None else str(label)
     return out
 
 
@@ -88,28 +98,16 @@ def dataset_rows(
         and _matches(organism, v.organism, v.organism_name)
         and _matches(access, v.access)
     ]
-    for column, want in (("tissue", tissue), ("assay", assay)):
-        if want and versions:
-            terms = _terms(lake, principal, column)
-            versions = [v for v in versions if want.strip().lower() in terms.get(v.ref, set())]
+    wanted = {c: w.strip().lower() for c, w in (("tissue", tissue), ("assay", assay)) if w}
+    terms = _terms(lake, principal) if versions and (wanted or with_terms) else {}
+    empty: dict[str, dict[str, str]] = {c: {} for c in _TERM_COLUMNS}
+    versions = [v for v in versions if all(w in terms.get(v.ref, empty)[c] for c, w in wanted.items())]
     rows = [dataset_row(v, current) for v in versions]
-    if with_terms and rows:
-        for column in ("tissue", "assay"):
-            labels = _labels(lake, principal, column)
-            for r in rows:
-                r[f"{column}s"] = labels.get(f"{r['id']}@{r['version']}", [])
+    if with_terms:
+        for r, v in zip(rows, versions, strict=True):
+            for c in _TERM_COLUMNS:
+                r[f"{c}s"] = sorted({label for label in terms.get(v.ref, empty)[c].values() if label})
     return rows
-
-
-def _labels(lake: Any, principal: Any, column: str) -> dict[str, list[str]]:
-    """``dataset ref -> sorted labels of column`` over the cells the principal may see."""
-    from aivc.store.sql import query
-
-    res = query(lake, f"SELECT DISTINCT dataset_id, dataset_version, {column} FROM cells_all_versions WHERE {column} IS NOT NULL", principal=principal)
-    out: dict[str, list[str]] = {}
-    for ds, ver, label in res.rows:
-        out.setdefault(f"{ds}@{ver}", []).append(str(label))
-    return {k: sorted(v) for k, v in out.items()}
 
 
 def dataset_detail(lake: Any, ref: str, principal: Any = None) -> dict[str, Any]:

@@ -149,3 +149,18 @@ def test_the_sql_pages_examples_are_the_readmes_and_run(anon) -> None:  # noqa: 
         assert f'aivc sql "{q}"' in readme, label
         page = anon.post("/sql", data={"query": q, "csrf": anon.cookies.get("aivc_csrf")})
         assert page.status_code == 200 and 'id="n-rows"' in page.text and 'id="error"' not in page.text, (label, page.text[-500:])
+
+
+def test_dataset_rows_filter_by_label_or_term_id_and_list_labels(portal_lake) -> None:  # noqa: ANN001
+    from aivc.store.dataset_rows import dataset_rows
+    from aivc.store.lake import Lake
+
+    lake = Lake.open(portal_lake.root)
+    ids = lambda **kw: sorted(r["id"] for r in dataset_rows(lake, "alice", **kw))  # noqa: E731
+    assert ids(assay="EFO:0009901") == ids(assay="10X 3' V1") == [PUBLIC_DS, CONSORTIUM_DS]  # term id or label, any case
+    assert ids(tissue="blood", assay="EFO:0009901") == [PUBLIC_DS, CONSORTIUM_DS] and ids(tissue="UBERON:0000178") == [PUBLIC_DS, CONSORTIUM_DS]
+    assert ids(tissue="liver") == [] and ids(tissue="blood", assay="EFO:0000000") == []
+    assert sorted(r["id"] for r in dataset_rows(lake, "public", tissue="blood")) == [PUBLIC_DS]
+    rows = dataset_rows(lake, "alice", with_terms=True)
+    assert {(r["id"], tuple(r["tissues"]), tuple(r["assays"])) for r in rows} == {(d, ("blood",), ("10x 3' v1",)) for d in (PUBLIC_DS, CONSORTIUM_DS)}
+    assert "tissues" not in dataset_rows(lake, "alice")[0]  # the CLI's rows keep their shape
